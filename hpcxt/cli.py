@@ -1,0 +1,172 @@
+"""The ``hpcxt`` command line.
+
+MPI stages (``scalemap``, ``fit``) are launched as::
+
+    mpiexec -n N python -m mpi4py -m hpcxt fit CONFIG
+
+``python -m mpi4py`` makes one failing rank abort the whole job. Every other
+command is serial. Bad input ends with one line ``hpcxt: error: ...`` on
+stderr and exit status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import HpcxtError
+
+log = logging.getLogger("hpcxt")
+
+
+def _comm():
+    """COMM_WORLD, imported only by the commands that use MPI."""
+    from mpi4py import MPI
+    return MPI.COMM_WORLD
+
+
+def _setup_logging(verbose: bool, rank: int | None = None) -> None:
+    tag = f"[rank {rank}] " if rank is not None else ""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format=f"%(asctime)s hpcxt {tag}%(levelname)s %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr, force=True)
+
+
+def cmd_init(args) -> int:
+    from .io.config import render_template
+    outdir = Path(args.dir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    path = outdir / f"{args.name}.yaml"
+    if path.exists() and not args.force:
+        raise HpcxtError(f"{path}: exists; use --force to overwrite")
+    path.write_text(render_template(args.name))
+    print(f"wrote {path}: edit the observations and region files, then run 'hpcxt prep {path}'")
+    return 0
+
+
+def cmd_simulate(args) -> int:
+    from .prep.simulate import simulate
+    summary = simulate(Path(args.outdir), preset=args.preset, seed=args.seed)
+    print(summary.describe() if hasattr(summary, "describe") else summary)
+    return 0
+
+
+def cmd_prep(args) -> int:
+    from .driver import run_prep
+    from .io.config import load_config
+    cfg = load_config(args.config)
+    run_prep(cfg, force=args.force)
+    return 0
+
+
+def cmd_scalemap(args) -> int:
+    from .acb_mpi import run_scalemap
+    from .io.config import load_config
+    comm = _comm()
+    _setup_logging(args.verbose, comm.Get_rank() if comm.Get_size() > 1 else None)
+    cfg = load_config(args.config, check_files=False)
+    run_scalemap(cfg, comm)
+    return 0
+
+
+def cmd_fit(args) -> int:
+    from .fit_mpi import run_fit
+    from .io.config import load_config
+    comm = _comm()
+    _setup_logging(args.verbose, comm.Get_rank() if comm.Get_size() > 1 else None)
+    cfg = load_config(args.config, check_files=False)
+    return run_fit(cfg, comm, resume=args.resume)
+
+
+def cmd_status(args) -> int:
+    from .fit_mpi import fit_status
+    from .io.config import load_config
+    cfg = load_config(args.config, check_files=False)
+    print(fit_status(cfg))
+    return 0
+
+
+def cmd_maps(args) -> int:
+    from .maps import run_maps
+    from .io.config import load_config
+    cfg = load_config(args.config, check_files=False)
+    run_maps(cfg)
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    from .doctor import doctor_report
+    text, ok = doctor_report()
+    print(text)
+    return 0 if ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hpcxt",
+        description="Temperature maps of galaxy clusters from Chandra ACIS data, under MPI.")
+    p.add_argument("--version", action="version", version=f"hpcxt {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("init", help="write a commented config template")
+    s.add_argument("name", help="cluster name; writes NAME.yaml")
+    s.add_argument("--dir", default=".", help="folder to write into (default: .)")
+    s.add_argument("--force", action="store_true", help="overwrite an existing file")
+    s.set_defaults(func=cmd_init)
+
+    s = sub.add_parser("simulate", help="simulate Chandra ACIS-I observations of a merging cluster")
+    s.add_argument("outdir")
+    s.add_argument("--preset", choices=("small", "demo"), default="small")
+    s.add_argument("--seed", type=int, default=1)
+    s.set_defaults(func=cmd_simulate)
+
+    s = sub.add_parser("prep", help="serial prep: events, images and responses into the bundle")
+    s.add_argument("config")
+    s.add_argument("--force", action="store_true", help="redo every prep stage")
+    s.set_defaults(func=cmd_prep)
+
+    s = sub.add_parser("scalemap", help="adaptive circular binning (MPI)")
+    s.add_argument("config")
+    s.set_defaults(func=cmd_scalemap)
+
+    s = sub.add_parser("fit", help="one spectral fit per region (MPI master/worker)")
+    s.add_argument("config")
+    s.add_argument("--resume", action="store_true", help="continue from results.h5")
+    s.set_defaults(func=cmd_fit)
+
+    s = sub.add_parser("status", help="progress of the fit: done, failed, pending, ETA")
+    s.add_argument("config")
+    s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("maps", help="temperature, pressure, density and entropy maps")
+    s.add_argument("config")
+    s.set_defaults(func=cmd_maps)
+
+    s = sub.add_parser("doctor", help="what is installed: MPI, Sherpa, XSPEC models, CIAO")
+    s.set_defaults(func=cmd_doctor)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not logging.getLogger().handlers:
+        _setup_logging(args.verbose)
+    try:
+        status = args.func(args)
+    except HpcxtError as exc:
+        if args.debug:
+            raise
+        print(f"hpcxt: error: {exc}", file=sys.stderr)
+        sys.stderr.flush()
+        return exc.exit_status
+    except KeyboardInterrupt:
+        print("hpcxt: interrupted", file=sys.stderr)
+        return 130
+    return int(status or 0)

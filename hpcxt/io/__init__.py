@@ -1,0 +1,1 @@
+"""Readers and writers: config, FITS, the prep bundle, region tables, checkpoints."""

@@ -1,0 +1,244 @@
+"""The prep bundle: everything the MPI stages read, in one HDF5 file.
+
+Layout of ``<workdir>/prep/bundle.h5`` (format version 1)::
+
+    /                      attrs: format_version, config_hash, hpcxt_version,
+                                  energy_band (keV, 2), has_background
+    /image/                attrs: x0, y0 (sky pixels, lower-left edge of
+                                  image pixel [0, 0]), bin (sky pixels per
+                                  image pixel), wcs_header (FITS header text)
+        counts       (ny, nx) float64  counts in energy_band, all observations
+        background   (ny, nx) float64  scaled background counts in energy_band
+        exposure     (ny, nx) float64  summed exposure maps, cm**2 s
+        mask         (ny, nx) bool     pixel is mapped (in crop, in a field,
+                                       not in a point source)
+    /obs/<obsid>/          attrs: obsid, exposure (s), bkg_exposure (s),
+                                  bkg_scale, source_file, background_file
+        events/{x, y, pi, energy}       cleaned, cropped source events
+        bkg_events/{x, y, pi, energy}   same for the background (if any)
+        exposure_map (ny, nx) float32   cm**2 s on the image grid
+        fov          (ny, nx) bool      inside this observation's field,
+                                        in crop, not in a point source
+        arf/{energ_lo, energ_hi, specresp}     keV, keV, cm**2
+        rmf/{energ_lo, energ_hi, matrix, e_min, e_max}
+                                        keV; matrix (n_energy, n_channel)
+                                        float32; attrs offset (first channel)
+
+Events: ``x``, ``y`` are float64 sky pixels in the bundle's common sky frame
+(the first observation's tangent point), ``pi`` int32 channel, ``energy``
+float32 eV. ``bkg_scale`` multiplies background counts from an area into the
+expected background counts in the source data from the same area (ratio of
+9.5-12 keV counts); ``bkg_scale * exposure / bkg_exposure`` is not assumed.
+
+The file is written to ``bundle.h5.tmp`` and renamed, so a reader never sees
+a half-written bundle.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS
+
+from .. import __version__
+from ..errors import InputError
+
+FORMAT_VERSION = 1
+EVENT_COLUMNS = ("x", "y", "pi", "energy")
+
+
+@dataclass
+class ImageGrid:
+    """The image pixel grid on the sky.
+
+    Image pixel ``[row, col]`` covers sky x in ``[x0 + col*bin, x0 + (col+1)*bin)``
+    and sky y in ``[y0 + row*bin, y0 + (row+1)*bin)`` (sky pixels).
+    """
+
+    shape: tuple[int, int]
+    x0: float
+    y0: float
+    bin: int
+    wcs_header: str = ""
+
+    def pixel_to_sky(self, row, col):
+        """Sky x, y (sky pixels) of image pixel centres; row, col 0-based."""
+        x = self.x0 + (np.asarray(col, dtype=float) + 0.5) * self.bin
+        y = self.y0 + (np.asarray(row, dtype=float) + 0.5) * self.bin
+        return x, y
+
+    def sky_to_pixel(self, x, y):
+        """Fractional 0-based (row, col) of sky positions; floor() gives the pixel."""
+        col = (np.asarray(x, dtype=float) - self.x0) / self.bin
+        row = (np.asarray(y, dtype=float) - self.y0) / self.bin
+        return row, col
+
+    def header(self) -> fits.Header:
+        """FITS header with the celestial WCS and the physical (sky) transform."""
+        if self.wcs_header:
+            return fits.Header.fromstring(self.wcs_header, sep="\n")
+        return fits.Header()
+
+    def wcs(self) -> WCS:
+        return WCS(self.header())
+
+
+@dataclass
+class Response:
+    """ARF and RMF as arrays (keV, cm**2); rmf_matrix is dense (n_energy, n_channel)."""
+
+    arf_energ_lo: np.ndarray
+    arf_energ_hi: np.ndarray
+    specresp: np.ndarray
+    rmf_energ_lo: np.ndarray
+    rmf_energ_hi: np.ndarray
+    rmf_matrix: np.ndarray
+    e_min: np.ndarray
+    e_max: np.ndarray
+    offset: int = 1
+
+
+@dataclass
+class ObsData:
+    """One observation's cleaned data on the bundle's grid."""
+
+    obsid: str
+    exposure: float
+    bkg_exposure: float
+    bkg_scale: float
+    events: dict
+    bkg_events: dict | None
+    exposure_map: np.ndarray
+    fov: np.ndarray
+    response: Response
+    source_file: str = ""
+    background_file: str = ""
+
+
+@dataclass
+class Bundle:
+    grid: ImageGrid
+    counts: np.ndarray
+    background: np.ndarray
+    exposure: np.ndarray
+    mask: np.ndarray
+    observations: list = field(default_factory=list)
+    config_hash: str = ""
+    energy_band: tuple = (0.7, 8.0)
+    has_background: bool = True
+
+    @property
+    def obsids(self) -> list[str]:
+        return [o.obsid for o in self.observations]
+
+
+def _write_events(group, ev: dict) -> None:
+    for col in EVENT_COLUMNS:
+        group.create_dataset(col, data=ev[col])
+
+
+def write_bundle(path, bundle: Bundle) -> Path:
+    """Write ``bundle`` to ``path`` atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["config_hash"] = bundle.config_hash
+        f.attrs["hpcxt_version"] = __version__
+        f.attrs["energy_band"] = np.asarray(bundle.energy_band, dtype=float)
+        f.attrs["has_background"] = bool(bundle.has_background)
+        img = f.create_group("image")
+        g = bundle.grid
+        img.attrs.update(x0=g.x0, y0=g.y0, bin=g.bin, wcs_header=g.wcs_header)
+        opts = dict(compression="gzip", compression_opts=4, shuffle=True)
+        img.create_dataset("counts", data=bundle.counts.astype(np.float64), **opts)
+        img.create_dataset("background", data=bundle.background.astype(np.float64), **opts)
+        img.create_dataset("exposure", data=bundle.exposure.astype(np.float64), **opts)
+        img.create_dataset("mask", data=bundle.mask.astype(bool), **opts)
+        obs_root = f.create_group("obs")
+        f.attrs["obsids"] = np.array([o.obsid for o in bundle.observations], dtype="S")
+        for o in bundle.observations:
+            og = obs_root.create_group(o.obsid)
+            og.attrs.update(obsid=o.obsid, exposure=o.exposure, bkg_exposure=o.bkg_exposure,
+                            bkg_scale=o.bkg_scale, source_file=o.source_file,
+                            background_file=o.background_file)
+            _write_events(og.create_group("events"), o.events)
+            if o.bkg_events is not None:
+                _write_events(og.create_group("bkg_events"), o.bkg_events)
+            og.create_dataset("exposure_map", data=o.exposure_map.astype(np.float32), **opts)
+            og.create_dataset("fov", data=o.fov.astype(bool), **opts)
+            r = o.response
+            arf = og.create_group("arf")
+            arf.create_dataset("energ_lo", data=r.arf_energ_lo)
+            arf.create_dataset("energ_hi", data=r.arf_energ_hi)
+            arf.create_dataset("specresp", data=r.specresp)
+            rmf = og.create_group("rmf")
+            rmf.attrs["offset"] = int(r.offset)
+            rmf.create_dataset("energ_lo", data=r.rmf_energ_lo)
+            rmf.create_dataset("energ_hi", data=r.rmf_energ_hi)
+            rmf.create_dataset("matrix", data=r.rmf_matrix.astype(np.float32), **opts)
+            rmf.create_dataset("e_min", data=r.e_min)
+            rmf.create_dataset("e_max", data=r.e_max)
+    os.replace(tmp, path)
+    return path
+
+
+def _read_events(group) -> dict:
+    return {col: group[col][()] for col in EVENT_COLUMNS}
+
+
+def read_bundle(path, load_events: bool = True) -> Bundle:
+    """Read a bundle written by :func:`write_bundle`.
+
+    Parameters
+    ----------
+    load_events : bool
+        Skip the event lists (the scale map needs only the images).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError("bundle not found; run 'hpcxt prep' first", path=path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise InputError(f"not a readable HDF5 bundle ({exc})", path=path) from None
+    with f:
+        version = int(f.attrs.get("format_version", -1))
+        if version != FORMAT_VERSION:
+            raise InputError(f"bundle format {version}, this hpcxt reads {FORMAT_VERSION}; "
+                             "re-run 'hpcxt prep'", path=path, field="format_version")
+        img = f["image"]
+        grid = ImageGrid(shape=tuple(img["counts"].shape), x0=float(img.attrs["x0"]),
+                         y0=float(img.attrs["y0"]), bin=int(img.attrs["bin"]),
+                         wcs_header=str(img.attrs["wcs_header"]))
+        obsids = [s.decode() for s in f.attrs["obsids"]]
+        observations = []
+        for oid in obsids:
+            og = f["obs"][oid]
+            r, a = og["rmf"], og["arf"]
+            resp = Response(
+                arf_energ_lo=a["energ_lo"][()], arf_energ_hi=a["energ_hi"][()],
+                specresp=a["specresp"][()], rmf_energ_lo=r["energ_lo"][()],
+                rmf_energ_hi=r["energ_hi"][()], rmf_matrix=r["matrix"][()],
+                e_min=r["e_min"][()], e_max=r["e_max"][()], offset=int(r.attrs["offset"]))
+            events = _read_events(og["events"]) if load_events else None
+            bkg = (_read_events(og["bkg_events"])
+                   if load_events and "bkg_events" in og else None)
+            observations.append(ObsData(
+                obsid=oid, exposure=float(og.attrs["exposure"]),
+                bkg_exposure=float(og.attrs["bkg_exposure"]),
+                bkg_scale=float(og.attrs["bkg_scale"]), events=events, bkg_events=bkg,
+                exposure_map=og["exposure_map"][()], fov=og["fov"][()], response=resp,
+                source_file=str(og.attrs["source_file"]),
+                background_file=str(og.attrs["background_file"])))
+        return Bundle(grid=grid, counts=img["counts"][()], background=img["background"][()],
+                      exposure=img["exposure"][()], mask=img["mask"][()],
+                      observations=observations, config_hash=str(f.attrs["config_hash"]),
+                      energy_band=tuple(f.attrs["energy_band"]),
+                      has_background=bool(f.attrs["has_background"]))

@@ -1,0 +1,120 @@
+"""The region table: one row per fitted pixel, written by ``hpcxt scalemap``.
+
+Layout of ``<workdir>/acb/regions.h5`` (format version 1)::
+
+    /  attrs: format_version, config_hash (of the inputs that shape the
+              table), bundle_hash, table_hash (content hash of the datasets
+              below), resolution, step, target_sn, obsids (bytes array)
+    region_id          (n,)       int64    0..n-1, row-major over fitted pixels
+    row, col           (n,)       int32    image pixel (0-based)
+    x, y               (n,)       float64  sky pixels, centre of that pixel
+    radius             (n,)       float64  circle radius, image pixels
+    radius_sky         (n,)       float64  circle radius, sky pixels
+    fraction           (n, nobs)  float64  share of the circle's mapped pixels
+                                           inside each observation's field
+    effective_exposure (n, nobs)  float64  exposure map averaged over the
+                                           circle's pixels in the field, cm**2 s
+    exposure_time      (n, nobs)  float64  fraction * EXPOSURE, s
+    used               (n, nobs)  bool     fraction >= fit.min_obs_fraction
+
+A circle holds the image pixels whose centres are within ``radius`` of the
+region's pixel centre (pixels beyond the image edge do not exist).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..errors import InputError
+
+FORMAT_VERSION = 1
+ROW_FIELDS = ("region_id", "row", "col", "x", "y", "radius", "radius_sky")
+OBS_FIELDS = ("fraction", "effective_exposure", "exposure_time", "used")
+
+
+@dataclass
+class RegionTable:
+    region_id: np.ndarray
+    row: np.ndarray
+    col: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    radius: np.ndarray
+    radius_sky: np.ndarray
+    fraction: np.ndarray
+    effective_exposure: np.ndarray
+    exposure_time: np.ndarray
+    used: np.ndarray
+    obsids: list = field(default_factory=list)
+    resolution: str = "high"
+    step: int = 1
+    target_sn: float = 50.0
+    config_hash: str = ""
+    bundle_hash: str = ""
+
+    def __len__(self) -> int:
+        return int(self.region_id.shape[0])
+
+    def content_hash(self) -> str:
+        """SHA-256 (16 hex) of every dataset's bytes and the obsids."""
+        h = hashlib.sha256()
+        for name in ROW_FIELDS + OBS_FIELDS:
+            arr = np.ascontiguousarray(getattr(self, name))
+            h.update(name.encode())
+            h.update(str(arr.dtype).encode())
+            h.update(str(arr.shape).encode())
+            h.update(arr.tobytes())
+        h.update(",".join(self.obsids).encode())
+        return h.hexdigest()[:16]
+
+
+def write_regions(path, table: RegionTable) -> Path:
+    """Write atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        f.attrs.update(format_version=FORMAT_VERSION, config_hash=table.config_hash,
+                       bundle_hash=table.bundle_hash, table_hash=table.content_hash(),
+                       resolution=table.resolution, step=int(table.step),
+                       target_sn=float(table.target_sn))
+        f.attrs["obsids"] = np.array(table.obsids, dtype="S")
+        for name in ROW_FIELDS + OBS_FIELDS:
+            f.create_dataset(name, data=getattr(table, name))
+    os.replace(tmp, path)
+    return path
+
+
+def read_regions(path) -> RegionTable:
+    path = Path(path)
+    if not path.exists():
+        raise InputError("region table not found; run 'hpcxt scalemap' first", path=path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise InputError(f"not a readable HDF5 region table ({exc})", path=path) from None
+    with f:
+        version = int(f.attrs.get("format_version", -1))
+        if version != FORMAT_VERSION:
+            raise InputError(f"region table format {version}, expected {FORMAT_VERSION}",
+                             path=path, field="format_version")
+        missing = [n for n in ROW_FIELDS + OBS_FIELDS if n not in f]
+        if missing:
+            raise InputError("missing datasets " + ", ".join(missing), path=path, field=missing[0])
+        data = {n: f[n][()] for n in ROW_FIELDS + OBS_FIELDS}
+        table = RegionTable(**data, obsids=[s.decode() for s in f.attrs["obsids"]],
+                            resolution=str(f.attrs["resolution"]), step=int(f.attrs["step"]),
+                            target_sn=float(f.attrs["target_sn"]),
+                            config_hash=str(f.attrs["config_hash"]),
+                            bundle_hash=str(f.attrs["bundle_hash"]))
+        stored = str(f.attrs["table_hash"])
+    if table.content_hash() != stored:
+        raise InputError("content does not match its table_hash (corrupt or edited)",
+                         path=path, field="table_hash")
+    return table
