@@ -10,8 +10,8 @@ which only CIAO ships; without them they evaluate to zeros, so
 from __future__ import annotations
 
 import contextlib
-import io
 import os
+import sys
 from functools import lru_cache
 
 import numpy as np
@@ -21,6 +21,30 @@ from .errors import ModelUnavailable
 #: Model components that take the plasma's abundance and redshift.
 _HAS_ABUNDANCE = {"xsapec": "Abundanc", "xsmekal": "Abundanc"}
 _HAS_REDSHIFT = {"xsapec": "redshift", "xsmekal": "redshift", "xsbremss": None}
+
+
+@contextlib.contextmanager
+def native_output_silenced(*fds: int):
+    """Send what C libraries write to these file descriptors to /dev/null.
+
+    The XSPEC library prints its abundance and cross-section tables when it
+    loads, and complaints about missing AtomDB files when APEC evaluates,
+    straight to file descriptors 1 and 2: ``contextlib.redirect_stdout`` does
+    not reach them.
+    """
+    fds = fds or (1,)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(fd) for fd in fds]
+    try:
+        with open(os.devnull, "w") as null:
+            for fd in fds:
+                os.dup2(null.fileno(), fd)
+        yield
+    finally:
+        for fd, copy in zip(fds, saved):
+            os.dup2(copy, fd)
+            os.close(copy)
 
 
 @lru_cache(maxsize=None)
@@ -38,8 +62,7 @@ def load_xspec(apec_root: str | None = None):
         ``sherpa.astro.xspec``.
     """
     try:
-        # The library prints its abundance and cross-section tables on import.
-        with contextlib.redirect_stdout(io.StringIO()):
+        with native_output_silenced(1):
             try:
                 import xspectrampoline  # noqa: F401
             except ImportError:
@@ -113,7 +136,7 @@ def model_evaluates(expr: str, apec_root: str | None = None) -> bool:
     except ModelUnavailable:
         return False
     edges = np.linspace(0.5, 8.0, 101)
-    with contextlib.redirect_stdout(io.StringIO()):
+    with native_output_silenced(1, 2):
         flux = np.asarray(model(edges[:-1], edges[1:]))
     return bool(np.all(np.isfinite(flux)) and flux.sum() > 0)
 

@@ -1,0 +1,27 @@
+# hpcxt: `make demo` and `make test` each set up .venv first (idempotent).
+PY      := .venv/bin/python
+PYTEST  := .venv/bin/pytest
+DEMO    ?= demo-out
+NP      ?= 2
+
+.PHONY: setup demo test test-fast bench clean-venv
+
+setup:
+	bash scripts/bootstrap.sh
+
+demo: setup
+	$(PY) -m hpcxt demo --outdir $(DEMO) --np $(NP)
+
+test: setup
+	$(PYTEST) -q
+
+test-fast: setup
+	$(PYTEST) -q -m "not slow and not slurm"
+
+bench: setup
+	$(PY) benchmarks/prep.py
+	$(PY) benchmarks/scalemap.py
+	$(PY) benchmarks/fit.py
+
+clean-venv:
+	rm -rf .venv

@@ -1,0 +1,306 @@
+"""Reading Chandra event files and images, writing FITS images with WCS.
+
+Real files differ from the ideal: column names in either case, the sky WCS
+on the x/y columns (TCTYPn/TCRPXn/TCRVLn/TCDLTn, as in every evt2 file) or
+only as nominal pointing keywords, EXPOSURE missing or not matching the GTIs.
+Every problem is reported as an :class:`~hpcxt.errors.InputError` that names
+the file and the extension, column or keyword.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.utils.exceptions import AstropyWarning
+from astropy.wcs import WCS
+
+from ..errors import InputError
+
+#: Chandra sky pixel, degrees (0.492 arcsec).
+SKY_PIXEL_DEG = 0.492 / 3600.0
+
+
+@dataclass(frozen=True)
+class SkyFrame:
+    """A Chandra sky-pixel frame: tangent-plane projection about (ra0, dec0).
+
+    Sky pixel coordinates (x, y) are 1-based, as in evt2 files: the tangent
+    point is at (crpix_x, crpix_y), usually (4096.5, 4096.5).
+    """
+
+    ra0: float
+    dec0: float
+    crpix_x: float = 4096.5
+    crpix_y: float = 4096.5
+    cdelt_x: float = -SKY_PIXEL_DEG
+    cdelt_y: float = SKY_PIXEL_DEG
+
+    def wcs(self) -> WCS:
+        """Celestial WCS whose FITS (1-based) pixel coordinates are sky x, y."""
+        w = WCS(naxis=2)
+        w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+        w.wcs.crpix = [self.crpix_x, self.crpix_y]
+        w.wcs.crval = [self.ra0, self.dec0]
+        w.wcs.cdelt = [self.cdelt_x, self.cdelt_y]
+        w.wcs.cunit = ["deg", "deg"]
+        return w
+
+    def to_radec(self, x, y):
+        """Sky pixels -> (RA, Dec) in degrees."""
+        ra, dec = self.wcs().all_pix2world(np.asarray(x, float), np.asarray(y, float), 1)
+        return ra, dec
+
+    def from_radec(self, ra, dec):
+        """(RA, Dec) in degrees -> sky pixels."""
+        x, y = self.wcs().all_world2pix(np.asarray(ra, float), np.asarray(dec, float), 1)
+        return x, y
+
+    def same_as(self, other: "SkyFrame") -> bool:
+        return (self.ra0, self.dec0, self.crpix_x, self.crpix_y, self.cdelt_x, self.cdelt_y) == (
+            other.ra0, other.dec0, other.crpix_x, other.crpix_y, other.cdelt_x, other.cdelt_y)
+
+    def reproject_to(self, other: "SkyFrame", x, y):
+        """Sky pixels in this frame -> sky pixels in ``other`` (identity if equal)."""
+        if self.same_as(other):
+            return np.asarray(x, float), np.asarray(y, float)
+        ra, dec = self.to_radec(x, y)
+        return other.from_radec(ra, dec)
+
+    def image_header(self, x0: float, y0: float, bin: int, shape) -> fits.Header:
+        """WCS header of an image binned by ``bin`` whose pixel [0, 0] starts at (x0, y0).
+
+        Holds the celestial WCS and, as CIAO writes them, the physical
+        transform back to sky x, y (LTV/LTM and the ``P`` alternate WCS), so
+        ds9 shows both.
+        """
+        ny, nx = shape
+        h = fits.Header()
+        h["CTYPE1"], h["CTYPE2"] = "RA---TAN", "DEC--TAN"
+        h["CRPIX1"] = (self.crpix_x - x0) / bin + 0.5
+        h["CRPIX2"] = (self.crpix_y - y0) / bin + 0.5
+        h["CRVAL1"], h["CRVAL2"] = self.ra0, self.dec0
+        h["CDELT1"], h["CDELT2"] = self.cdelt_x * bin, self.cdelt_y * bin
+        h["CUNIT1"], h["CUNIT2"] = "deg", "deg"
+        h["RADESYS"], h["EQUINOX"] = "ICRS", 2000.0
+        h["WCSNAMEP"] = "PHYSICAL"
+        h["CTYPE1P"], h["CTYPE2P"] = "x", "y"
+        h["CRPIX1P"], h["CRPIX2P"] = 0.5, 0.5
+        h["CRVAL1P"], h["CRVAL2P"] = float(x0), float(y0)
+        h["CDELT1P"], h["CDELT2P"] = float(bin), float(bin)
+        h["LTM1_1"], h["LTM2_2"] = 1.0 / bin, 1.0 / bin
+        h["LTV1"], h["LTV2"] = 0.5 - x0 / bin, 0.5 - y0 / bin
+        return h
+
+
+@dataclass
+class EventFile:
+    """Columns of an EVENTS table plus what prep needs from its headers.
+
+    ``columns`` maps lower-case names to arrays: x, y (sky pixels), pi,
+    energy (eV), and time (s), ccd_id when present.
+    """
+
+    path: Path
+    columns: dict
+    frame: SkyFrame
+    exposure: float
+    header: dict
+    gti: dict = field(default_factory=dict)  # ccd_id (or -1 for all) -> (start, stop) arrays
+
+    def __len__(self) -> int:
+        return int(self.columns["x"].shape[0])
+
+
+def open_fits(path, what: str = "FITS file") -> fits.HDUList:
+    """Open a FITS file, turning every way it can fail into an InputError."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{what} not found", path=path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AstropyWarning)
+            hdul = fits.open(path, memmap=False)
+            hdul.verify("silentfix")
+            if len(hdul) == 0:
+                raise OSError("no HDUs")
+    except (OSError, ValueError, TypeError, IndexError) as exc:
+        raise InputError(f"not a readable FITS file ({exc})".replace("\n", " "), path=path) from None
+    return hdul
+
+
+def _find_table(hdul, path, names, required_cols):
+    for hdu in hdul[1:]:
+        if (hdu.name or "").upper() in names and isinstance(hdu, fits.BinTableHDU):
+            return hdu
+    for hdu in hdul[1:]:
+        if isinstance(hdu, fits.BinTableHDU):
+            cols = {c.lower() for c in hdu.columns.names}
+            if set(required_cols) <= cols:
+                return hdu
+    raise InputError(f"no {'/'.join(sorted(names))} table extension", path=path,
+                     field=sorted(names)[0])
+
+
+def _column_frame(hdu, path, colmap) -> SkyFrame | None:
+    h = hdu.header
+    nums = {}
+    for i, name in enumerate(hdu.columns.names, start=1):
+        nums[name.lower()] = i
+    ix, iy = nums["x"], nums["y"]
+    keys = [f"TCRVL{ix}", f"TCRVL{iy}"]
+    if all(k in h for k in keys):
+        try:
+            return SkyFrame(ra0=float(h[f"TCRVL{ix}"]), dec0=float(h[f"TCRVL{iy}"]),
+                            crpix_x=float(h.get(f"TCRPX{ix}", 4096.5)),
+                            crpix_y=float(h.get(f"TCRPX{iy}", 4096.5)),
+                            cdelt_x=float(h.get(f"TCDLT{ix}", -SKY_PIXEL_DEG)),
+                            cdelt_y=float(h.get(f"TCDLT{iy}", SKY_PIXEL_DEG)))
+        except (TypeError, ValueError):
+            raise InputError("sky WCS keywords on the x/y columns are not numbers",
+                             path=path, field=f"TCRVL{ix}") from None
+    return None
+
+
+def _header_frame(headers) -> SkyFrame | None:
+    for h in headers:
+        if "RA_NOM" in h and "DEC_NOM" in h:
+            return SkyFrame(ra0=float(h["RA_NOM"]), dec0=float(h["DEC_NOM"]))
+    return None
+
+
+def read_events(path, role: str = "events", need_time: bool = True) -> EventFile:
+    """Read a Chandra level-2 (or blank-sky) event file.
+
+    Parameters
+    ----------
+    path : path
+        FITS event file with an EVENTS extension.
+    role : str
+        Config field the file came from, for error messages.
+    need_time : bool
+        Require a ``time`` column (source events; blank-sky files may lack it).
+
+    Returns
+    -------
+    EventFile
+        x, y in sky pixels (float64), pi (int32), energy in eV (float32),
+        time in s (float64) and ccd_id (int16) when present.
+    """
+    path = Path(path)
+    hdul = open_fits(path, f"{role} file")
+    with hdul:
+        hdu = _find_table(hdul, path, {"EVENTS"}, ("x", "y"))
+        names = {n.lower(): n for n in hdu.columns.names}
+        required = ["x", "y", "pi"] + (["time"] if need_time else [])
+        for col in required:
+            if col not in names:
+                raise InputError(f"EVENTS table has no '{col}' column (has: "
+                                 f"{', '.join(sorted(names))})", path=path, field=col)
+        data = hdu.data
+        cols = {
+            "x": np.asarray(data[names["x"]], dtype=np.float64),
+            "y": np.asarray(data[names["y"]], dtype=np.float64),
+            "pi": np.asarray(data[names["pi"]], dtype=np.int32),
+        }
+        if "energy" in names:
+            cols["energy"] = np.asarray(data[names["energy"]], dtype=np.float32)
+        else:
+            # ACIS PI channels are 14.6 eV wide; the channel centre is the
+            # best energy estimate a file without ENERGY allows.
+            cols["energy"] = ((cols["pi"] - 0.5) * 14.6).astype(np.float32)
+        if "time" in names:
+            cols["time"] = np.asarray(data[names["time"]], dtype=np.float64)
+        if "ccd_id" in names:
+            cols["ccd_id"] = np.asarray(data[names["ccd_id"]], dtype=np.int16)
+        for col in ("x", "y", "energy"):
+            if cols[col].size and not np.all(np.isfinite(cols[col])):
+                bad = int(np.count_nonzero(~np.isfinite(cols[col])))
+                raise InputError(f"{bad} events have non-finite '{col}'", path=path, field=col)
+        frame = _column_frame(hdu, path, names) or _header_frame([hdu.header, hdul[0].header])
+        if frame is None:
+            raise InputError("no sky WCS: neither TCRVLn keywords on the x/y columns "
+                             "nor RA_NOM/DEC_NOM in the header", path=path, field="TCRVL")
+        h = hdu.header
+        exposure = None
+        for key in ("EXPOSURE", "LIVETIME", "ONTIME"):
+            if key in h:
+                try:
+                    exposure = float(h[key])
+                except (TypeError, ValueError):
+                    raise InputError(f"{key} is not a number", path=path, field=key) from None
+                break
+        if exposure is None or not exposure > 0:
+            raise InputError("EVENTS header has no positive EXPOSURE (or LIVETIME/ONTIME)",
+                             path=path, field="EXPOSURE")
+        header = {k: h[k] for k in ("OBS_ID", "OBJECT", "EXPOSURE", "LIVETIME", "ONTIME",
+                                    "TSTART", "TSTOP", "DETNAM", "INSTRUME", "TELESCOP")
+                  if k in h}
+        gti = {}
+        for g in hdul[1:]:
+            if (g.name or "").upper() == "GTI" and isinstance(g, fits.BinTableHDU):
+                gnames = {n.lower(): n for n in g.columns.names}
+                if "start" not in gnames or "stop" not in gnames:
+                    raise InputError("GTI table needs START and STOP columns", path=path,
+                                     field="GTI")
+                ccd = int(g.header.get("CCD_ID", -1))
+                start = np.asarray(g.data[gnames["start"]], float)
+                stop = np.asarray(g.data[gnames["stop"]], float)
+                if ccd in gti:  # several GTI tables for one chip: union
+                    start = np.concatenate([gti[ccd][0], start])
+                    stop = np.concatenate([gti[ccd][1], stop])
+                order = np.argsort(start)
+                gti[ccd] = (start[order], stop[order])
+    return EventFile(path=path, columns=cols, frame=frame, exposure=exposure,
+                     header=header, gti=gti)
+
+
+@dataclass
+class ImageFile:
+    data: np.ndarray
+    wcs: WCS
+    header: fits.Header
+
+
+def read_image(path, role: str = "exposure_map") -> ImageFile:
+    """Read the first 2-D image of a FITS file and its celestial WCS."""
+    path = Path(path)
+    hdul = open_fits(path, f"{role} file")
+    with hdul:
+        for hdu in hdul:
+            if isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU)) and hdu.data is not None \
+                    and hdu.data.ndim == 2:
+                break
+        else:
+            raise InputError("no 2-D image HDU", path=path, field="PRIMARY")
+        h = hdu.header.copy()
+        if "CTYPE1" not in h or "CRVAL1" not in h or "RA" not in str(h.get("CTYPE1", "")).upper():
+            raise InputError("image has no celestial WCS (CTYPE1/CRVAL1)", path=path,
+                             field="CTYPE1")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AstropyWarning)
+            wcs = WCS(h, naxis=2)
+        data = np.asarray(hdu.data, dtype=np.float64)
+    if not np.all(np.isfinite(data)):
+        data = np.where(np.isfinite(data), data, 0.0)
+    return ImageFile(data=data, wcs=wcs, header=h)
+
+
+def write_image(path, data, header: fits.Header, bunit: str = "", extra: dict | None = None,
+                overwrite: bool = True) -> Path:
+    """Write a 2-D image with its WCS atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h = header.copy()
+    if bunit:
+        h["BUNIT"] = bunit
+    for k, v in (extra or {}).items():
+        h[k] = v
+    tmp = path.with_name(path.name + ".tmp")
+    fits.PrimaryHDU(data=np.asarray(data), header=h).writeto(tmp, overwrite=True)
+    os.replace(tmp, path)
+    return path

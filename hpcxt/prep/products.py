@@ -1,0 +1,315 @@
+"""The ``products`` prep backend: from cleaned CIAO products to the bundle.
+
+Steps for each observation (in this order; an event removed by one step is
+counted under that step's reason only, so ``input = kept + sum(removed)``):
+
+``ccd``            ccd_id not in ``prep.ccds`` (ACIS-I by default)
+``energy``         energy outside the spectral range 0.3-11 keV (the RMF's)
+``gti``            time outside the chip's good-time intervals
+``flare``          time in a light-curve bin rejected by sigma clipping
+``point_source``   inside a shape of ``prep.point_sources``
+``outside_crop``   outside ``prep.crop_region`` or the image grid
+
+Then events are reprojected onto a common sky frame (the first observation's
+tangent point), binned into images (``prep.bin`` sky pixels per image pixel)
+in ``prep.energy_band``, and the background is scaled by the ratio of
+source to background counts in ``prep.background_scale_band`` (9.5-12 keV,
+where the particle background dominates).
+
+The functions that do science take arrays and return arrays; reading files
+and choosing what to do lives in :mod:`hpcxt.driver`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import InputError
+from ..io.bundle import ImageGrid
+from ..io.fitsio import EventFile, SkyFrame
+from . import intervals
+
+log = logging.getLogger("hpcxt.prep")
+
+#: Energies kept for spectra, keV: the range of ACIS responses.
+SPECTRAL_RANGE_KEV = (0.3, 11.0)
+REASONS = ("ccd", "energy", "gti", "flare", "point_source", "outside_crop")
+
+
+# --------------------------------------------------------------------------
+# kernels
+
+
+def light_curve(time, good, bin_seconds: float):
+    """Counts and exposure per time bin, restricted to good time.
+
+    Parameters
+    ----------
+    time : ndarray (n,)
+        Event times, s.
+    good : (starts, stops)
+        Good-time intervals, s.
+    bin_seconds : float
+        Bin width, s (CIAO/ClusterPyXT use 259.28 s, 80 ACIS frames).
+
+    Returns
+    -------
+    edges : ndarray (m+1,)   bin edges, s
+    counts : ndarray (m,)    events per bin
+    exposure : ndarray (m,)  good time in each bin, s
+    """
+    starts, stops = intervals.normalise(*good)
+    if starts.size == 0:
+        return np.zeros(1), np.zeros(0), np.zeros(0)
+    t0, t1 = starts[0], stops[-1]
+    nbin = max(1, int(np.ceil((t1 - t0) / bin_seconds)))
+    edges = t0 + bin_seconds * np.arange(nbin + 1)
+    counts = np.histogram(time, bins=edges)[0].astype(float)
+    # good time per bin: integrate the GTI indicator between edges
+    cum_edges = np.concatenate([[0.0], np.cumsum(stops - starts)])
+    def covered(t):
+        idx = np.searchsorted(starts, t, side="right") - 1
+        base = np.where(idx >= 0, cum_edges[np.clip(idx, 0, None)], 0.0)
+        within = np.where(idx >= 0, np.clip(t - starts[np.clip(idx, 0, None)], 0.0,
+                                            (stops - starts)[np.clip(idx, 0, None)]), 0.0)
+        return base + within
+    exposure = np.diff(covered(edges))
+    return edges, counts, exposure
+
+
+def flare_bins(counts, exposure, nsigma: float = 3.0, max_iterations: int = 20,
+               min_fraction: float = 0.5):
+    """Light-curve bins to reject, by iterative sigma clipping of the rate.
+
+    A bin is judged only when at least ``min_fraction`` of it is good time;
+    the others are kept (too short to tell). The scatter used is the larger
+    of the sample standard deviation and the Poisson error of the mean rate,
+    so a quiet, low-count light curve is not trimmed of its upward
+    fluctuations.
+
+    Parameters
+    ----------
+    counts, exposure : ndarray (m,)
+        Counts and good time (s) per bin.
+
+    Returns
+    -------
+    ndarray (m,) bool
+        True for bins to reject.
+    """
+    counts = np.asarray(counts, float)
+    exposure = np.asarray(exposure, float)
+    judged = exposure >= min_fraction * (exposure.max() if exposure.size else 0.0)
+    judged &= exposure > 0
+    rate = np.zeros_like(counts)
+    rate[judged] = counts[judged] / exposure[judged]
+    keep = judged.copy()
+    for _ in range(max_iterations):
+        if keep.sum() < 3:
+            break
+        mean = counts[keep].sum() / exposure[keep].sum()
+        sample_sd = rate[keep].std()
+        poisson_sd = np.sqrt(mean / np.median(exposure[keep]))
+        sd = max(sample_sd, poisson_sd)
+        new_keep = judged & (np.abs(rate - mean) <= nsigma * sd)
+        if np.array_equal(new_keep, keep):
+            break
+        keep = new_keep
+    return judged & ~keep
+
+
+def background_scale(src_counts: int, bkg_counts: int, path=None) -> float:
+    """Factor turning background counts into expected source-file background.
+
+    The ratio of counts in a band where the particle background dominates
+    (9.5-12 keV), as ClusterPyXT and the CIAO blank-sky recipe do.
+    """
+    if bkg_counts <= 0:
+        raise InputError("background file has no events in the background-scaling band",
+                         path=path, field="prep.background_scale_band")
+    if src_counts <= 0:
+        raise InputError("source file has no events in the background-scaling band",
+                         path=path, field="prep.background_scale_band")
+    return float(src_counts) / float(bkg_counts)
+
+
+def bin_events(x, y, grid: ImageGrid) -> np.ndarray:
+    """Counts image (ny, nx) of events at sky x, y (sky pixels) on ``grid``."""
+    ny, nx = grid.shape
+    row, col = grid.sky_to_pixel(x, y)
+    r = np.floor(row).astype(np.int64)
+    c = np.floor(col).astype(np.int64)
+    ok = (r >= 0) & (r < ny) & (c >= 0) & (c < nx)
+    img = np.bincount(r[ok] * nx + c[ok], minlength=ny * nx)
+    return img.reshape(ny, nx).astype(np.float64)
+
+
+def grid_for_box(xmin, xmax, ymin, ymax, bin: int) -> tuple[float, float, tuple[int, int]]:
+    """Image grid covering a sky box, aligned as CIAO bins (edges at 0.5 + k*bin).
+
+    Returns x0, y0 (sky pixels, lower-left edge) and shape (ny, nx).
+    """
+    x0 = 0.5 + bin * np.floor((xmin - 0.5) / bin)
+    y0 = 0.5 + bin * np.floor((ymin - 0.5) / bin)
+    nx = int(np.ceil((xmax - x0) / bin))
+    ny = int(np.ceil((ymax - y0) / bin))
+    return float(x0), float(y0), (max(ny, 1), max(nx, 1))
+
+
+def sample_image_on_grid(image, image_wcs, grid: ImageGrid, grid_frame: SkyFrame) -> np.ndarray:
+    """Nearest-pixel resampling of a sky image (e.g. an exposure map) onto ``grid``.
+
+    Pixels of ``grid`` whose centres fall outside ``image`` get 0.
+    """
+    ny, nx = grid.shape
+    rows, cols = np.mgrid[0:ny, 0:nx]
+    x, y = grid.pixel_to_sky(rows, cols)
+    ra, dec = grid_frame.to_radec(x.ravel(), y.ravel())
+    px, py = image_wcs.all_world2pix(ra, dec, 0)
+    ix = np.floor(px + 0.5).astype(np.int64)
+    iy = np.floor(py + 0.5).astype(np.int64)
+    h, w = image.shape
+    ok = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
+    out = np.zeros(ny * nx, float)
+    out[ok] = image[iy[ok], ix[ok]]
+    return out.reshape(ny, nx)
+
+
+# --------------------------------------------------------------------------
+# one observation
+
+
+@dataclass
+class CleanEvents:
+    """Events after ccd/energy/GTI/flare/point-source filtering, in the common frame."""
+
+    x: np.ndarray
+    y: np.ndarray
+    pi: np.ndarray
+    energy: np.ndarray
+    exposure: float
+    removed: dict = field(default_factory=dict)
+    n_input: int = 0
+    good_time: tuple = ((), ())
+    flare_intervals: tuple = ((), ())
+
+    def select(self, keep: np.ndarray) -> "CleanEvents":
+        return CleanEvents(x=self.x[keep], y=self.y[keep], pi=self.pi[keep],
+                           energy=self.energy[keep], exposure=self.exposure,
+                           removed=dict(self.removed), n_input=self.n_input,
+                           good_time=self.good_time, flare_intervals=self.flare_intervals)
+
+    def as_dict(self) -> dict:
+        return {"x": self.x, "y": self.y, "pi": self.pi, "energy": self.energy}
+
+
+def _all_chip_gti(ev: EventFile, ccds):
+    if not ev.gti:
+        return None
+    chips = [c for c in ev.gti if c in ccds] or list(ev.gti)
+    start = np.concatenate([ev.gti[c][0] for c in chips])
+    stop = np.concatenate([ev.gti[c][1] for c in chips])
+    return intervals.normalise(start, stop)
+
+
+def clean_events(ev: EventFile, ccds, deflare_cfg, point_sources, frame: SkyFrame,
+                 is_background: bool = False) -> CleanEvents:
+    """Apply ccd, energy, GTI, flare and point-source filters to one event file.
+
+    Parameters
+    ----------
+    ev : EventFile
+        Events as read.
+    ccds : list of int
+        Chips to keep.
+    deflare_cfg : Section or None
+        ``prep.deflare`` (None or enabled false: no deflaring). Not applied
+        to blank-sky backgrounds, which are already cleaned.
+    point_sources : RegionSet or None
+        Shapes to exclude.
+    frame : SkyFrame
+        Common sky frame to reproject onto.
+
+    Returns
+    -------
+    CleanEvents
+        With ``removed`` counts per reason and the deflared exposure (s).
+    """
+    c = ev.columns
+    n = len(ev)
+    keep = np.ones(n, bool)
+    removed = {r: 0 for r in REASONS}
+
+    def drop(reason, bad):
+        nonlocal keep
+        bad = bad & keep
+        removed[reason] += int(bad.sum())
+        keep &= ~bad
+
+    if "ccd_id" in c:
+        drop("ccd", ~np.isin(c["ccd_id"], np.asarray(ccds)))
+    e_kev = c["energy"] / 1000.0
+    drop("energy", (e_kev < SPECTRAL_RANGE_KEV[0]) | (e_kev >= SPECTRAL_RANGE_KEV[1]))
+
+    exposure = ev.exposure
+    good_time = ((), ())
+    flare_iv = ((), ())
+    if not is_background and "time" in c and ev.gti:
+        in_gti = np.zeros(n, bool)
+        if "ccd_id" in c and any(k >= 0 for k in ev.gti):
+            for chip, (s, e) in ev.gti.items():
+                sel = c["ccd_id"] == chip if chip >= 0 else np.ones(n, bool)
+                in_gti[sel] = intervals.contains(c["time"][sel], (s, e))
+        else:
+            in_gti = intervals.contains(c["time"], _all_chip_gti(ev, ccds))
+        drop("gti", ~in_gti)
+        total = _all_chip_gti(ev, ccds)
+        good_time = total
+        if deflare_cfg is not None and deflare_cfg.enabled:
+            lo, hi = deflare_cfg.band
+            in_band = keep & (e_kev >= lo) & (e_kev < hi)
+            if point_sources is not None:
+                in_band &= ~point_sources.contains(c["x"], c["y"], ev.frame)
+            edges, counts, expo = light_curve(c["time"][in_band], total, deflare_cfg.bin_seconds)
+            bad = flare_bins(counts, expo, deflare_cfg.nsigma, deflare_cfg.max_iterations)
+            if bad.any():
+                flare_iv = intervals.normalise(edges[:-1][bad], edges[1:][bad])
+                drop("flare", intervals.contains(c["time"], flare_iv))
+                good_time = intervals.subtract(total, flare_iv)
+            before = intervals.length(total)
+            exposure = ev.exposure * (intervals.length(good_time) / before if before > 0 else 1.0)
+    if point_sources is not None:
+        drop("point_source", point_sources.contains(c["x"], c["y"], ev.frame))
+    x, y = ev.frame.reproject_to(frame, c["x"][keep], c["y"][keep])
+    return CleanEvents(x=np.asarray(x, np.float64), y=np.asarray(y, np.float64),
+                       pi=c["pi"][keep], energy=c["energy"][keep], exposure=float(exposure),
+                       removed=removed, n_input=n, good_time=good_time,
+                       flare_intervals=flare_iv)
+
+
+def crop_events(ce: CleanEvents, crop, grid: ImageGrid, frame: SkyFrame) -> CleanEvents:
+    """Keep events inside the crop shapes and the image grid (reason ``outside_crop``)."""
+    ny, nx = grid.shape
+    row, col = grid.sky_to_pixel(ce.x, ce.y)
+    inside = (row >= 0) & (row < ny) & (col >= 0) & (col < nx)
+    if crop is not None:
+        inside &= crop.contains(ce.x, ce.y, frame)
+    out = ce.select(inside)
+    out.removed["outside_crop"] += int((~inside).sum())
+    return out
+
+
+def band_counts(energy_ev, band_kev) -> int:
+    e = np.asarray(energy_ev) / 1000.0
+    return int(np.count_nonzero((e >= band_kev[0]) & (e < band_kev[1])))
+
+
+def pixel_mask(shapes, grid: ImageGrid, frame: SkyFrame) -> np.ndarray:
+    """(ny, nx) bool: image pixel centres inside a region set."""
+    ny, nx = grid.shape
+    rows, cols = np.mgrid[0:ny, 0:nx]
+    x, y = grid.pixel_to_sky(rows, cols)
+    return shapes.contains(x.ravel(), y.ravel(), frame).reshape(ny, nx)

@@ -1,0 +1,157 @@
+"""DS9 and CIAO region files: crop areas and point-source exclusions.
+
+Parsing and shapes come from the ``regions`` package. It does not know the
+``physical`` coordinate system, which is what ds9 writes for an event file
+and what CIAO-format region files use implicitly; on an event file physical
+coordinates *are* sky x, y, so such lines are read as ``image`` coordinates of
+a 1-based sky-pixel grid. Sky regions (fk5, icrs, galactic) are projected
+with the observation's sky frame.
+
+Everything here works in "sky pixels minus one" (0-based pixel coordinates
+of the sky grid), which is what ``regions`` uses for image coordinates.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..io.fitsio import SkyFrame
+
+_COORD_SYSTEMS = ("fk5", "icrs", "fk4", "galactic", "ecliptic", "image", "physical",
+                  "j2000", "b1950", "linear")
+_SHAPE_RE = re.compile(r"^\s*[-+]?\s*(circle|ellipse|box|rotbox|polygon|annulus|rectangle|point)\s*\(",
+                       re.IGNORECASE)
+
+
+def _normalise(text: str) -> str:
+    """Rewrite physical/CIAO syntax into something ``regions`` parses."""
+    lines = []
+    saw_system = False
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip() if not raw.lstrip().startswith("#") else raw.strip()
+        if not line or line.startswith("#"):
+            lines.append(raw)
+            continue
+        low = line.lower().rstrip(";")
+        if low in _COORD_SYSTEMS:
+            saw_system = True
+            lines.append("image" if low in ("physical", "linear") else low)
+            continue
+        if low.startswith("global"):
+            lines.append(raw)
+            continue
+        if _SHAPE_RE.match(line):
+            if not saw_system:
+                # CIAO-format files name no system: their numbers are physical.
+                lines.append("image")
+                saw_system = True
+            line = re.sub(r"(?i)^(\s*[-+]?\s*)rotbox", r"\1box", line)
+            line = re.sub(r"(?i)^(\s*[-+]?\s*)rectangle", r"\1box", line)
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class RegionSet:
+    """Include and exclude shapes from one region file."""
+
+    path: Path
+    field: str
+    shapes: list  # (regions.Region, include: bool)
+
+    def contains(self, x, y, frame: SkyFrame) -> np.ndarray:
+        """Boolean array: inside any include shape and no exclude shape.
+
+        Parameters
+        ----------
+        x, y : array_like
+            Sky pixel coordinates (1-based, as in event files).
+        frame : SkyFrame
+            Sky frame of ``x``, ``y`` (projects fk5 shapes).
+        """
+        from regions import PixCoord, SkyRegion
+
+        x = np.asarray(x, float)
+        y = np.asarray(y, float)
+        pix = PixCoord(x - 1.0, y - 1.0)
+        wcs0 = _zero_based_wcs(frame)
+        inside = np.zeros(x.shape, bool)
+        excluded = np.zeros(x.shape, bool)
+        any_include = False
+        for shape, include in self.shapes:
+            pshape = shape.to_pixel(wcs0) if isinstance(shape, SkyRegion) else shape
+            hit = np.asarray(pshape.contains(pix), bool)
+            if include:
+                any_include = True
+                inside |= hit
+            else:
+                excluded |= hit
+        if not any_include:
+            inside[:] = True
+        return inside & ~excluded
+
+    def include_bbox(self, frame: SkyFrame):
+        """(xmin, xmax, ymin, ymax) in sky pixels of the include shapes."""
+        from regions import SkyRegion
+
+        wcs0 = _zero_based_wcs(frame)
+        boxes = []
+        for shape, include in self.shapes:
+            if not include:
+                continue
+            pshape = shape.to_pixel(wcs0) if isinstance(shape, SkyRegion) else shape
+            bb = pshape.bounding_box
+            boxes.append((bb.ixmin + 1.0, bb.ixmax + 1.0, bb.iymin + 1.0, bb.iymax + 1.0))
+        if not boxes:
+            raise InputError("has no include shape to crop to", path=self.path, field=self.field)
+        b = np.array(boxes, float)
+        return b[:, 0].min(), b[:, 1].max(), b[:, 2].min(), b[:, 3].max()
+
+
+def _zero_based_wcs(frame: SkyFrame):
+    """WCS whose 0-based pixel coordinates are sky x-1, y-1 (what ``regions`` uses)."""
+    return frame.wcs()
+
+
+def read_region_file(path, field: str) -> RegionSet:
+    """Parse a DS9 (or CIAO) region file.
+
+    Parameters
+    ----------
+    path : path
+        Region file.
+    field : str
+        Config field it came from (``prep.crop_region``), for error messages.
+    """
+    from regions import Regions
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise InputError("region file not found", path=path, field=field) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read region file ({exc})", path=path, field=field) from None
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            parsed = Regions.parse(_normalise(text), format="ds9")
+    except Exception as exc:  # the parser raises several private error types
+        raise InputError(f"not a DS9 region file ({str(exc).splitlines()[0]})",
+                         path=path, field=field) from None
+    skipped = [str(w.message).splitlines()[0] for w in caught]
+    if skipped:
+        raise InputError(f"cannot use a region: {skipped[0]}", path=path, field=field)
+    shapes = []
+    for shape in parsed:
+        include = bool(shape.meta.get("include", 1))
+        shapes.append((shape, include))
+    if not shapes:
+        raise InputError("no shapes in region file", path=path, field=field)
+    return RegionSet(path=path, field=field, shapes=shapes)

@@ -1,0 +1,42 @@
+"""Shared test helpers: running hpcxt under the venv's own mpiexec."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+MPIEXEC = BIN / "mpiexec"
+
+
+def mpi_env() -> dict:
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return env
+
+
+def run_hpcxt(*args, nprocs: int | None = None, timeout: float = 300, cwd=None,
+              check: bool = False) -> subprocess.CompletedProcess:
+    """Run ``hpcxt ARGS`` as a subprocess, under ``mpiexec -n nprocs`` if given.
+
+    MPI runs always go through ``python -m mpi4py -m hpcxt`` so that one
+    failing rank aborts the job instead of hanging it. The timeout turns a
+    deadlock into a test failure rather than a hung suite.
+    """
+    if nprocs is None:
+        cmd = [sys.executable, "-m", "hpcxt", *map(str, args)]
+    else:
+        if not MPIEXEC.exists():
+            pytest.skip(f"needs the venv's mpiexec at {MPIEXEC} (pip install mpich)")
+        cmd = [str(MPIEXEC), "-n", str(nprocs), sys.executable, "-m", "mpi4py",
+               "-m", "hpcxt", *map(str, args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          cwd=cwd, env=mpi_env())
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n"
+                             f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc

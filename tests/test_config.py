@@ -1,0 +1,136 @@
+"""Config loading: every problem named by its field, all at once."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from hpcxt.errors import ConfigError, InputError
+from hpcxt.io.config import load_config, render_template
+from conftest import run_hpcxt
+
+
+def _write(tmp_path, data, name="c.yaml"):
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def _minimal(tmp_path):
+    for f in ("e.fits", "x.fits", "a.arf", "r.rmf"):
+        (tmp_path / f).write_text("")
+    return {
+        "cluster": {"name": "A", "redshift": 0.1, "nh": 0.03},
+        "observations": [{"obsid": 1, "events": "e.fits", "exposure_map": "x.fits",
+                          "arf": "a.arf", "rmf": "r.rmf"}],
+        "prep": {"backend": "products"},
+    }
+
+
+def test_minimal_config_gets_defaults_and_absolute_paths(tmp_path):
+    cfg = load_config(_write(tmp_path, _minimal(tmp_path)))
+    assert cfg.acb.target_sn == 50.0
+    assert cfg.acb.max_radius == 100.0
+    assert cfg.fit.min_obs_fraction == 0.09
+    assert cfg.fit.model == "xsphabs*xsapec"
+    assert cfg.prep.deflare.bin_seconds == 259.28
+    assert cfg.observations[0].obsid == "1"
+    assert cfg.observations[0].events == str(tmp_path / "e.fits")
+    assert cfg.workdir_path == tmp_path / "work"
+
+
+def test_every_problem_is_reported_with_its_field(tmp_path):
+    data = _minimal(tmp_path)
+    data["observations"].append({"obsid": 2, "events": "missing.fits", "exposure_map": "x.fits",
+                                 "arf": "a.arf", "rmf": "r.rmf"})
+    data["acb"] = {"target_sn": -5, "snn": "auto"}
+    data["fit"] = {"resolution": "hgh", "model": "xsphabs+xsapec"}
+    data["cluster"]["redshift"] = "high"
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, data))
+    problems = info.value.problems
+    text = str(info.value)
+    assert any(p.startswith("observations[1].events: file not found") for p in problems), problems
+    assert any(p.startswith("acb.target_sn: must be > 0") for p in problems)
+    assert "acb.snn: unknown key (did you mean 'sn'?)" in problems
+    assert any(p.startswith("fit.resolution: must be one of high, medium, low")
+               and "did you mean 'high'" in p for p in problems)
+    assert any(p.startswith("fit.model:") for p in problems)
+    assert any(p.startswith("cluster.redshift: must be a number") for p in problems)
+    assert len(problems) == 6
+    assert str(tmp_path / "c.yaml") in text
+
+
+def test_top_level_typo_and_missing_required(tmp_path):
+    data = _minimal(tmp_path)
+    data["acbb"] = {}
+    del data["cluster"]["nh"]
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, data))
+    assert "acbb: unknown key (did you mean 'acb'?)" in info.value.problems
+    assert "cluster.nh: required but missing" in info.value.problems
+
+
+def test_duplicate_obsid_and_bad_band(tmp_path):
+    data = _minimal(tmp_path)
+    data["observations"].append(dict(data["observations"][0]))
+    data["prep"]["energy_band"] = [8.0, 0.7]
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, data))
+    assert "observations[1].obsid: duplicate of observations[0]" in info.value.problems
+    assert any(p.startswith("prep.energy_band: low must be below high") for p in info.value.problems)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(InputError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cluster: [unclosed\n")
+    with pytest.raises(InputError, match="not valid YAML: line"):
+        load_config(bad)
+
+
+def test_section_hash_tracks_only_named_fields(tmp_path):
+    data = _minimal(tmp_path)
+    a = load_config(_write(tmp_path, data, "a.yaml"))
+    data["maps"] = {"png": False}
+    b = load_config(_write(tmp_path, data, "b.yaml"))
+    data["fit"] = {"model": "xsphabs*xsbremss"}
+    c = load_config(_write(tmp_path, data, "c.yaml"))
+    assert a.section_hash("fit") == b.section_hash("fit")
+    assert a.section_hash("maps") != b.section_hash("maps")
+    assert b.section_hash("fit") != c.section_hash("fit")
+    assert b.section_hash("fit.resolution") == c.section_hash("fit.resolution")
+
+
+def test_template_is_a_valid_config(tmp_path):
+    p = tmp_path / "t.yaml"
+    p.write_text(render_template("A2142"))
+    cfg = load_config(p, check_files=False)
+    assert cfg.cluster.name == "A2142"
+    assert cfg.fit.checkpoint_seconds == 60.0
+    with pytest.raises(ConfigError, match=r"observations\[0\].events: file not found"):
+        load_config(p)
+
+
+def test_cli_reports_config_errors_in_one_line_with_exit_2(tmp_path):
+    data = _minimal(tmp_path)
+    data["fit"] = {"resolutoin": "high"}
+    p = _write(tmp_path, data)
+    proc = run_hpcxt("prep", p, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("hpcxt: error: ")
+    assert "fit.resolutoin: unknown key (did you mean 'resolution'?)" in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_init_writes_template_and_refuses_overwrite(tmp_path):
+    proc = run_hpcxt("init", "A1795", "--dir", tmp_path, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "A1795.yaml").read_text()
+    assert "name: A1795" in text and "target_sn: 50" in text
+    again = run_hpcxt("init", "A1795", "--dir", tmp_path, timeout=60)
+    assert again.returncode != 0
+    assert "exists" in again.stderr
