@@ -98,11 +98,43 @@ def cmd_maps(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    from .pipeline import run_pipeline
+    return run_pipeline(args.config, nprocs=args.np)
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+    return run_demo(Path(args.outdir), nprocs=args.np, seed=args.seed)
+
+
 def cmd_doctor(args) -> int:
     from .doctor import doctor_report
     text, ok = doctor_report()
     print(text)
     return 0 if ok else 1
+
+
+def cmd_jobs(args) -> int:
+    from .io.config import load_config
+    from .jobs import JobOptions, render_jobs, submit_jobs
+    cfg = load_config(args.config, check_files=False)
+    options = JobOptions(
+        scheduler=args.scheduler, nodes=args.nodes, ntasks_per_node=args.ntasks_per_node,
+        time=args.time, account=args.account, partition=args.partition,
+        modules=tuple(args.module), venv=args.venv, conda_env=args.conda_env,
+        python=args.python, signal_seconds=args.signal_seconds,
+        max_resubmits=args.max_resubmits, srun_mpi=args.mpi, mpiexec=args.mpiexec,
+        mpiexec_flags=args.mpiexec_flags, pbs_resources=args.pbs_resources,
+        directives=tuple(args.directive))
+    scripts = render_jobs(cfg, options, jobs_dir=args.jobs_dir)
+    for stage, path in scripts.items():
+        print(f"wrote {path}")
+    if args.submit:
+        for stage, job_id in submit_jobs(args.scheduler, scripts, args.submit):
+            print(f"submitted {stage}: job {job_id}")
+        print(f"watch: hpcxt status {args.config}; history in {scripts['fit'].parent}/chain.log")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,6 +179,48 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("maps", help="temperature, pressure, density and entropy maps")
     s.add_argument("config")
     s.set_defaults(func=cmd_maps)
+
+    s = sub.add_parser("jobs", help="Slurm/PBS job scripts that checkpoint and resubmit themselves")
+    s.add_argument("config")
+    s.add_argument("--scheduler", choices=("slurm", "pbs"), required=True)
+    s.add_argument("--nodes", type=int, default=1, help="nodes per job (default: 1)")
+    s.add_argument("--ntasks-per-node", type=int, default=None,
+                   help="MPI ranks per node (default: this machine's CPU count)")
+    s.add_argument("--time", default="24:00:00", help="wall time per job, [D-]HH:MM:SS (default: 24:00:00)")
+    s.add_argument("--account", help="account to charge")
+    s.add_argument("--partition", "--queue", dest="partition", help="Slurm partition or PBS queue")
+    s.add_argument("--module", action="append", default=[], metavar="NAME",
+                   help="'module load NAME' first (repeatable)")
+    s.add_argument("--venv", help="virtual environment to activate (default: the current one)")
+    s.add_argument("--conda-env", help="conda environment to activate instead of a venv")
+    s.add_argument("--python", help="python that runs hpcxt (default: the environment's)")
+    s.add_argument("--signal-seconds", type=int, default=None,
+                   help="checkpoint this many s before the wall time (default: a tenth of it, 60-600)")
+    s.add_argument("--max-resubmits", type=int, default=20,
+                   help="cap on automatic resubmissions (HPCXT_MAX_RESUBMITS, default: 20)")
+    s.add_argument("--mpi", help="srun --mpi= plugin, e.g. pmi2 for the MPICH wheel (default: the site's)")
+    s.add_argument("--mpiexec", help="PBS launcher (default: the environment's mpiexec)")
+    s.add_argument("--mpiexec-flags", default="", help="extra flags for the PBS launcher")
+    s.add_argument("--pbs-resources", choices=("select", "nodes"), default="select",
+                   help="PBS Pro select=N:ncpus=M (default) or Torque nodes=N:ppn=M")
+    s.add_argument("--directive", action="append", default=[], metavar="OPTION",
+                   help="extra #SBATCH/#PBS option, e.g. --directive=--mem=0 (repeatable)")
+    s.add_argument("--jobs-dir", help="where to write (default: <workdir>/jobs)")
+    s.add_argument("--submit", nargs="?", const="run", choices=("run", "fit", "scalemap", "mpi"),
+                   help="submit too: run (default), fit, scalemap, or mpi (scalemap, then fit after it)")
+    s.set_defaults(func=cmd_jobs)
+
+    s = sub.add_parser("run", help="prep, scalemap, fit and maps in order (MPI stages via mpiexec)")
+    s.add_argument("config")
+    s.add_argument("--np", type=int, default=None,
+                   help="MPI ranks (default: the cores available; the fit adds its master)")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("demo", help="simulate a merging cluster, map it, compare with the truth")
+    s.add_argument("--outdir", default="hpcxt-demo", help="folder for data and results")
+    s.add_argument("--np", type=int, default=None, help="MPI ranks (default: the cores available)")
+    s.add_argument("--seed", type=int, default=1)
+    s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("doctor", help="what is installed: MPI, Sherpa, XSPEC models, CIAO")
     s.set_defaults(func=cmd_doctor)

@@ -40,3 +40,32 @@ def run_hpcxt(*args, nprocs: int | None = None, timeout: float = 300, cwd=None,
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n"
                              f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc
+
+
+@pytest.fixture(scope="session")
+def simulated_small(tmp_path_factory) -> Path:
+    """``hpcxt simulate --preset small`` output folder (config.yaml, obs*/, truth/)."""
+    from hpcxt.prep.simulate import simulate
+
+    outdir = tmp_path_factory.mktemp("sim_small")
+    simulate(outdir, preset="small", seed=1)
+    return outdir
+
+
+@pytest.fixture(scope="session")
+def prepped_small(simulated_small, tmp_path_factory) -> Path:
+    """Config path of a copy of the small simulation, with ``hpcxt prep`` done.
+
+    Tests may run later stages in its workdir; they must not modify the
+    simulated inputs. Tests that change configs or inputs make their own copy.
+    """
+    import shutil
+
+    from hpcxt.driver import run_prep
+    from hpcxt.io.config import load_config
+
+    outdir = tmp_path_factory.mktemp("prepped_small") / "sim"
+    shutil.copytree(simulated_small, outdir)
+    cfg_path = outdir / "config.yaml"
+    run_prep(load_config(cfg_path))
+    return cfg_path

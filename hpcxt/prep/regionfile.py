@@ -23,6 +23,9 @@ import numpy as np
 from ..errors import InputError
 from ..io.fitsio import SkyFrame
 
+#: Sky shapes farther than this from the tangent point cannot belong to the
+#: observation (ACIS-I is 17 arcmin across).
+MAX_OFFSET_DEG = 2.0
 _COORD_SYSTEMS = ("fk5", "icrs", "fk4", "galactic", "ecliptic", "image", "physical",
                   "j2000", "b1950", "linear")
 _SHAPE_RE = re.compile(r"^\s*[-+]?\s*(circle|ellipse|box|rotbox|polygon|annulus|rectangle|point)\s*\(",
@@ -75,17 +78,15 @@ class RegionSet:
         frame : SkyFrame
             Sky frame of ``x``, ``y`` (projects fk5 shapes).
         """
-        from regions import PixCoord, SkyRegion
+        from regions import PixCoord
 
         x = np.asarray(x, float)
         y = np.asarray(y, float)
         pix = PixCoord(x - 1.0, y - 1.0)
-        wcs0 = _zero_based_wcs(frame)
         inside = np.zeros(x.shape, bool)
         excluded = np.zeros(x.shape, bool)
         any_include = False
-        for shape, include in self.shapes:
-            pshape = shape.to_pixel(wcs0) if isinstance(shape, SkyRegion) else shape
+        for pshape, include in self._pixel_shapes(frame):
             hit = np.asarray(pshape.contains(pix), bool)
             if include:
                 any_include = True
@@ -96,16 +97,38 @@ class RegionSet:
             inside[:] = True
         return inside & ~excluded
 
-    def include_bbox(self, frame: SkyFrame):
-        """(xmin, xmax, ymin, ymax) in sky pixels of the include shapes."""
+    def _pixel_shapes(self, frame: SkyFrame):
+        """Shapes in 0-based sky-pixel coordinates (what ``regions`` calls pixels)."""
+        from astropy.coordinates import SkyCoord
+        import astropy.units as u
         from regions import SkyRegion
 
-        wcs0 = _zero_based_wcs(frame)
-        boxes = []
+        # The frame's WCS maps 1-based sky x, y; regions' pixels are 0-based,
+        # which is exactly the sky x-1, y-1 that contains() passes in.
+        wcs = frame.wcs()
+        tangent = SkyCoord(frame.ra0 * u.deg, frame.dec0 * u.deg)
+        out = []
         for shape, include in self.shapes:
+            if isinstance(shape, SkyRegion):
+                centre = getattr(shape, "center", None)
+                if centre is None and hasattr(shape, "vertices"):
+                    centre = shape.vertices[0]
+                sep = centre.separation(tangent).deg if centre is not None else 0.0
+                if sep > MAX_OFFSET_DEG:
+                    raise InputError(f"a {type(shape).__name__.replace('SkyRegion', '').lower()} "
+                                     f"lies {sep:.1f} deg from the observations' pointing",
+                                     path=self.path, field=self.field)
+                out.append((shape.to_pixel(wcs), include))
+            else:
+                out.append((shape, include))
+        return out
+
+    def include_bbox(self, frame: SkyFrame):
+        """(xmin, xmax, ymin, ymax) in sky pixels of the include shapes."""
+        boxes = []
+        for pshape, include in self._pixel_shapes(frame):
             if not include:
                 continue
-            pshape = shape.to_pixel(wcs0) if isinstance(shape, SkyRegion) else shape
             bb = pshape.bounding_box
             boxes.append((bb.ixmin + 1.0, bb.ixmax + 1.0, bb.iymin + 1.0, bb.iymax + 1.0))
         if not boxes:
@@ -114,9 +137,6 @@ class RegionSet:
         return b[:, 0].min(), b[:, 1].max(), b[:, 2].min(), b[:, 3].max()
 
 
-def _zero_based_wcs(frame: SkyFrame):
-    """WCS whose 0-based pixel coordinates are sky x-1, y-1 (what ``regions`` uses)."""
-    return frame.wcs()
 
 
 def read_region_file(path, field: str) -> RegionSet:

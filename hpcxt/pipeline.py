@@ -1,0 +1,89 @@
+"""``hpcxt run`` and ``hpcxt demo``: every stage in order, MPI stages via mpiexec.
+
+The serial stages (prep, maps) run in this process; the MPI stages are
+launched as ``mpiexec -n N python -m mpi4py -m hpcxt STAGE CONFIG`` with the
+venv's own mpiexec, so one failing rank aborts the job. Every stage skips
+work that is already done, so a re-run after a finished run does nothing
+and a re-run after an interruption resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .errors import EXIT_CHECKPOINTED, HpcxtError
+
+log = logging.getLogger("hpcxt.run")
+
+
+def available_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def find_mpiexec() -> str:
+    """The mpiexec of the MPI that mpi4py uses: the venv's own first."""
+    here = Path(sys.executable).parent / "mpiexec"
+    if here.exists():
+        return str(here)
+    found = shutil.which("mpiexec")
+    if not found:
+        raise HpcxtError("no mpiexec found: pip install mpich (or load your site's MPI module)")
+    return found
+
+
+def mpi_command(nprocs: int, *args) -> list[str]:
+    return [find_mpiexec(), "-n", str(nprocs), sys.executable, "-m", "mpi4py", "-m", "hpcxt",
+            *map(str, args)]
+
+
+def _run_mpi(nprocs: int, *args) -> int:
+    cmd = mpi_command(nprocs, *args)
+    log.info("running: %s", " ".join(cmd))
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    return subprocess.run(cmd, env=env).returncode
+
+
+def run_pipeline(config_path, nprocs: int | None = None) -> int:
+    """prep, scalemap, fit, maps; returns the exit status.
+
+    Parameters
+    ----------
+    config_path : path
+        The config file.
+    nprocs : int, optional
+        MPI ranks for the scale map; the fit gets one more, its master,
+        which sleeps while it waits. Default: the cores available.
+    """
+    from .driver import run_prep
+    from .io.config import load_config
+    from .maps import run_maps
+
+    nprocs = nprocs or available_cores()
+    cfg = load_config(config_path)
+    t0 = time.perf_counter()
+    run_prep(cfg)
+    status = _run_mpi(nprocs, "scalemap", config_path)
+    if status != 0:
+        raise HpcxtError(f"scalemap exited with status {status}")
+    fit_args = ["fit", config_path]
+    if (cfg.stage_dir("fit") / "results.h5").exists():
+        fit_args.append("--resume")
+    status = _run_mpi(nprocs + 1 if nprocs > 1 else 1, *fit_args)
+    if status == EXIT_CHECKPOINTED:
+        log.warning("fit stopped by a signal after a checkpoint; run again to resume")
+        return status
+    if status != 0:
+        raise HpcxtError(f"fit exited with status {status}")
+    run_maps(cfg)
+    log.info("pipeline finished in %.1f s; maps in %s", time.perf_counter() - t0,
+             cfg.stage_dir("maps"))
+    return 0

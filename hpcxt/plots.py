@@ -1,0 +1,87 @@
+"""PNG quick-looks of the maps, with surface-brightness contours."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+QUICKLOOKS = (
+    ("temperature", "kT [keV]", "magma"),
+    ("temperature_frac_err", "fractional kT error", "viridis"),
+    ("pressure", "pseudo pressure [keV (cts cm$^{-2}$ s$^{-1}$)$^{1/2}$]", "cividis"),
+    ("entropy", "pseudo entropy [keV (cts cm$^{-2}$ s$^{-1}$)$^{-1/3}$]", "plasma"),
+)
+
+
+def _smoothed_brightness(bundle) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+
+    sb = np.where(bundle.mask & (bundle.exposure > 0),
+                  (bundle.counts - bundle.background) / np.where(bundle.exposure > 0,
+                                                                bundle.exposure, 1.0), 0.0)
+    weight = gaussian_filter(bundle.mask.astype(float), 2.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = gaussian_filter(sb, 2.0) / weight
+    return np.where(bundle.mask, out, np.nan)
+
+
+def _contour_levels(sb) -> np.ndarray | None:
+    good = sb[np.isfinite(sb) & (sb > 0)]
+    if good.size < 10:
+        return None
+    lo, hi = np.percentile(good, [20, 99.5])
+    if not hi > lo > 0:
+        return None
+    return np.geomspace(lo, hi, 6)
+
+
+def _panel(ax, image, label, cmap, sb, levels, fig):
+    finite = image[np.isfinite(image)]
+    if finite.size:
+        vmin, vmax = np.percentile(finite, [2, 98])
+        if vmin == vmax:
+            vmin, vmax = vmin - 0.5, vmax + 0.5
+    else:
+        vmin, vmax = 0, 1
+    im = ax.imshow(image, origin="lower", cmap=cmap, vmin=vmin, vmax=vmax,
+                   interpolation="nearest")
+    if levels is not None:
+        ax.contour(sb, levels=levels, colors="white", linewidths=0.6, alpha=0.7)
+    ax.coords[0].set_axislabel("RA")
+    ax.coords[1].set_axislabel("Dec")
+    cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    cb.set_label(label)
+
+
+def write_quicklooks(outdir, images: dict, bundle, title: str) -> list[str]:
+    """One PNG per quick-look map and an overview of all of them; returns file names."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    outdir = Path(outdir)
+    wcs = bundle.grid.wcs()
+    sb = _smoothed_brightness(bundle)
+    levels = _contour_levels(sb)
+    written = []
+    for name, label, cmap in QUICKLOOKS:
+        fig = plt.figure(figsize=(6.4, 5.4))
+        ax = fig.add_subplot(projection=wcs)
+        _panel(ax, images[name], label, cmap, sb, levels, fig)
+        ax.set_title(f"{title}: {name.replace('_', ' ')}")
+        path = outdir / f"{name}.png"
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        written.append(path.name)
+    fig = plt.figure(figsize=(12, 10))
+    for i, (name, label, cmap) in enumerate(QUICKLOOKS, start=1):
+        ax = fig.add_subplot(2, 2, i, projection=wcs)
+        _panel(ax, images[name], label, cmap, sb, levels, fig)
+        ax.set_title(name.replace("_", " "))
+    fig.suptitle(f"{title}: hpcxt maps (contours: surface brightness)")
+    path = outdir / "overview.png"
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    written.append(path.name)
+    return written
