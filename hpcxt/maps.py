@@ -195,14 +195,14 @@ MAPS = {
 
 def region_values(res, table, bundle, selection: Selection) -> dict:
     """Per-region values of every map (NaN where not kept)."""
-    kT = np.asarray(res["kT"], float)
-    lo = np.asarray(res["kT_lo"], float)
-    hi = np.asarray(res["kT_hi"], float)
+    kT = np.asarray(res.kT, float)
+    lo = np.asarray(res.kT_lo, float)
+    hi = np.asarray(res.kT_hi, float)
     err = (hi - lo) / 2.0
     with np.errstate(divide="ignore", invalid="ignore"):
         frac = err / kT
-        stat = np.asarray(res["stat"], float) / np.asarray(res["dof"], float)
-    counts = np.asarray(res["counts"], float)
+        stat = np.asarray(res.stat, float) / np.asarray(res.dof, float)
+    counts = np.asarray(res.counts, float)
     if counts.ndim == 2:
         counts = counts.sum(axis=1)
     sb = surface_brightness(bundle.counts, bundle.background, bundle.exposure, bundle.mask)
@@ -210,23 +210,25 @@ def region_values(res, table, bundle, selection: Selection) -> dict:
     density, pressure, entropy = thermodynamics(kT, sb_mean)
     values = {"temperature": kT, "temperature_lo": lo, "temperature_hi": hi,
               "temperature_err": err, "temperature_frac_err": frac,
-              "norm": np.asarray(res["norm"], float), "fit_stat": stat, "counts": counts,
+              "norm": np.asarray(res.norm, float), "fit_stat": stat, "counts": counts,
               "density": density, "pressure": pressure, "entropy": entropy}
     return {k: np.where(selection.keep, v, np.nan) for k, v in values.items()}
 
 
 def run_maps(cfg) -> dict:
     """Write ``<workdir>/maps/*.fits`` (and PNGs); return a summary dict."""
-    from .fit_mpi import read_fit_results
+    from .errors import InputError
     from .io.bundle import read_bundle
+    from .io.checkpoint import read_results
     from .io.fitsio import write_image
     from .io.regions_table import read_regions
 
     t0 = time.perf_counter()
     outdir = cfg.stage_dir("maps")
     results_path = cfg.stage_dir("fit") / "results.h5"
-    res, res_fingerprint = read_fit_results(results_path)
-    fingerprint = json.dumps({"results": res_fingerprint, "maps": cfg.section_hash("maps")})
+    res = read_results(results_path)
+    fingerprint = json.dumps({"results": [res.config_hash, res.region_table_hash, res.updated,
+                                          res.n_final], "maps": cfg.section_hash("maps")})
     stamp = outdir / "summary.json"
     if stamp.exists():
         try:
@@ -237,14 +239,16 @@ def run_maps(cfg) -> dict:
             pass
     bundle = read_bundle(cfg.stage_dir("prep") / "bundle.h5", load_events=False)
     table = read_regions(cfg.stage_dir("acb") / "regions.h5")
-    if len(res["kT"]) != len(table):
-        from .errors import InputError
-        raise InputError(f"has {len(res['kT'])} rows but the region table has {len(table)}; "
-                         "re-run 'hpcxt fit'", path=results_path, field="kT")
-    kT = np.asarray(res["kT"], float)
+    if res.region_table_hash != table.content_hash():
+        raise InputError("was made for another region table; re-run 'hpcxt fit'",
+                         path=results_path, field="region_table_hash")
+    if not res.complete:
+        log.warning("maps: the fit is not finished: %d of %d regions pending stay blank",
+                    res.n_pending, len(res))
+    kT = np.asarray(res.kT, float)
     with np.errstate(divide="ignore", invalid="ignore"):
-        frac = (np.asarray(res["kT_hi"], float) - np.asarray(res["kT_lo"], float)) / 2.0 / kT
-    sel = select_regions(res["status"], kT, frac, cfg.maps.drop_failed, cfg.maps.max_frac_error)
+        frac = (np.asarray(res.kT_hi, float) - np.asarray(res.kT_lo, float)) / 2.0 / kT
+    sel = select_regions(res.status, kT, frac, cfg.maps.drop_failed, cfg.maps.max_frac_error)
     values = region_values(res, table, bundle, sel)
     header = bundle.grid.header()
     images = {}
