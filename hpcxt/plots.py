@@ -48,8 +48,13 @@ def _panel(ax, image, label, cmap, sb, levels, fig):
                    interpolation="nearest")
     if levels is not None:
         ax.contour(sb, levels=levels, colors="white", linewidths=0.6, alpha=0.7)
-    ax.coords[0].set_axislabel("RA")
-    ax.coords[1].set_axislabel("Dec")
+    ra, dec = ax.coords[0], ax.coords[1]
+    ra.set_axislabel("RA")
+    dec.set_axislabel("Dec")
+    ra.set_ticks_position("b")
+    ra.set_ticklabel_position("b")
+    dec.set_ticks_position("l")
+    dec.set_ticklabel_position("l")
     cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     cb.set_label(label)
 
