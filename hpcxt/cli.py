@@ -137,6 +137,29 @@ def cmd_jobs(args) -> int:
     return 0
 
 
+def _mpi_rank_and_size() -> tuple[int, int]:
+    """(rank, size) if this process runs under MPI, else (0, 1); never initialises MPI."""
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is None or not mpi.Is_initialized() or mpi.Is_finalized():
+        return 0, 1
+    return mpi.COMM_WORLD.Get_rank(), mpi.COMM_WORLD.Get_size()
+
+
+def _report_error_once(exc: HpcxtError) -> None:
+    """Print the one-line error; under MPI, once rather than once per rank.
+
+    Bad input usually fails on every rank at once. Rank 0 prints and exits,
+    which (under ``python -m mpi4py``) aborts the others; the other ranks wait
+    a moment first, so they print only when rank 0 did not fail with them.
+    """
+    rank, size = _mpi_rank_and_size()
+    if rank != 0 and size > 1:
+        import time
+        time.sleep(2.0)
+    print(f"hpcxt: error: {exc}", file=sys.stderr)
+    sys.stderr.flush()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="hpcxt",
@@ -237,8 +260,7 @@ def main(argv=None) -> int:
     except HpcxtError as exc:
         if args.debug:
             raise
-        print(f"hpcxt: error: {exc}", file=sys.stderr)
-        sys.stderr.flush()
+        _report_error_once(exc)
         return exc.exit_status
     except KeyboardInterrupt:
         print("hpcxt: interrupted", file=sys.stderr)
