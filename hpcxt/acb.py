@@ -888,3 +888,36 @@ def region_coverage(mask, fovs, exposure_maps, rows, cols, index,
     images = coverage_images(mask, fovs, exposure_maps)
     sums = circle_sums(images, rows, cols, index, table)
     return coverage_from_sums(sums, np.asarray(fovs).shape[0])
+
+
+def exposure_reference(exposure_map, fov, percentile: float = 99.9) -> float:
+    """The exposure-map value that stands for the ARF's full exposure, cm**2 s.
+
+    A high percentile of the map over the observation's field: the
+    on-axis, fully dithered exposure, robust to a few odd pixels.
+    """
+    values = np.asarray(exposure_map)[np.asarray(fov, bool)]
+    return float(np.percentile(values, percentile)) if values.size else 0.0
+
+
+def effective_time(fraction, effective_exposure, exposure_s, reference):
+    """Effective exposure time of each region in each observation, s.
+
+    ``EXPOSURE * fraction * <exposure map over the circle> / reference``:
+    ClusterPyXT's ``fraction * EXPOSURE`` corrected for vignetting, dither
+    and chip gaps inside the circle, so that observations fitted with one
+    tied norm agree on how much of the region each saw.
+
+    Parameters
+    ----------
+    fraction, effective_exposure : ndarray (n, nobs)
+        Share of the circle in each field, and the exposure map (cm**2 s)
+        averaged over the circle's pixels in the field.
+    exposure_s, reference : ndarray (nobs,)
+        EXPOSURE (s) and :func:`exposure_reference` (cm**2 s) of each
+        observation.
+    """
+    reference = np.asarray(reference, float)
+    scale = np.divide(np.asarray(exposure_s, float), reference,
+                      out=np.zeros_like(reference), where=reference > 0)
+    return np.asarray(fraction, float) * np.asarray(effective_exposure, float) * scale[None, :]

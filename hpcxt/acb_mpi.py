@@ -174,6 +174,7 @@ class _Inputs:
     fovs: np.ndarray | None = None
     exposure_maps: np.ndarray | None = None
     exposures: np.ndarray | None = None
+    exposure_refs: np.ndarray | None = None
     obsids: list | None = None
     grid: object = None
 
@@ -263,6 +264,8 @@ def _load(cfg) -> _Inputs:
         fovs=np.stack([o.fov.astype(bool) for o in bundle.observations]),
         exposure_maps=np.stack([o.exposure_map for o in bundle.observations]),
         exposures=np.array([o.exposure for o in bundle.observations], dtype=np.float64),
+        exposure_refs=np.array([acb.exposure_reference(o.exposure_map, o.fov)
+                                for o in bundle.observations], dtype=np.float64),
         obsids=list(bundle.obsids), grid=bundle.grid)
 
 
@@ -371,7 +374,8 @@ def run_scalemap(cfg, comm, tile_size: int | None = None) -> None:
         col=cols.astype(np.int32), x=np.asarray(x, dtype=np.float64),
         y=np.asarray(y, dtype=np.float64), radius=radius, radius_sky=radius * grid.bin,
         fraction=fraction, effective_exposure=effective,
-        exposure_time=fraction * inputs.exposures[None, :],
+        exposure_time=acb.effective_time(fraction, effective, inputs.exposures,
+                                         inputs.exposure_refs),
         used=fraction >= float(cfg.fit.min_obs_fraction), obsids=list(inputs.obsids),
         resolution=cfg.fit.resolution, step=step, target_sn=float(params.target_sn),
         config_hash=inputs.config_hash, bundle_hash=inputs.bundle_hash)

@@ -182,6 +182,7 @@ def run_prep(cfg, force: bool = False) -> Path:
     crop = (read_region_file(cfg.prep.crop_region, "prep.crop_region")
             if cfg.prep.crop_region else None)
     clean_settings = {"ccds": cfg.prep.ccds, "deflare": cfg.prep.deflare.to_dict(),
+                      "scale_band": cfg.prep.background_scale_band,
                       "point_sources": _file_fingerprint(cfg.prep.point_sources),
                       "reference": _file_fingerprint(obs_products[0]["events"])}
 
@@ -203,7 +204,9 @@ def run_prep(cfg, force: bool = False) -> Path:
         ev = read_events(o["events"], role=f"observation {obsid} events")
         if frame is None:
             frame = ev.frame
-        src = P.clean_events(ev, cfg.prep.ccds, cfg.prep.deflare, point_sources, frame)
+        scale_band = cfg.prep.background_scale_band
+        src = P.clean_events(ev, cfg.prep.ccds, cfg.prep.deflare, point_sources, frame,
+                             scale_band=scale_band)
         if len(src.x) == 0:
             raise InputError("no events left after the ccd, energy, GTI and flare filters",
                              path=o["events"], field="prep.ccds")
@@ -212,14 +215,12 @@ def run_prep(cfg, force: bool = False) -> Path:
             bev = read_events(o["background"], role=f"observation {obsid} background",
                               need_time=False)
             bkg = P.clean_events(bev, cfg.prep.ccds, None, point_sources, frame,
-                                 is_background=True)
+                                 is_background=True, scale_band=scale_band)
             # The blank-sky file is reprojected to this observation's pointing;
             # its own column WCS says so, and reprojection above used it.
-        lo, hi = cfg.prep.background_scale_band
         meta = {"obsid": obsid, "header": {k: str(v) for k, v in ev.header.items()}}
         if bkg is not None:
-            meta["bkg_scale"] = P.background_scale(P.band_counts(src.energy, (lo, hi)),
-                                                   P.band_counts(bkg.energy, (lo, hi)),
+            meta["bkg_scale"] = P.background_scale(src.scale_band_counts, bkg.scale_band_counts,
                                                    path=o["background"])
         flare_s = float(np.sum(np.asarray(src.flare_intervals[1]) -
                                np.asarray(src.flare_intervals[0]))) if len(src.flare_intervals[0]) else 0.0

@@ -316,3 +316,20 @@ def test_tile_costs_favour_the_outskirts():
     centre = tiles.index((16, 32, 16, 32))
     corner = tiles.index((0, 16, 0, 16))
     assert costs[corner] > 3 * costs[centre]
+
+
+def test_effective_time_corrects_fraction_for_the_exposure_map():
+    from hpcxt.acb import effective_time, exposure_reference
+
+    expmap = np.full((10, 10), 4.0e6)
+    expmap[:, 5] = 2.0e6  # a dithered chip gap at half exposure
+    fov = np.ones((10, 10), bool)
+    ref = exposure_reference(expmap, fov)
+    assert ref == 4.0e6
+    fraction = np.array([[1.0, 0.5]])
+    effective = np.array([[4.0e6, 2.0e6]])
+    t = effective_time(fraction, effective, np.array([1000.0, 1000.0]), np.array([ref, ref]))
+    np.testing.assert_allclose(t, [[1000.0, 250.0]])
+    # an observation with no field gets no time rather than a division error
+    t0 = effective_time(np.array([[0.0]]), np.array([[0.0]]), np.array([1000.0]), np.array([0.0]))
+    assert t0[0, 0] == 0.0

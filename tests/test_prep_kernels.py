@@ -106,3 +106,15 @@ def test_background_scale_needs_counts():
     assert background_scale(30, 120) == 0.25
     with pytest.raises(InputError, match="background file has no events"):
         background_scale(30, 0, path="bkg.fits")
+
+
+def test_flare_bins_catch_a_long_flare_that_inflates_the_scatter():
+    # 10 of 77 bins at 7x the quiet rate: mean +- 3 std would keep them all
+    rng = np.random.default_rng(11)
+    expo = np.full(77, 259.28)
+    rate = np.full(77, 0.14)
+    rate[34:44] = 1.0
+    counts = rng.poisson(rate * expo).astype(float)
+    bad = flare_bins(counts, expo, nsigma=3.0)
+    assert bad[34:44].all()
+    assert bad.sum() <= 12

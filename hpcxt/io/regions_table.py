@@ -14,7 +14,8 @@ Layout of ``<workdir>/acb/regions.h5`` (format version 1)::
                                            inside each observation's field
     effective_exposure (n, nobs)  float64  exposure map averaged over the
                                            circle's pixels in the field, cm**2 s
-    exposure_time      (n, nobs)  float64  fraction * EXPOSURE, s
+    exposure_time      (n, nobs)  float64  EXPOSURE * fraction * effective_exposure
+                                           / (99.9th percentile of the exposure map), s
     used               (n, nobs)  bool     fraction >= fit.min_obs_fraction
 
 A circle holds the image pixels whose centres are within ``radius`` of the

@@ -4,11 +4,14 @@ Steps for each observation (in this order; an event removed by one step is
 counted under that step's reason only, so ``input = kept + sum(removed)``):
 
 ``ccd``            ccd_id not in ``prep.ccds`` (ACIS-I by default)
-``energy``         energy outside the spectral range 0.3-11 keV (the RMF's)
 ``gti``            time outside the chip's good-time intervals
 ``flare``          time in a light-curve bin rejected by sigma clipping
 ``point_source``   inside a shape of ``prep.point_sources``
+``energy``         energy outside the spectral range 0.3-11 keV (the RMF's)
 ``outside_crop``   outside ``prep.crop_region`` or the image grid
+
+The background-scaling counts (``prep.background_scale_band``, 9.5-12 keV)
+are taken just before the energy filter, so the band is not cut at 11 keV.
 
 Then events are reprojected onto a common sky frame (the first observation's
 tangent point), binned into images (``prep.bin`` sky pixels per image pixel)
@@ -36,7 +39,7 @@ log = logging.getLogger("hpcxt.prep")
 
 #: Energies kept for spectra, keV: the range of ACIS responses.
 SPECTRAL_RANGE_KEV = (0.3, 11.0)
-REASONS = ("ccd", "energy", "gti", "flare", "point_source", "outside_crop")
+REASONS = ("ccd", "gti", "flare", "point_source", "energy", "outside_crop")
 
 
 # --------------------------------------------------------------------------
@@ -85,7 +88,10 @@ def flare_bins(counts, exposure, nsigma: float = 3.0, max_iterations: int = 20,
     """Light-curve bins to reject, by iterative sigma clipping of the rate.
 
     A bin is judged only when at least ``min_fraction`` of it is good time;
-    the others are kept (too short to tell). The scatter used is the larger
+    the others are kept (too short to tell). The first pass clips about the
+    median with the scaled median absolute deviation, later passes about
+    the mean of the kept bins with their standard deviation (as CIAO's
+    ``deflare method=clean``). The scatter used is the larger
     of the sample standard deviation and the Poisson error of the mean rate,
     so a quiet, low-count light curve is not trimmed of its upward
     fluctuations.
@@ -107,14 +113,20 @@ def flare_bins(counts, exposure, nsigma: float = 3.0, max_iterations: int = 20,
     rate = np.zeros_like(counts)
     rate[judged] = counts[judged] / exposure[judged]
     keep = judged.copy()
-    for _ in range(max_iterations):
+    for iteration in range(max_iterations):
         if keep.sum() < 3:
             break
-        mean = counts[keep].sum() / exposure[keep].sum()
-        sample_sd = rate[keep].std()
-        poisson_sd = np.sqrt(mean / np.median(exposure[keep]))
+        if iteration == 0:
+            # Start from the median and the MAD: a long flare inflates the
+            # mean and the standard deviation enough to hide itself.
+            centre = float(np.median(rate[keep]))
+            sample_sd = 1.4826 * float(np.median(np.abs(rate[keep] - centre)))
+        else:
+            centre = counts[keep].sum() / exposure[keep].sum()
+            sample_sd = rate[keep].std()
+        poisson_sd = np.sqrt(max(centre, 0.0) / np.median(exposure[keep]))
         sd = max(sample_sd, poisson_sd)
-        new_keep = judged & (np.abs(rate - mean) <= nsigma * sd)
+        new_keep = judged & (np.abs(rate - centre) <= nsigma * sd)
         if np.array_equal(new_keep, keep):
             break
         keep = new_keep
@@ -193,6 +205,7 @@ class CleanEvents:
     exposure: float
     removed: dict = field(default_factory=dict)
     n_input: int = 0
+    scale_band_counts: int = 0
     good_time: tuple = ((), ())
     flare_intervals: tuple = ((), ())
 
@@ -200,6 +213,7 @@ class CleanEvents:
         return CleanEvents(x=self.x[keep], y=self.y[keep], pi=self.pi[keep],
                            energy=self.energy[keep], exposure=self.exposure,
                            removed=dict(self.removed), n_input=self.n_input,
+                           scale_band_counts=self.scale_band_counts,
                            good_time=self.good_time, flare_intervals=self.flare_intervals)
 
     def as_dict(self) -> dict:
@@ -216,7 +230,7 @@ def _all_chip_gti(ev: EventFile, ccds):
 
 
 def clean_events(ev: EventFile, ccds, deflare_cfg, point_sources, frame: SkyFrame,
-                 is_background: bool = False) -> CleanEvents:
+                 is_background: bool = False, scale_band=(9.5, 12.0)) -> CleanEvents:
     """Apply ccd, energy, GTI, flare and point-source filters to one event file.
 
     Parameters
@@ -232,11 +246,15 @@ def clean_events(ev: EventFile, ccds, deflare_cfg, point_sources, frame: SkyFram
         Shapes to exclude.
     frame : SkyFrame
         Common sky frame to reproject onto.
+    scale_band : (float, float)
+        keV; events in it that pass every filter but the energy one are
+        counted for the background scaling.
 
     Returns
     -------
     CleanEvents
-        With ``removed`` counts per reason and the deflared exposure (s).
+        With ``removed`` counts per reason, the deflared exposure (s) and
+        ``scale_band_counts``.
     """
     c = ev.columns
     n = len(ev)
@@ -252,7 +270,6 @@ def clean_events(ev: EventFile, ccds, deflare_cfg, point_sources, frame: SkyFram
     if "ccd_id" in c:
         drop("ccd", ~np.isin(c["ccd_id"], np.asarray(ccds)))
     e_kev = c["energy"] / 1000.0
-    drop("energy", (e_kev < SPECTRAL_RANGE_KEV[0]) | (e_kev >= SPECTRAL_RANGE_KEV[1]))
 
     exposure = ev.exposure
     good_time = ((), ())
@@ -283,11 +300,13 @@ def clean_events(ev: EventFile, ccds, deflare_cfg, point_sources, frame: SkyFram
             exposure = ev.exposure * (intervals.length(good_time) / before if before > 0 else 1.0)
     if point_sources is not None:
         drop("point_source", point_sources.contains(c["x"], c["y"], ev.frame))
+    scale_counts = int(np.count_nonzero(keep & (e_kev >= scale_band[0]) & (e_kev < scale_band[1])))
+    drop("energy", (e_kev < SPECTRAL_RANGE_KEV[0]) | (e_kev >= SPECTRAL_RANGE_KEV[1]))
     x, y = ev.frame.reproject_to(frame, c["x"][keep], c["y"][keep])
     return CleanEvents(x=np.asarray(x, np.float64), y=np.asarray(y, np.float64),
                        pi=c["pi"][keep], energy=c["energy"][keep], exposure=float(exposure),
                        removed=removed, n_input=n, good_time=good_time,
-                       flare_intervals=flare_iv)
+                       flare_intervals=flare_iv, scale_band_counts=scale_counts)
 
 
 def crop_events(ce: CleanEvents, crop, grid: ImageGrid, frame: SkyFrame) -> CleanEvents:
@@ -300,11 +319,6 @@ def crop_events(ce: CleanEvents, crop, grid: ImageGrid, frame: SkyFrame) -> Clea
     out = ce.select(inside)
     out.removed["outside_crop"] += int((~inside).sum())
     return out
-
-
-def band_counts(energy_ev, band_kev) -> int:
-    e = np.asarray(energy_ev) / 1000.0
-    return int(np.count_nonzero((e >= band_kev[0]) & (e < band_kev[1])))
 
 
 def pixel_mask(shapes, grid: ImageGrid, frame: SkyFrame) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""Prep stages: products and CIAO backends, the simulator, responses."""
