@@ -99,6 +99,16 @@ SCHEMA: dict[str, Spec] = {
             "nproc": _s("int", 1, min=1),
             "data_dir": _s("path", None),
             "spectrum_region": _s("path", None, must_exist=True),
+            "download_timeout": _s("float", 3600.0, min=1.0,
+                                   doc="s; a download_chandra_obsid run that takes longer is stopped"),
+            "tool_timeout": _s("float_or_null", None, min=1.0, exclusive_min=False,
+                               doc="s; limit for any other CIAO tool (null: none)"),
+            "background_method": _s("choice", "blanksky", choices=("blanksky", "lookup"),
+                                    doc="blanksky, or acis_bkgrnd_lookup + dmmerge + reproject_events"),
+            "expmap_energy": _s("float", 2.3, min=0.1, max=15.0,
+                                doc="keV, monochromatic energy of the fluximage exposure maps"),
+            "merged_image": _s("bool", True,
+                               doc="merge_obs image of all observations, to draw region files on"),
         }),
     }),
     "acb": _s("section", {}, children={
@@ -456,6 +466,11 @@ prep:
     nproc: 1             # observations processed in parallel
     data_dir: null
     spectrum_region: null  # region for the global ARF/RMF (default: crop region)
+    download_timeout: 3600 # s, stop a download_chandra_obsid that hangs
+    tool_timeout: null     # s, limit for every other CIAO tool (null: none)
+    background_method: blanksky  # blanksky | lookup (acis_bkgrnd_lookup + reproject_events)
+    expmap_energy: 2.3     # keV, energy of the fluximage exposure maps
+    merged_image: true     # merge_obs image of all observations to draw regions on
 
 acb:
   target_sn: 50          # signal-to-noise each circle must reach

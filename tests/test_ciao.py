@@ -1,0 +1,550 @@
+"""The CIAO prep backend, against stand-in executables (and real CIAO when present).
+
+CIAO cannot be installed here, so ``tests/ciao_standins/`` holds executables
+named like the CIAO tools that check their parameters, record their command
+line and PFILES, and write the files the real tools would write. They are
+copied to a temporary ``bin`` with shebangs pointing at this interpreter
+and put first on PATH.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from hpcxt.errors import InputError
+from hpcxt.io.config import dump_config, load_config
+from hpcxt.prep import ciao
+from hpcxt.prep.ciao import CiaoError, prepare_observations, read_stage_record
+
+STANDINS = Path(__file__).parent / "ciao_standins"
+OBSIDS = ("1001", "1002")
+
+
+# --------------------------------------------------------------------------
+# synthetic observations the stand-ins hand out
+
+
+@pytest.fixture(scope="module")
+def sim_data(tmp_path_factory):
+    """hpcxt's simulator output, laid out as the stand-ins look for it."""
+    from hpcxt.prep.simulate import simulate
+
+    sim = tmp_path_factory.mktemp("sim")
+    simulate(sim, preset="small", seed=3)
+    root = tmp_path_factory.mktemp("standin_data")
+    names = {"events.fits": "acisf{id}_repro_evt2.fits", "background.fits": "acisf{id}_bkg_evt2.fits",
+             "expmap.fits": "acisf{id}_expmap.fits", "arf.fits": "acisf{id}.arf",
+             "rmf.fits": "acisf{id}.rmf"}
+    for obsid in OBSIDS:
+        (root / obsid).mkdir()
+        for name, pattern in names.items():
+            (root / obsid / name).symlink_to(sim / f"obs{obsid}" / pattern.format(id=obsid))
+    (root / "regions").symlink_to(sim / "regions")
+    return root
+
+
+# --------------------------------------------------------------------------
+# stand-ins on PATH, and configs
+
+
+@pytest.fixture
+def standin_bin(tmp_path):
+    """The stand-ins, copied with shebangs pointing at this interpreter."""
+    bindir = tmp_path / "standin_bin"
+    bindir.mkdir()
+    shutil.copy(STANDINS / "_standin.py", bindir / "_standin.py")
+    for tool in STANDINS.iterdir():
+        if tool.name.startswith(("_", ".")) or tool.suffix == ".md" or not tool.is_file():
+            continue
+        text = tool.read_text().split("\n", 1)[1]
+        dest = bindir / tool.name
+        dest.write_text(f"#!{sys.executable}\n{text}")
+        dest.chmod(0o755)
+    return bindir
+
+
+@pytest.fixture
+def ciao_env(monkeypatch, tmp_path, standin_bin, sim_data):
+    """PATH with the stand-ins first, their data, their call log and a CIAO-like PFILES."""
+    sysdir = tmp_path / "ciao_system_param"
+    sysdir.mkdir()
+    monkeypatch.setenv("PATH", f"{standin_bin}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("HPCXT_STANDIN_DATA", str(sim_data))
+    calls = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("HPCXT_STANDIN_LOG", str(calls))
+    monkeypatch.setenv("PFILES", f"{tmp_path / 'home_param'};{sysdir}")
+    for var in ("HPCXT_STANDIN_FAIL", "HPCXT_STANDIN_NO_OUTPUT", "HPCXT_STANDIN_HANG"):
+        monkeypatch.delenv(var, raising=False)
+    return {"calls": calls, "system_pfiles": str(sysdir), "bin": standin_bin}
+
+
+def read_calls(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _arg(call: dict, key: str) -> str | None:
+    for a in call["argv"]:
+        if a.startswith(key + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def write_config(tmp_path: Path, obsids=OBSIDS, crop=True, point_sources=True, **ciao_opts):
+    prep = {"backend": "ciao", "ciao": dict(ciao_opts)}
+    for wanted, name, key in ((crop, "crop.reg", "crop_region"),
+                              (point_sources, "sources.reg", "point_sources")):
+        if "HPCXT_STANDIN_DATA" in os.environ:
+            # the simulator's region files (fk5), as a user would have drawn them
+            regions = Path(os.environ["HPCXT_STANDIN_DATA"]) / "regions"
+            shutil.copyfile(regions / name, tmp_path / name)
+        if wanted:
+            prep[key] = str(tmp_path / name)
+    cfg = {"cluster": {"name": "standin", "redshift": 0.1, "nh": 0.03},
+           "workdir": str(tmp_path / "work"),
+           "observations": [{"obsid": o} for o in obsids],
+           "prep": prep,
+           "fit": {"model": "xsphabs*xsbremss"}}
+    path = tmp_path / "cluster.yaml"
+    path.write_text(dump_config(cfg))
+    return path
+
+
+def done_stages(obsdir) -> list[str]:
+    """Stages recorded done in an observation folder, in pipeline order."""
+    record = read_stage_record(obsdir).get("stages", {})
+    return [s for s in ciao.STAGES if s in record]
+
+
+def _prepare(cfg_path, force=False):
+    cfg = load_config(cfg_path)
+    return prepare_observations(cfg, cfg.workdir_path, force=force)
+
+
+PHASE1 = ["download_chandra_obsid", "chandra_repro", "dmcopy", "dmcopy", "dmextract", "deflare",
+          "dmcopy", "blanksky", "fluximage"]
+
+
+# --------------------------------------------------------------------------
+# small pure pieces
+
+
+def test_ccd_filter_and_band_syntax():
+    assert ciao._ccd_filter([0, 1, 2, 3]) == "0:3"
+    assert ciao._ccd_filter([3, 0, 1]) == "0:1,3"
+    assert ciao._ccd_filter([2]) == "2"
+    assert ciao._kev_filter([9.0, 12.0]) == "9000:12000"
+    assert ciao._kev_filter([0.7, 8.0]) == "700:8000"
+
+
+def test_system_pfiles_from_environment(tmp_path):
+    assert ciao.system_pfiles({"PFILES": "/home/u/cxcds_param4;/ciao/contrib/param:/ciao/param"}) \
+        == "/ciao/contrib/param:/ciao/param"
+    (tmp_path / "param").mkdir()
+    (tmp_path / "contrib" / "param").mkdir(parents=True)
+    got = ciao.system_pfiles({"ASCDS_INSTALL": str(tmp_path)})
+    assert got == f"{tmp_path}/contrib/param:{tmp_path}/param"
+    assert ciao.system_pfiles({}) == ""
+
+
+def test_ciao_available_follows_path(monkeypatch, standin_bin, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    assert not ciao.ciao_available()
+    info = ciao.ciao_info()
+    assert info["available"] is False and "chandra_repro" in info["missing"]
+    assert info["version"] is None and "not on PATH" in info["reason"]
+    monkeypatch.setenv("PATH", f"{standin_bin}{os.pathsep}{empty}")
+    monkeypatch.delenv("CALDB", raising=False)
+    assert ciao.ciao_available()
+    info = ciao.ciao_info()
+    assert info["available"] is True and info["missing"] == []
+    assert info["tools"]["chandra_repro"] == str(standin_bin / "chandra_repro")
+    assert info["caldb"] is None and "CALDB" in info["reason"]
+    assert "version unknown" in info["version"]
+
+
+def test_acis_s_ccds_are_refused(tmp_path, ciao_env):
+    path = write_config(tmp_path)
+    text = path.read_text().replace("backend: ciao", "backend: ciao\n  ccds: [0, 1, 2, 3, 7]")
+    path.write_text(text)
+    with pytest.raises(InputError, match="ACIS-S") as err:
+        _prepare(path)
+    assert err.value.field == "prep.ccds"
+    assert read_calls(ciao_env["calls"]) == []
+
+
+# --------------------------------------------------------------------------
+# the command lines
+
+
+@pytest.mark.slow
+def test_two_observations_issue_expected_commands(tmp_path, ciao_env):
+    cfg_path = write_config(tmp_path)
+    out = _prepare(cfg_path)
+    calls = read_calls(ciao_env["calls"])
+    tools = [c["tool"] for c in calls]
+    assert tools == PHASE1 + PHASE1 + ["merge_obs", "specextract", "specextract"]
+
+    work = (tmp_path / "work").resolve()
+    for k, obsid in enumerate(OBSIDS):
+        c = calls[k * len(PHASE1):(k + 1) * len(PHASE1)]
+        id5 = f"{int(obsid):05d}"
+        obsdir = work / "obs" / obsid
+        assert c[0]["argv"] == [obsid] and Path(c[0]["cwd"]) == work / "obs"
+        assert _arg(c[1], "indir") == str(obsdir)
+        assert _arg(c[1], "outdir") == str(obsdir / "repro")
+        assert _arg(c[1], "check_vf_pha") == "no"
+        assert c[2]["argv"][0] == f"{obsdir}/repro/acisf{id5}_repro_evt2.fits[events][ccd_id=0:3]"
+        acis_i = f"{obsdir}/acisf{id5}_acisI_evt2.fits"
+        assert c[2]["argv"][1] == acis_i
+        assert c[3]["argv"][0] == (f"{acis_i}[exclude sky=region({tmp_path}/sources.reg)]"
+                                   "[energy=9000:12000]")
+        assert _arg(c[4], "infile").endswith("_hiE_evt.fits[bin time=::259.28]")
+        assert _arg(c[4], "opt") == "ltc1"
+        assert _arg(c[5], "method") == "clean" and _arg(c[5], "nsigma") == "3"
+        gti = _arg(c[5], "outfile")
+        assert c[6]["argv"][0] == f"{acis_i}[@{gti}]"
+        clean = c[6]["argv"][1]
+        assert _arg(c[7], "evtfile") == clean
+        assert _arg(c[7], "asolfile").endswith(f"primary/pcadf{id5}_000N001_asol1.fits.gz")
+        assert _arg(c[8], "infile") == clean
+        assert _arg(c[8], "bands") == "0.7:8:2.3" and _arg(c[8], "binsize") == "4"
+        spec = calls[-2 + k]
+        assert _arg(spec, "infile") == f"{clean}[sky=region({tmp_path}/crop.reg)]"
+        assert (_arg(spec, "weight"), _arg(spec, "correctpsf")) == ("yes", "no")
+        assert out[k]["events"] == clean
+    merge = calls[2 * len(PHASE1)]
+    assert _arg(merge, "infiles") == ",".join(o["events"] for o in out)
+
+    # one private parameter directory per call, CIAO's system part kept
+    user_dirs = []
+    for c in calls:
+        user, system = c["pfiles"].split(";", 1)
+        assert system == ciao_env["system_pfiles"]
+        assert Path(user).parent == work / "tmp" / "pfiles"
+        assert Path(c["ascds_work_path"]).parent == work / "tmp" / "work"
+        user_dirs.append(user)
+    assert len(set(user_dirs)) == len(calls)
+    assert not any(Path(u).exists() for u in user_dirs)  # removed after each call
+
+    assert [o["obsid"] for o in out] == list(OBSIDS)
+    for o in out:
+        for key in ("events", "background", "exposure_map", "arf", "rmf"):
+            assert Path(o[key]).is_absolute() and Path(o[key]).stat().st_size > 0
+    for obsid in OBSIDS:
+        assert done_stages(work / "obs" / obsid) == list(ciao.STAGES)
+        log = (work / "obs" / obsid / "logs" / "deflare.log").read_text()
+        assert "$ deflare infile=" in log and "# exit status 0" in log
+        assert "# PFILES=" in log
+
+    # ACIS-I only, and the simulated flare cut out: every kept event lies in
+    # the GTI that deflare wrote, which is shorter than the observation
+    for o in out:
+        gti_file = read_stage_record(work / "obs" / o["obsid"])["stages"]["deflare"]["outputs"]["gti"]
+        with fits.open(gti_file) as hdul:
+            start, stop = hdul["GTI"].data["START"], hdul["GTI"].data["STOP"]
+        with fits.open(o["events"]) as hdul:
+            t = hdul["EVENTS"].data["time"]
+            ccd = hdul["EVENTS"].data["ccd_id"]
+            tstart, tstop = hdul["EVENTS"].header["TSTART"], hdul["EVENTS"].header["TSTOP"]
+        assert set(np.unique(ccd)) <= {0, 1, 2, 3} and len(t) > 1000
+        in_gti = np.zeros(len(t), bool)
+        for a, b in zip(start, stop):
+            in_gti |= (t >= a) & (t < b)
+        assert in_gti.all()
+        good_time = np.sum(np.clip(stop, tstart, tstop) - np.clip(start, tstart, tstop))
+        assert 0.5 * (tstop - tstart) < good_time < 0.99 * (tstop - tstart)
+
+
+@pytest.mark.slow
+def test_lookup_background_shares_one_pfiles_dir(tmp_path, ciao_env):
+    out = _prepare(write_config(tmp_path, obsids=OBSIDS[:1], background_method="lookup"))
+    calls = read_calls(ciao_env["calls"])
+    tools = [c["tool"] for c in calls]
+    i = tools.index("acis_bkgrnd_lookup")
+    assert tools[i:i + 4] == ["acis_bkgrnd_lookup", "pget", "dmmerge", "reproject_events"]
+    assert calls[i + 1]["argv"] == ["acis_bkgrnd_lookup", "outfile"]
+    assert calls[i]["pfiles"] == calls[i + 1]["pfiles"]
+    others = [c["pfiles"] for j, c in enumerate(calls) if j not in (i, i + 1)]
+    assert calls[i]["pfiles"] not in others
+    assert _arg(calls[i + 3], "match") == out[0]["events"]
+    assert "blanksky" not in tools
+    with fits.open(out[0]["background"]) as a, \
+            fits.open(Path(os.environ["HPCXT_STANDIN_DATA"]) / "1001" / "background.fits") as b:
+        assert len(a["EVENTS"].data) == len(b["EVENTS"].data) > 0
+
+
+@pytest.mark.slow
+def test_options_reach_the_command_lines(tmp_path, ciao_env):
+    path = write_config(tmp_path, obsids=OBSIDS[:1], point_sources=False, check_vf_pha=True,
+                        expmap_energy=1.5)
+    text = path.read_text().replace("backend: ciao", "backend: ciao\n  ccds: [0, 1, 3]\n  bin: 2")
+    path.write_text(text)
+    _prepare(path)
+    calls = {c["tool"]: c for c in reversed(read_calls(ciao_env["calls"]))}
+    assert _arg(calls["chandra_repro"], "check_vf_pha") == "yes"
+    first_dmcopy = next(c for c in read_calls(ciao_env["calls"]) if c["tool"] == "dmcopy")
+    assert first_dmcopy["argv"][0].endswith("[events][ccd_id=0:1,3]")
+    hi = [c for c in read_calls(ciao_env["calls"]) if c["tool"] == "dmcopy"][1]
+    assert "exclude" not in hi["argv"][0]
+    assert _arg(calls["fluximage"], "bands") == "0.7:8:1.5"
+    assert _arg(calls["fluximage"], "binsize") == "2"
+    assert "merge_obs" not in calls  # one observation: its own image is the view
+
+
+# --------------------------------------------------------------------------
+# failures, records, resuming
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tool,knob,stage,detail", [
+    ("deflare", "HPCXT_STANDIN_FAIL", "deflare", "exited with status 1"),
+    ("fluximage", "HPCXT_STANDIN_NO_OUTPUT", "exposure", "left no usable output"),
+])
+def test_failure_stops_with_one_line_and_rerun_resumes(tmp_path, ciao_env, monkeypatch, tool,
+                                                       knob, stage, detail):
+    cfg_path = write_config(tmp_path, obsids=OBSIDS[:1])
+    monkeypatch.setenv(knob, tool)
+    with pytest.raises(CiaoError) as err:
+        _prepare(cfg_path)
+    work = (tmp_path / "work").resolve()
+    log_file = work / "obs" / "1001" / "logs" / f"{stage}.log"
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"{tool} {detail}") and "observation 1001" in msg
+    assert msg.endswith(f"see {log_file}")
+    assert f"$ {tool} " in log_file.read_text()
+    done = done_stages(work / "obs" / "1001")
+    assert done == list(ciao.STAGES[:ciao.STAGES.index(stage)])
+
+    n_before = len(read_calls(ciao_env["calls"]))
+    monkeypatch.delenv(knob)
+    out = _prepare(cfg_path)
+    again = read_calls(ciao_env["calls"])[n_before:]
+    first_stage_tool = {"deflare": "dmcopy", "exposure": "fluximage"}
+    assert again[0]["tool"] == first_stage_tool[stage]
+    assert "download_chandra_obsid" not in [c["tool"] for c in again[:3]]
+    assert len(out) == 1
+    assert done_stages(work / "obs" / "1001") == list(ciao.STAGES)
+
+
+@pytest.mark.slow
+def test_cli_prints_one_line_and_exits_2(tmp_path, ciao_env):
+    cfg_path = write_config(tmp_path, obsids=OBSIDS[:1])
+    env = dict(os.environ, HPCXT_STANDIN_FAIL="specextract")
+    proc = subprocess.run([sys.executable, "-m", "hpcxt", "prep", str(cfg_path)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 2, proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if "error" in ln.lower()]
+    assert len(errors) == 1
+    log_file = (tmp_path / "work").resolve() / "obs" / "1001" / "logs" / "response.log"
+    assert errors[0] == (f"hpcxt: error: specextract exited with status 1 for observation 1001; "
+                         f"see {log_file}")
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_rerun_skips_finished_stages_and_redoes_lost_outputs(tmp_path, ciao_env, monkeypatch):
+    cfg_path = write_config(tmp_path, obsids=OBSIDS[:1])
+    first = _prepare(cfg_path)
+    n = len(read_calls(ciao_env["calls"]))
+    second = _prepare(cfg_path)
+    assert len(read_calls(ciao_env["calls"])) == n
+    assert second == first
+    os.remove(first[0]["exposure_map"])
+    _prepare(cfg_path)
+    assert [c["tool"] for c in read_calls(ciao_env["calls"])[n:]] == ["fluximage", "specextract"]
+    # a redo whose tool writes nothing fails, even though last run's file was there
+    write_config(tmp_path, obsids=OBSIDS[:1], expmap_energy=1.5)
+    monkeypatch.setenv("HPCXT_STANDIN_NO_OUTPUT", "fluximage")
+    with pytest.raises(CiaoError, match="fluximage left no usable output"):
+        _prepare(cfg_path)
+    assert not Path(first[0]["exposure_map"]).exists()
+
+
+@pytest.mark.slow
+def test_changed_setting_redoes_that_stage_and_later(tmp_path, ciao_env):
+    cfg_path = write_config(tmp_path, obsids=OBSIDS[:1])
+    _prepare(cfg_path)
+    n = len(read_calls(ciao_env["calls"]))
+    text = cfg_path.read_text().replace("backend: ciao", "backend: ciao\n  deflare:\n    nsigma: 2.5")
+    cfg_path.write_text(text)
+    _prepare(cfg_path)
+    again = [c["tool"] for c in read_calls(ciao_env["calls"])[n:]]
+    assert again == ["dmcopy", "dmextract", "deflare", "dmcopy", "blanksky", "fluximage",
+                     "specextract"]
+
+
+@pytest.mark.slow
+def test_force_redoes_all_but_the_download(tmp_path, ciao_env):
+    cfg_path = write_config(tmp_path, obsids=OBSIDS[:1])
+    _prepare(cfg_path)
+    n = len(read_calls(ciao_env["calls"]))
+    _prepare(cfg_path, force=True)
+    again = [c["tool"] for c in read_calls(ciao_env["calls"])[n:]]
+    assert again == PHASE1[1:] + ["specextract"]
+
+
+def test_download_hang_times_out(tmp_path, ciao_env, monkeypatch):
+    cfg_path = write_config(tmp_path, obsids=OBSIDS[:1], download_timeout=2)
+    monkeypatch.setenv("HPCXT_STANDIN_HANG", "download_chandra_obsid")
+    t0 = time.monotonic()
+    with pytest.raises(CiaoError, match=r"download_chandra_obsid timed out after 2 s"):
+        _prepare(cfg_path)
+    assert time.monotonic() - t0 < 30
+    assert done_stages((tmp_path / "work" / "obs" / "1001").resolve()) == []
+
+
+@pytest.mark.slow
+def test_download_skipped_when_data_present_and_refused_when_off(tmp_path, ciao_env):
+    cfg_path = write_config(tmp_path, obsids=OBSIDS[:1], download=False)
+    with pytest.raises(InputError, match="no Chandra data for observation 1001") as err:
+        _prepare(cfg_path)
+    assert err.value.field == "prep.ciao.download"
+    assert read_calls(ciao_env["calls"]) == []
+    # data put there by hand (here: by the download stand-in) are used as they are
+    subprocess.run([str(ciao_env["bin"] / "download_chandra_obsid"), "1001"], check=True,
+                   cwd=(tmp_path / "work" / "obs").resolve(), capture_output=True)
+    n = len(read_calls(ciao_env["calls"]))
+    _prepare(cfg_path)
+    tools = [c["tool"] for c in read_calls(ciao_env["calls"])[n:]]
+    assert tools[0] == "chandra_repro" and "download_chandra_obsid" not in tools
+
+
+@pytest.mark.slow
+def test_no_region_stops_before_responses_then_resumes(tmp_path, ciao_env):
+    cfg_path = write_config(tmp_path, crop=False)
+    with pytest.raises(InputError, match="open .*merged/0.7-8_flux.img in DS9") as err:
+        _prepare(cfg_path)
+    assert err.value.field == "prep.crop_region"
+    work = (tmp_path / "work").resolve()
+    for obsid in OBSIDS:
+        assert done_stages(work / "obs" / obsid) == list(ciao.STAGES[:-1])
+    n = len(read_calls(ciao_env["calls"]))
+    text = cfg_path.read_text().replace("backend: ciao",
+                                        f"backend: ciao\n  crop_region: {tmp_path}/crop.reg")
+    cfg_path.write_text(text)
+    _prepare(cfg_path)
+    assert [c["tool"] for c in read_calls(ciao_env["calls"])[n:]] == ["specextract"] * 2
+
+
+@pytest.mark.slow
+def test_parallel_observations_run_in_separate_processes(tmp_path, ciao_env):
+    out = _prepare(write_config(tmp_path, nproc=2))
+    calls = read_calls(ciao_env["calls"])
+    work = (tmp_path / "work").resolve()
+    assert [o["obsid"] for o in out] == list(OBSIDS)
+    for o in out:
+        obsdir = work / "obs" / o["obsid"]
+        assert done_stages(obsdir) == list(ciao.STAGES)
+        assert o["events"] == str(obsdir / f"acisf{int(o['obsid']):05d}_clean_evt2.fits")
+        # each observation issued its own stages in order, whatever the interleaving
+        mine = [c["tool"] for c in calls if c["tool"] != "merge_obs"
+                and (any(str(obsdir) in a for a in c["argv"]) or c["argv"] == [o["obsid"]])]
+        assert mine == PHASE1 + ["specextract"]
+    tools = [c["tool"] for c in calls]
+    assert tools.count("merge_obs") == 1
+    assert tools.index("merge_obs") == len(tools) - 3  # after both phase-1 runs
+    pids = {}
+    for c in calls:
+        if c["tool"] == "chandra_repro":
+            obsid = Path(_arg(c, "indir")).name
+            pids[obsid] = Path(c["pfiles"].split(";")[0]).name.split("-")[0]
+    assert set(pids) == set(OBSIDS) and pids["1001"] != pids["1002"]
+    assert len({c["pfiles"] for c in calls}) == len(calls)
+
+
+@pytest.mark.slow
+def test_failure_in_parallel_keeps_the_other_observation(tmp_path, ciao_env, monkeypatch):
+    cfg_path = write_config(tmp_path, nproc=2)
+    monkeypatch.setenv("HPCXT_STANDIN_FAIL", "blanksky")
+    with pytest.raises(CiaoError, match="blanksky exited with status 1 for observation 1001"):
+        _prepare(cfg_path)
+    work = (tmp_path / "work").resolve()
+    for obsid in OBSIDS:
+        assert done_stages(work / "obs" / obsid) == \
+            list(ciao.STAGES[:ciao.STAGES.index("background")])
+
+
+# --------------------------------------------------------------------------
+# through the products backend into a bundle
+
+
+@pytest.mark.slow
+def test_standin_products_flow_into_a_valid_bundle(tmp_path, ciao_env):
+    driver = pytest.importorskip("hpcxt.driver")
+    from hpcxt.io.bundle import read_bundle
+
+    cfg_path = write_config(tmp_path)
+    cfg = load_config(cfg_path)
+    bundle_path = driver.run_prep(cfg)
+    bundle = read_bundle(bundle_path)
+    assert bundle.obsids == list(OBSIDS)
+    assert bundle.mask.any() and bundle.counts[bundle.mask].sum() > 0
+    assert bundle.exposure[bundle.mask].min() > 0
+    work = (tmp_path / "work").resolve()
+    for obs in bundle.observations:
+        clean = work / "obs" / obs.obsid / f"acisf{int(obs.obsid):05d}_clean_evt2.fits"
+        assert Path(obs.source_file) == clean
+        assert obs.bkg_events is not None and len(obs.bkg_events["x"]) > 0
+        assert obs.response.rmf_matrix.shape[0] == obs.response.specresp.shape[0]
+        # every kept source event was in the GTI deflare wrote
+        assert len(obs.events["x"]) > 0
+
+
+# --------------------------------------------------------------------------
+# the real thing, when CIAO is installed
+
+
+def _real_ciao() -> str | None:
+    tool = shutil.which("chandra_repro")
+    if tool is None:
+        return "needs CIAO's chandra_repro on PATH"
+    if Path(tool).parent.resolve() == STANDINS.resolve():
+        return "chandra_repro on PATH is the test stand-in"
+    if not os.environ.get("CALDB"):
+        return "needs CALDB set (CIAO's calibration database)"
+    return None
+
+
+@pytest.mark.ciao
+@pytest.mark.slow
+@pytest.mark.skipif(_real_ciao() is not None, reason=_real_ciao() or "")
+def test_real_ciao_on_one_public_observation(tmp_path):
+    """Downloads and processes one public ACIS-I observation with the real tools.
+
+    The observation is $HPCXT_CIAO_TEST_OBSID (default 3233, an ACIS-I
+    observation of Abell 115, a cluster ClusterPyXT was run on). Takes tens
+    of minutes and needs the network.
+    """
+    obsid = os.environ.get("HPCXT_CIAO_TEST_OBSID", "3233")
+    cfg_path = write_config(tmp_path, obsids=(obsid,), crop=False, point_sources=False,
+                            download_timeout=3600)
+    with pytest.raises(InputError, match="need a region"):
+        _prepare(cfg_path)
+    work = (tmp_path / "work").resolve()
+    evt2 = read_stage_record(work / "obs" / obsid)["stages"]["repro"]["outputs"]["evt2"]
+    with fits.open(evt2) as hdul:
+        ra, dec = hdul["EVENTS"].header["RA_NOM"], hdul["EVENTS"].header["DEC_NOM"]
+    region = tmp_path / "crop_fk5.reg"
+    region.write_text(f"# Region file format: DS9\nfk5\ncircle({ra},{dec},120\")\n")
+    text = cfg_path.read_text().replace("backend: ciao",
+                                        f"backend: ciao\n  crop_region: {region}")
+    cfg_path.write_text(text)
+    out = _prepare(cfg_path)
+    assert done_stages(work / "obs" / obsid) == list(ciao.STAGES)
+    for key in ("events", "background", "exposure_map", "arf", "rmf"):
+        assert Path(out[0][key]).stat().st_size > 0
