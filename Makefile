@@ -12,10 +12,12 @@ setup:
 demo: setup
 	$(PY) -m hpcxt demo --outdir $(DEMO) --np $(NP)
 
-test: setup
+test:
+	HPCXT_BOOTSTRAP_TEST=1 bash scripts/bootstrap.sh
 	$(PYTEST) -q
 
-test-fast: setup
+test-fast:
+	HPCXT_BOOTSTRAP_TEST=1 bash scripts/bootstrap.sh
 	$(PYTEST) -q -m "not slow and not slurm"
 
 bench: setup

@@ -14,8 +14,12 @@ sys.exit(0 if sys.version_info >= (3, 10) else 1)
 PYEOF
 
 # Sherpa's source build needs a lexer/parser generator and FFTW.
+wanted=(bison flex libfftw3-dev)
+# `make test` also wants shellcheck for the job-script lint tests (the
+# Slurm tests install Slurm themselves, when running as root).
+[ "${HPCXT_BOOTSTRAP_TEST:-0}" = 1 ] && wanted+=(shellcheck)
 missing=()
-for pkg in bison flex libfftw3-dev; do
+for pkg in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -24,7 +28,7 @@ if [ ${#missing[@]} -gt 0 ]; then
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
     else
-        echo "bootstrap: Sherpa's build needs Debian packages that are missing. Run:" >&2
+        echo "bootstrap: Debian packages are missing (Sherpa's build needs bison, flex, libfftw3-dev). Run:" >&2
         echo "    sudo apt-get install -y ${missing[*]}" >&2
         exit 1
     fi
