@@ -1,0 +1,364 @@
+"""``hpcxt fit`` under MPI: same results on 1, 2, 3 ranks, crash safety, restart.
+
+Each test builds a small synthetic workdir (tests/fit_fixtures.py: 36
+regions, two observations, ``xsphabs*xsbremss``) and runs ``hpcxt fit`` in a
+subprocess, under the venv's mpiexec where ``nprocs`` is given.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import MPIEXEC, mpi_env, run_hpcxt
+from fit_fixtures import make_fit_workdir
+from hpcxt.errors import EXIT_CHECKPOINTED
+from hpcxt.fit import STATUS_FAILED, STATUS_OK
+from hpcxt.io.checkpoint import read_results
+
+N_REGIONS = 36
+
+
+def results(cfg: Path):
+    return read_results(cfg.parent / "work" / "fit" / "results.h5")
+
+
+def fit(cfg, *extra, nprocs=None, env=None, timeout=240):
+    """Run ``hpcxt fit`` with extra environment variables."""
+    old = {}
+    for k, v in (env or {}).items():
+        old[k] = os.environ.get(k)
+        os.environ[k] = str(v)
+    try:
+        return run_hpcxt("fit", cfg, *extra, nprocs=nprocs, timeout=timeout)
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def copy_workdir(src_cfg: Path, dst: Path) -> Path:
+    """A copy of a fixture workdir without fit results."""
+    shutil.copytree(src_cfg.parent, dst, ignore=shutil.ignore_patterns("fit"))
+    return dst / "config.yaml"
+
+
+@pytest.fixture(scope="module")
+def base_cfg(tmp_path_factory) -> Path:
+    """Inputs only (no fit yet): covar errors, checkpoint after every batch."""
+    root = tmp_path_factory.mktemp("fitmpi_base")
+    return make_fit_workdir(root, errors="covar", checkpoint_seconds=0.0, batch_size=2)
+
+
+@pytest.fixture(scope="module")
+def reference(base_cfg, tmp_path_factory):
+    """Uninterrupted serial run (no MPI launcher): the results every run must match."""
+    cfg = copy_workdir(base_cfg, tmp_path_factory.mktemp("fitmpi_ref") / "w")
+    proc = fit(cfg)
+    assert proc.returncode == 0, proc.stderr
+    return results(cfg)
+
+
+def _assert_same(res, ref):
+    assert res.complete
+    assert res.same_results(ref) == []
+
+
+# --------------------------------------------------------------------------
+# serial run, results, status
+
+
+def test_serial_run_completes_with_expected_records(reference, base_cfg):
+    ref = reference
+    assert len(ref) == N_REGIONS and ref.complete
+    assert ref.status[0] == STATUS_FAILED and ref.reason[0].startswith("too few counts (")
+    assert ref.status[1] == STATUS_FAILED
+    assert ref.reason[1] == "no observation covers >= min_obs_fraction (0.09)"
+    ok = ref.status == STATUS_OK
+    assert ok.sum() >= N_REGIONS - 4
+    assert np.all(ref.kT_lo[ok] < ref.kT[ok]) and np.all(ref.kT[ok] < ref.kT_hi[ok])
+    # Observation 1 does not cover the last column: its counts are 0 there.
+    last_col = np.arange(N_REGIONS) % 6 == 5
+    assert np.all(ref.counts[last_col, 1] == 0) and np.all(ref.counts[~last_col & ok, 1] > 0)
+    assert np.all(ref.worker[2:] == 0)
+    truth = np.load(base_cfg.parent / "kT_true.npy")
+    sigma = np.where(ref.kT < truth, ref.kT_hi - ref.kT, ref.kT - ref.kT_lo)
+    pulls = ((ref.kT - truth) / sigma)[ok]
+    assert np.mean(np.abs(pulls) < 3) > 0.9
+
+
+def test_status_and_up_to_date(reference, base_cfg, tmp_path):
+    cfg = copy_workdir(base_cfg, tmp_path / "w")
+    assert fit(cfg).returncode == 0
+    proc = run_hpcxt("status", cfg)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert f"regions: {N_REGIONS}: " in out and " 0 pending (100.0% final)" in out
+    assert "fits/s" in out and "time left: done" in out
+    assert "1 x too few counts (N < N)" in out
+    assert "1 x no observation covers >= min_obs_fraction (N)" in out
+    before = (cfg.parent / "work" / "fit" / "results.h5").stat().st_mtime_ns
+    again = fit(cfg)
+    assert again.returncode == 0 and "up to date" in again.stderr
+    assert (cfg.parent / "work" / "fit" / "results.h5").stat().st_mtime_ns == before
+
+
+# --------------------------------------------------------------------------
+# ranks
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("nprocs", [1, 2, 3])
+def test_results_identical_for_1_2_3_ranks(reference, base_cfg, tmp_path, nprocs):
+    cfg = copy_workdir(base_cfg, tmp_path / "w")
+    proc = fit(cfg, nprocs=nprocs)
+    assert proc.returncode == 0, proc.stderr
+    res = results(cfg)
+    _assert_same(res, reference)
+    fitted = res.worker[res.worker >= 0]
+    if nprocs == 1:
+        assert set(fitted.tolist()) == {0}
+    else:
+        assert set(fitted.tolist()) <= set(range(1, nprocs)) and 0 not in fitted
+    if nprocs == 3:
+        assert "[rank 0]" in proc.stderr and "fits/s" in proc.stderr
+
+
+@pytest.mark.mpi
+def test_failing_fit_gives_failed_record_and_job_completes(reference, base_cfg, tmp_path):
+    cfg = copy_workdir(base_cfg, tmp_path / "w")
+    proc = fit(cfg, nprocs=3, env={"HPCXT_TEST_FAIL_REGIONS": "3,7"})
+    assert proc.returncode == 0, proc.stderr
+    res = results(cfg)
+    assert res.complete
+    for i in (3, 7):
+        assert res.status[i] == STATUS_FAILED
+        assert res.reason[i] == f"RuntimeError: injected failure for region {i} (test hook)"
+    others = np.setdiff1d(np.arange(N_REGIONS), [3, 7])
+    np.testing.assert_array_equal(res.kT[others], reference.kT[others])
+
+
+@pytest.mark.mpi
+def test_dead_rank_aborts_the_job_quickly(base_cfg, tmp_path):
+    """A SIGKILLed worker ends the job; a hang would hit the subprocess timeout.
+
+    The timeout covers start-up (imports, bundle) on shared cores; MPICH
+    aborts the remaining ranks within a fraction of a second of the kill.
+    """
+    cfg = copy_workdir(base_cfg, tmp_path / "w")
+    proc = fit(cfg, nprocs=3, env={"HPCXT_TEST_KILL_WORKER": "2"}, timeout=90)
+    assert proc.returncode != 0
+    # What was checkpointed is still resumable.
+    res = results(cfg)
+    assert not res.complete
+
+
+# --------------------------------------------------------------------------
+# restart
+
+
+def test_without_resume_an_unfinished_file_is_refused(base_cfg, tmp_path):
+    cfg = copy_workdir(base_cfg, tmp_path / "w")
+    proc = fit(cfg, env={"HPCXT_TEST_KILL_AFTER_CHECKPOINT": "4"})
+    assert proc.returncode == -signal.SIGKILL
+    before = results(cfg)
+    proc = fit(cfg)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("hpcxt: error: ") and "pass --resume" in lines[-1]
+    assert "results.h5" in lines[-1]
+    assert results(cfg).same_results(before) == []
+
+
+def test_resume_with_changed_config_is_refused(base_cfg, tmp_path):
+    cfg = copy_workdir(base_cfg, tmp_path / "w")
+    proc = fit(cfg, env={"HPCXT_TEST_KILL_AFTER_CHECKPOINT": "3"})
+    assert proc.returncode == -signal.SIGKILL
+    text = cfg.read_text()
+    cfg.write_text(text.replace("kT_init: 8.0", "kT_init: 6.0"))
+    proc = fit(cfg, "--resume")
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert len([ln for ln in err if "error" in ln]) == 1
+    assert err[-1].startswith("hpcxt: error: ")
+    assert "config_hash: fit.kT_init (8.0 -> 6.0) changed since this file was written" \
+        in err[-1]
+    # Batch size and checkpoint interval are not part of the results.
+    cfg.write_text(text.replace("batch_size: 2", "batch_size: 5"))
+    proc = fit(cfg, "--resume")
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_resume_with_changed_region_table_is_refused(base_cfg, tmp_path):
+    from hpcxt.io.regions_table import read_regions, write_regions
+
+    cfg = copy_workdir(base_cfg, tmp_path / "w")
+    proc = fit(cfg, env={"HPCXT_TEST_KILL_AFTER_CHECKPOINT": "2"})
+    assert proc.returncode == -signal.SIGKILL
+    path = cfg.parent / "work" / "acb" / "regions.h5"
+    table = read_regions(path)
+    table.radius_sky[5] *= 1.1
+    write_regions(path, table)
+    proc = fit(cfg, "--resume")
+    assert proc.returncode == 2
+    assert "region_table_hash: the region table" in proc.stderr.strip().splitlines()[-1]
+
+
+KILL_POINTS = [
+    ("HPCXT_TEST_KILL_IN_CHECKPOINT", 1),     # before any checkpoint exists
+    ("HPCXT_TEST_KILL_AFTER_BATCHES", 2),     # results received, not yet written
+    ("HPCXT_TEST_KILL_AFTER_CHECKPOINT", 1),  # only the initial checkpoint
+    ("HPCXT_TEST_KILL_AFTER_CHECKPOINT", 3),
+    ("HPCXT_TEST_KILL_IN_CHECKPOINT", 4),     # halfway through writing the 4th
+    ("HPCXT_TEST_KILL_AFTER_CHECKPOINT", 6),
+    ("HPCXT_TEST_KILL_IN_CHECKPOINT", 9),
+]
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("hook,n", KILL_POINTS,
+                         ids=[f"{h[16:].lower()}-{n}" for h, n in KILL_POINTS])
+def test_sigkill_then_resume_matches_uninterrupted_run(reference, base_cfg, tmp_path, hook, n):
+    cfg = copy_workdir(base_cfg, tmp_path / "w")
+    out = cfg.parent / "work" / "fit"
+    proc = fit(cfg, nprocs=2, env={hook: n})
+    assert proc.returncode != 0, proc.stderr
+    if hook == "HPCXT_TEST_KILL_IN_CHECKPOINT":
+        assert (out / "results.h5.tmp").exists()
+    if (hook, n) == ("HPCXT_TEST_KILL_IN_CHECKPOINT", 1):
+        assert not (out / "results.h5").exists()
+    else:
+        partial = results(cfg)
+        assert not partial.complete
+    proc = fit(cfg, "--resume", nprocs=2)
+    assert proc.returncode == 0, proc.stderr
+    _assert_same(results(cfg), reference)
+
+
+def _popen_fit(cfg, nprocs, env_extra, *extra):
+    env = mpi_env()
+    env.update({k: str(v) for k, v in env_extra.items()})
+    if nprocs:
+        cmd = [str(MPIEXEC), "-n", str(nprocs), sys.executable, "-m", "mpi4py", "-m", "hpcxt",
+               "fit", str(cfg), *extra]
+    else:
+        cmd = [sys.executable, "-m", "hpcxt", "fit", str(cfg), *extra]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+def _wait_for_progress(cfg, proc, min_final=4, timeout=120):
+    """Wait until results.h5 shows some finished regions."""
+    path = cfg.parent / "work" / "fit" / "results.h5"
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        assert proc.poll() is None, proc.communicate()
+        if path.exists():
+            try:
+                if results(cfg).n_final >= min_final:
+                    return
+            except Exception:
+                pass  # being replaced right now
+        time.sleep(0.05)
+    raise AssertionError("no progress")
+
+
+@pytest.mark.mpi
+def test_sigkill_of_the_whole_job_at_a_random_moment(reference, base_cfg, tmp_path):
+    cfg = copy_workdir(base_cfg, tmp_path / "w")
+    proc = _popen_fit(cfg, 3, {"HPCXT_TEST_FIT_DELAY": 0.02})
+    _wait_for_progress(cfg, proc, min_final=2)
+    time.sleep(random.Random(7).uniform(0.0, 1.5))
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    resumed = fit(cfg, "--resume", nprocs=3)
+    assert resumed.returncode == 0, resumed.stderr
+    _assert_same(results(cfg), reference)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGUSR1"])
+def test_scheduler_signal_checkpoints_and_exits_85(reference, base_cfg, tmp_path, signame):
+    cfg = copy_workdir(base_cfg, tmp_path / "w")
+    proc = _popen_fit(cfg, 3, {"HPCXT_TEST_FIT_DELAY": 0.3})
+    _wait_for_progress(cfg, proc, min_final=3)
+    # mpiexec forwards the signal to every rank, as a scheduler's would reach them.
+    proc.send_signal(getattr(signal, signame))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_CHECKPOINTED, err
+    assert "continue with 'hpcxt fit --resume'" in err
+    res = results(cfg)
+    assert 0 < res.n_pending < N_REGIONS
+    status = run_hpcxt("status", cfg)
+    assert f"{res.n_pending} pending" in status.stdout and "complete: no" in status.stdout
+    resumed = fit(cfg, "--resume", nprocs=3)
+    assert resumed.returncode == 0, resumed.stderr
+    _assert_same(results(cfg), reference)
+
+
+def test_serial_run_stops_on_sigterm_with_85(reference, base_cfg, tmp_path):
+    cfg = copy_workdir(base_cfg, tmp_path / "w")
+    proc = _popen_fit(cfg, None, {"HPCXT_TEST_FIT_DELAY": 0.3})
+    _wait_for_progress(cfg, proc, min_final=3)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_CHECKPOINTED, err
+    assert not results(cfg).complete
+    resumed = fit(cfg, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    _assert_same(results(cfg), reference)
+
+
+# --------------------------------------------------------------------------
+# end to end on the simulator's small preset
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_fit_recovers_simulated_cluster_temperatures(prepped_small, tmp_path):
+    """scalemap + fit of the simulated cluster; pulls against the true kT map.
+
+    Only regions whose circle lies inside one temperature zone (centre in
+    the zone interiors of truth/zones.fits, radius within their margin)
+    have a single true temperature.
+    """
+    from astropy.io import fits
+
+    from hpcxt.io.regions_table import read_regions
+
+    src = prepped_small.parent
+    shutil.copytree(src, tmp_path / "sim", ignore=shutil.ignore_patterns("acb", "fit", "maps"))
+    cfg = tmp_path / "sim" / "config.yaml"
+    proc = run_hpcxt("scalemap", cfg, nprocs=2, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    proc = fit(cfg, nprocs=3, timeout=1200)
+    assert proc.returncode == 0, proc.stderr
+    res = results(cfg)
+    table = read_regions(cfg.parent / "work" / "acb" / "regions.h5")
+    assert res.complete and len(res) == len(table)
+    with fits.open(cfg.parent / "truth" / "temperature.fits") as t, \
+            fits.open(cfg.parent / "truth" / "zones.fits") as z:
+        kT_map, zones, h = t[0].data, z[0].data, t[0].header
+        margin_arcsec = float(z[0].header["MARGIN"])
+    col = np.floor((table.x - h["CRVAL1P"]) / h["CDELT1P"]).astype(int)
+    row = np.floor((table.y - h["CRVAL2P"]) / h["CDELT2P"]).astype(int)
+    truth, zone = kT_map[row, col].astype(float), zones[row, col]
+    inside = (res.status == STATUS_OK) & (zone > 0) & (table.radius_sky * 0.492 <= margin_arcsec)
+    assert inside.sum() >= 30
+    assert len(set(zone[inside].tolist())) == 3
+    assert res.n_failed <= 0.05 * len(res)
+    sigma = np.where(res.kT < truth, res.kT_hi - res.kT, res.kT - res.kT_lo)
+    pulls = ((res.kT - truth) / sigma)[inside]
+    assert abs(pulls.mean()) < 0.3, pulls.mean()
+    assert np.mean(np.abs(pulls) < 2) >= 0.95, np.mean(np.abs(pulls) < 2)
