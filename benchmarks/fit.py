@@ -25,8 +25,12 @@ Not a test: timings on shared machines vary; nothing is asserted.
 
 from __future__ import annotations
 
-import argparse
 import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse
 import subprocess
 import sys
 import tempfile
@@ -220,8 +224,6 @@ def main(argv=None) -> None:
     if args.capacity_child:
         capacity_child(args.capacity_child)
         return
-    from hpcxt.models import set_single_thread
-    set_single_thread()
     if not args.skip_fits:
         fits_per_second(args.config, args.regions)
     if not args.skip_capacity:

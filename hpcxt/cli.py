@@ -79,7 +79,15 @@ def cmd_fit(args) -> int:
     comm = _comm()
     _setup_logging(args.verbose, comm.Get_rank() if comm.Get_size() > 1 else None)
     cfg = load_config(args.config, check_files=False)
-    return run_fit(cfg, comm, resume=args.resume)
+    status = run_fit(cfg, comm, resume=args.resume)
+    if comm.Get_size() > 1:
+        # Every rank returned: finalize together, so that the master's
+        # "checkpointed, not finished" status (85) reaches mpiexec/srun as an
+        # exit status instead of becoming an MPI_Abort under python -m mpi4py.
+        from mpi4py import MPI
+        comm.Barrier()
+        MPI.Finalize()
+    return status
 
 
 def cmd_status(args) -> int:

@@ -165,7 +165,9 @@ class FitSettings:
                    energy_range=tuple(float(v) for v in f.energy_range),
                    statistic=f.statistic, method=f.method, errors=f.errors,
                    error_sigma=float(f.error_sigma), min_counts=int(f.min_counts),
-                   min_obs_fraction=float(f.min_obs_fraction), apec_root=f.apec_root)
+                   min_obs_fraction=float(f.min_obs_fraction), apec_root=f.apec_root,
+                   wstat_min_src=int(f.group_min_source),
+                   wstat_min_bkg=int(f.group_min_background))
 
 
 @dataclass

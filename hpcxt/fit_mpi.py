@@ -114,9 +114,7 @@ class BatchFitter:
     def __init__(self, cfg, rank: int = 0):
         from .io.bundle import read_bundle
         from .io.regions_table import read_regions
-        from .models import set_single_thread
 
-        set_single_thread()
         bundle = read_bundle(cfg.stage_dir("prep") / "bundle.h5")
         table = read_regions(cfg.stage_dir("acb") / "regions.h5")
         self.rank = rank

@@ -139,9 +139,3 @@ def model_evaluates(expr: str, apec_root: str | None = None) -> bool:
     with native_output_silenced(1, 2):
         flux = np.asarray(model(edges[:-1], edges[1:]))
     return bool(np.all(np.isfinite(flux)) and flux.sum() > 0)
-
-
-def set_single_thread() -> None:
-    """One core per MPI rank: no OpenMP or BLAS threads, Sherpa numcores 1."""
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, "1")

@@ -55,7 +55,13 @@ def _panel(ax, image, label, cmap, sb, levels, fig):
     ra.set_ticklabel_position("b")
     dec.set_ticks_position("l")
     dec.set_ticklabel_position("l")
-    cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ra.set_axislabel_position("b")
+    dec.set_axislabel_position("l")
+    # A plain Axes for the colour bar: one made from a WCSAxes inherits its
+    # coordinate labels.
+    import matplotlib.axes
+    cax = ax.inset_axes([1.04, 0.0, 0.05, 1.0], axes_class=matplotlib.axes.Axes)
+    cb = fig.colorbar(im, cax=cax)
     cb.set_label(label)
 
 
@@ -79,9 +85,10 @@ def write_quicklooks(outdir, images: dict, bundle, title: str) -> list[str]:
         fig.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(fig)
         written.append(path.name)
-    fig = plt.figure(figsize=(12, 10))
+    fig = plt.figure(figsize=(13, 10))
     for i, (name, label, cmap) in enumerate(QUICKLOOKS, start=1):
         ax = fig.add_subplot(2, 2, i, projection=wcs)
+        fig.subplots_adjust(wspace=0.55, hspace=0.3)
         _panel(ax, images[name], label, cmap, sb, levels, fig)
         ax.set_title(name.replace("_", " "))
     fig.suptitle(f"{title}: hpcxt maps (contours: surface brightness)")

@@ -129,6 +129,10 @@ SCHEMA: dict[str, Spec] = {
         "error_sigma": _s("float", 1.0, min=0.0, exclusive_min=True),
         "min_obs_fraction": _s("float", 0.09, min=0.0, max=1.0),
         "min_counts": _s("int", 100, min=1, doc="source counts below which a region is not fitted"),
+        "group_min_source": _s("int", 10, min=0,
+                               doc="wstat: group channels to at least this many source counts"),
+        "group_min_background": _s("int", 2, min=0,
+                                   doc="wstat: ... and at least this many background counts"),
         "batch_size": _s("int_or_auto", "auto", min=1),
         "checkpoint_seconds": _s("float", 60.0, min=0.0),
         "apec_root": _s("path", None, must_exist=True, doc="AtomDB folder for xsapec (APECROOT)"),
@@ -490,6 +494,8 @@ fit:
   error_sigma: 1.0
   min_obs_fraction: 0.09 # leave an observation out of a region's fit below this coverage
   min_counts: 100        # regions with fewer source counts are not fitted
+  group_min_source: 10   # wstat: group channels to >= 10 source counts
+  group_min_background: 2  # ... and >= 2 background counts (W-stat is biased otherwise)
   batch_size: auto       # regions handed to a worker at a time
   checkpoint_seconds: 60
   apec_root: null        # AtomDB folder for xsapec outside CIAO

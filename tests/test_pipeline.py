@@ -1,0 +1,91 @@
+"""``hpcxt run`` end to end on the small simulated cluster, and the maps it writes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+from astropy.io import fits
+
+from hpcxt.io.checkpoint import read_results
+from hpcxt.io.regions_table import read_regions
+from hpcxt.maps import MAPS
+
+from conftest import run_hpcxt
+
+pytestmark = [pytest.mark.mpi, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def finished_run(simulated_small, tmp_path_factory):
+    root = tmp_path_factory.mktemp("run_small") / "sim"
+    shutil.copytree(simulated_small, root, ignore=shutil.ignore_patterns("work"))
+    cfg_path = root / "config.yaml"
+    data = yaml.safe_load(cfg_path.read_text())
+    data["fit"]["errors"] = "covar"  # the pipeline, not the error method, is under test
+    cfg_path.write_text(yaml.safe_dump(data))
+    proc = run_hpcxt("run", cfg_path, "--np", "2", timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return cfg_path, proc
+
+
+def test_run_writes_every_map_with_the_bundle_wcs(finished_run):
+    cfg_path, _ = finished_run
+    work = cfg_path.parent / "work"
+    with fits.open(work / "prep" / "counts.fits") as h:
+        ref = h[0].header
+        shape = h[0].data.shape
+    for name, (bunit, _) in MAPS.items():
+        with fits.open(work / "maps" / f"{name}.fits") as h:
+            hdr, data = h[0].header, h[0].data
+        assert data.shape == shape, name
+        for key in ("CTYPE1", "CTYPE2", "CRPIX1", "CRPIX2", "CRVAL1", "CRVAL2", "CDELT1",
+                    "CDELT2", "LTV1", "LTV2", "LTM1_1"):
+            assert hdr[key] == ref[key], (name, key)
+        assert hdr.get("BUNIT", "") == bunit
+    for png in ("temperature.png", "temperature_frac_err.png", "pressure.png", "entropy.png",
+                "overview.png"):
+        assert (work / "maps" / png).stat().st_size > 10_000
+
+
+def test_maps_hold_fitted_values_and_nan_elsewhere(finished_run):
+    cfg_path, _ = finished_run
+    work = cfg_path.parent / "work"
+    res = read_results(work / "fit" / "results.h5")
+    table = read_regions(work / "acb" / "regions.h5")
+    kT = fits.getdata(work / "maps" / "temperature.fits")
+    frac = fits.getdata(work / "maps" / "temperature_frac_err.fits")
+    mask = fits.getdata(work / "prep" / "mask.fits").astype(bool)
+    assert res.complete
+    ok = res.status == 1
+    assert ok.sum() > 0.8 * len(res)
+    for i in range(len(res)):
+        v = kT[table.row[i], table.col[i]]
+        if ok[i]:
+            assert v == np.float32(res.kT[i])
+        else:
+            assert np.isnan(v)
+    assert not np.any(kT == 0.0)
+    assert np.all(np.isnan(kT[~mask]))
+    # the fractional error is finite wherever the temperature is
+    assert np.array_equal(np.isfinite(kT), np.isfinite(frac))
+    summary = json.loads((work / "maps" / "summary.json").read_text())
+    assert summary["mapped_regions"] == int(ok.sum())
+    assert summary["dropped"]["failed"] == int(np.count_nonzero(res.status == 2))
+
+
+def test_rerun_does_no_work_again(finished_run):
+    cfg_path, _ = finished_run
+    work = cfg_path.parent / "work"
+    outputs = [work / "prep" / "bundle.h5", work / "acb" / "regions.h5",
+               work / "acb" / "scalemap.fits", work / "fit" / "results.h5",
+               work / "maps" / "temperature.fits"]
+    before = [p.stat().st_mtime_ns for p in outputs]
+    again = run_hpcxt("run", cfg_path, "--np", "2", timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [p.stat().st_mtime_ns for p in outputs] == before
+    for phrase in ("bundle: up to date", "up to date", "maps: up to date"):
+        assert phrase in again.stderr
