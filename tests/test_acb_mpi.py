@@ -206,8 +206,12 @@ def test_scalemap_files_and_region_table(single_rank_run):
             assert table.fraction[n, o] == inside.sum() / circle.sum()
             mean = obs.exposure_map[inside].astype(np.float64).mean() if inside.any() else 0.0
             assert table.effective_exposure[n, o] == pytest.approx(mean, rel=1e-12, abs=0)
-    np.testing.assert_array_equal(table.exposure_time,
-                                  table.fraction * np.array(EXPOSURES)[None, :])
+    # exposure time: EXPOSURE x fraction x (map over the circle / the map's on-axis value)
+    refs = np.array([np.percentile(o.exposure_map[o.fov], 99.9) for o in bundle.observations])
+    np.testing.assert_allclose(table.exposure_time,
+                               table.fraction * table.effective_exposure
+                               * (np.array(EXPOSURES) / refs)[None, :], rtol=1e-12)
+    assert np.all(table.exposure_time <= np.array(EXPOSURES)[None, :] * 1.001)
     np.testing.assert_array_equal(table.used, table.fraction >= cfg.fit.min_obs_fraction)
     assert table.used[:, 0].any() and not table.used[:, 0].all()
     assert table.used[:, 1].any() and not table.used[:, 1].all()
