@@ -46,7 +46,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from .. import __version__
-from ..errors import InputError
+from .hdf5 import open_versioned
 
 FORMAT_VERSION = 1
 EVENT_COLUMNS = ("x", "y", "pi", "energy")
@@ -201,18 +201,8 @@ def read_bundle(path, load_events: bool = True) -> Bundle:
     load_events : bool
         Skip the event lists (the scale map needs only the images).
     """
-    path = Path(path)
-    if not path.exists():
-        raise InputError("bundle not found; run 'hpcxt prep' first", path=path)
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise InputError(f"not a readable HDF5 bundle ({exc})", path=path) from None
+    f = open_versioned(path, "bundle", "re-run 'hpcxt prep'", FORMAT_VERSION)
     with f:
-        version = int(f.attrs.get("format_version", -1))
-        if version != FORMAT_VERSION:
-            raise InputError(f"bundle format {version}, this hpcxt reads {FORMAT_VERSION}; "
-                             "re-run 'hpcxt prep'", path=path, field="format_version")
         img = f["image"]
         grid = ImageGrid(shape=tuple(img["counts"].shape), x0=float(img.attrs["x0"]),
                          y0=float(img.attrs["y0"]), bin=int(img.attrs["bin"]),

@@ -54,6 +54,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import InputError
+from .hdf5 import open_versioned
 
 FORMAT_VERSION = 1
 RESULTS_NAME = "results.h5"
@@ -351,17 +352,8 @@ def read_results(path) -> FitResults:
         Missing, unreadable, wrong format version or missing datasets.
     """
     path = Path(path)
-    if not path.exists():
-        raise InputError("fit results not found; run 'hpcxt fit' first", path=path)
-    try:
-        f = h5py.File(path, "r", locking=False)
-    except OSError as exc:
-        raise InputError(f"not a readable HDF5 results file ({exc})", path=path) from None
+    f = open_versioned(path, "fit results", "run 'hpcxt fit'", FORMAT_VERSION, locking=False)
     with f:
-        version = int(f.attrs.get("format_version", -1))
-        if version != FORMAT_VERSION:
-            raise InputError(f"results format {version}, this hpcxt reads {FORMAT_VERSION}",
-                             path=path, field="format_version")
         names = ("region_id", "kT", "kT_lo", "kT_hi", "norm", "norm_lo", "norm_hi", "stat",
                  "dof", "counts", "bkg_counts", "status", "reason_id", "reason_text",
                  "fit_seconds", "worker")

@@ -33,6 +33,7 @@ import h5py
 import numpy as np
 
 from ..errors import InputError
+from .hdf5 import open_versioned
 
 FORMAT_VERSION = 1
 ROW_FIELDS = ("region_id", "row", "col", "x", "y", "radius", "radius_sky")
@@ -94,17 +95,8 @@ def write_regions(path, table: RegionTable) -> Path:
 
 def read_regions(path) -> RegionTable:
     path = Path(path)
-    if not path.exists():
-        raise InputError("region table not found; run 'hpcxt scalemap' first", path=path)
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise InputError(f"not a readable HDF5 region table ({exc})", path=path) from None
+    f = open_versioned(path, "region table", "run 'hpcxt scalemap'", FORMAT_VERSION)
     with f:
-        version = int(f.attrs.get("format_version", -1))
-        if version != FORMAT_VERSION:
-            raise InputError(f"region table format {version}, expected {FORMAT_VERSION}",
-                             path=path, field="format_version")
         missing = [n for n in ROW_FIELDS + OBS_FIELDS if n not in f]
         if missing:
             raise InputError("missing datasets " + ", ".join(missing), path=path, field=missing[0])

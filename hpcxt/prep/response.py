@@ -36,15 +36,14 @@ dense :class:`~hpcxt.io.bundle.Response` the bundle stores.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
-from astropy.utils.exceptions import AstropyWarning
 from scipy.special import ndtr
 
 from ..errors import InputError
+from ..io.fitsio import open_fits
 from ..io.bundle import Response
 
 #: Anchor points of the ACIS-I effective area, (keV, cm**2); interpolated in
@@ -306,18 +305,7 @@ def write_rmf(path, response: Response, obsid=None) -> Path:
 
 
 def _open(path, what: str) -> fits.HDUList:
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{what} file not found", path=path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", AstropyWarning)
-            hdul = fits.open(path, memmap=False)
-            hdul.verify("silentfix")
-    except (OSError, ValueError, TypeError, IndexError) as exc:
-        text = str(exc).replace("\n", " ")
-        raise InputError(f"not a readable FITS {what} file ({text})", path=path) from None
-    return hdul
+    return open_fits(path, f"{what} file")
 
 
 def _find_hdu(hdul, path, names: tuple, hduclas2: tuple, what: str):
