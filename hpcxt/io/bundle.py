@@ -201,7 +201,7 @@ def read_bundle(path, load_events: bool = True) -> Bundle:
     load_events : bool
         Skip the event lists (the scale map needs only the images).
     """
-    f = open_versioned(path, "bundle", "re-run 'hpcxt prep'", FORMAT_VERSION)
+    f = open_versioned(path, "bundle", "run 'hpcxt prep' first", FORMAT_VERSION)
     with f:
         img = f["image"]
         grid = ImageGrid(shape=tuple(img["counts"].shape), x0=float(img.attrs["x0"]),

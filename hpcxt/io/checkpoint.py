@@ -352,7 +352,7 @@ def read_results(path) -> FitResults:
         Missing, unreadable, wrong format version or missing datasets.
     """
     path = Path(path)
-    f = open_versioned(path, "fit results", "run 'hpcxt fit'", FORMAT_VERSION, locking=False)
+    f = open_versioned(path, "fit results", "run 'hpcxt fit' first", FORMAT_VERSION, locking=False)
     with f:
         names = ("region_id", "kT", "kT_lo", "kT_hi", "norm", "norm_lo", "norm_hi", "stat",
                  "dof", "counts", "bkg_counts", "status", "reason_id", "reason_text",

@@ -95,7 +95,7 @@ def write_regions(path, table: RegionTable) -> Path:
 
 def read_regions(path) -> RegionTable:
     path = Path(path)
-    f = open_versioned(path, "region table", "run 'hpcxt scalemap'", FORMAT_VERSION)
+    f = open_versioned(path, "region table", "run 'hpcxt scalemap' first", FORMAT_VERSION)
     with f:
         missing = [n for n in ROW_FIELDS + OBS_FIELDS if n not in f]
         if missing:
