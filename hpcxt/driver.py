@@ -183,6 +183,7 @@ def run_prep(cfg, force: bool = False) -> Path:
             if cfg.prep.crop_region else None)
     clean_settings = {"ccds": cfg.prep.ccds, "deflare": cfg.prep.deflare.to_dict(),
                       "scale_band": cfg.prep.background_scale_band,
+                      "crop": _file_fingerprint(cfg.prep.crop_region),
                       "point_sources": _file_fingerprint(cfg.prep.point_sources),
                       "reference": _file_fingerprint(obs_products[0]["events"])}
 
@@ -206,7 +207,7 @@ def run_prep(cfg, force: bool = False) -> Path:
             frame = ev.frame
         scale_band = cfg.prep.background_scale_band
         src = P.clean_events(ev, cfg.prep.ccds, cfg.prep.deflare, point_sources, frame,
-                             scale_band=scale_band)
+                             scale_band=scale_band, scale_exclude=crop)
         if len(src.x) == 0:
             raise InputError("no events left after the ccd, energy, GTI and flare filters",
                              path=o["events"], field="prep.ccds")
@@ -215,13 +216,14 @@ def run_prep(cfg, force: bool = False) -> Path:
             bev = read_events(o["background"], role=f"observation {obsid} background",
                               need_time=False)
             bkg = P.clean_events(bev, cfg.prep.ccds, None, point_sources, frame,
-                                 is_background=True, scale_band=scale_band)
+                                 is_background=True, scale_band=scale_band, scale_exclude=crop)
             # The blank-sky file is reprojected to this observation's pointing;
             # its own column WCS says so, and reprojection above used it.
         meta = {"obsid": obsid, "header": {k: str(v) for k, v in ev.header.items()}}
         if bkg is not None:
-            meta["bkg_scale"] = P.background_scale(src.scale_band_counts, bkg.scale_band_counts,
-                                                   path=o["background"])
+            n_src, n_bkg, area = P.scale_counts(src, bkg)
+            meta["bkg_scale"] = P.background_scale(n_src, n_bkg, path=o["background"])
+            meta["bkg_scale_area"] = area
         flare_s = float(np.sum(np.asarray(src.flare_intervals[1]) -
                                np.asarray(src.flare_intervals[0]))) if len(src.flare_intervals[0]) else 0.0
         meta["flare_seconds"] = flare_s
@@ -307,6 +309,7 @@ def _make_bundle(cfg, obs_products, prepdir, frame, crop, point_sources, fingerp
             "obsid": obsid, "input_events": src.n_input, "kept_events": kept,
             "removed": src.removed, "exposure_s": src.exposure,
             "flare_seconds": meta.get("flare_seconds", 0.0), "bkg_scale": bkg_scale,
+            "bkg_scale_area": meta.get("bkg_scale_area", ""),
             "bkg_events": 0 if bkg is None else len(bkg.x)})
     mask = in_crop & ~in_ps & (exposure > 0)
     if not mask.any() or counts[mask].sum() == 0:

@@ -118,3 +118,21 @@ def test_flare_bins_catch_a_long_flare_that_inflates_the_scatter():
     bad = flare_bins(counts, expo, nsigma=3.0)
     assert bad[34:44].all()
     assert bad.sum() <= 12
+
+
+def test_background_scale_counts_come_from_one_area_for_both_files():
+    from hpcxt.prep.products import MIN_SCALE_COUNTS, CleanEvents, scale_counts
+
+    def ce(whole, outside):
+        e = np.zeros(0)
+        return CleanEvents(x=e, y=e, pi=e.astype(np.int32), energy=e.astype(np.float32),
+                           exposure=1.0, scale_band_counts=whole,
+                           scale_band_counts_outside=outside)
+
+    # enough counts outside the crop in both files: use only those
+    assert scale_counts(ce(5000, 3000), ce(20000, 15000)) == (3000, 15000, "outside_crop")
+    # too few in the source file outside: both fall back to the whole field
+    few = MIN_SCALE_COUNTS - 1
+    assert scale_counts(ce(5000, few), ce(20000, 15000)) == (5000, 20000, "whole_field")
+    # no crop region: whole field
+    assert scale_counts(ce(5000, -1), ce(20000, -1)) == (5000, 20000, "whole_field")
