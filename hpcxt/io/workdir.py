@@ -1,0 +1,255 @@
+"""The work directory: every path of every stage, atomic writes, fingerprints.
+
+One place for the layout of ``<workdir>``::
+
+    prep/bundle.h5          events, images, responses        (hpcxt prep)
+    prep/stages.json        prep's stage record
+    prep/summary.json       what prep removed, by reason
+    prep/clean/<obsid>.h5   cleaned events of one observation
+    prep/*.fits             counts, background, exposure, mask images for ds9
+    obs/<obsid>/            CIAO products of one observation  (ciao backend)
+    acb/scalemap.fits       radius reaching the target S/N   (hpcxt scalemap)
+    acb/regions.h5          the region table
+    fit/results.h5          one row per region, checkpointed  (hpcxt fit)
+    maps/*.fits, *.png      the maps                          (hpcxt maps)
+    maps/summary.json       the maps' stage record and summary
+    jobs/                   rendered Slurm/PBS scripts
+
+and the two helpers every writer shares: :func:`atomic_write` (write aside
+under a name unique to this writer, fsync, rename, fsync the folder) and
+:func:`fingerprint` (a short SHA-256 of a JSON-able value).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import uuid
+from pathlib import Path
+
+#: Length of every fingerprint, hex characters.
+FINGERPRINT_CHARS = 16
+
+
+def fingerprint(obj) -> str:
+    """SHA-256 (first 16 hex) of ``obj`` as canonical JSON (sorted keys).
+
+    Values JSON cannot encode (paths, numpy scalars) are encoded by ``str``.
+    """
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:FINGERPRINT_CHARS]
+
+
+def _fsync_path(path: Path) -> None:
+    """fsync a file or folder by path (h5py and astropy give no descriptor)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # folders cannot be opened on every platform
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on folders
+    finally:
+        os.close(fd)
+
+
+def temporary_name(path) -> Path:
+    """A name beside ``path`` that no other writer uses (host, pid, random)."""
+    path = Path(path)
+    tag = f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    return path.with_name(f".{path.name}.{tag}.tmp")
+
+
+@contextlib.contextmanager
+def atomic_write(path, fsync: bool = True):
+    """Write ``path`` all at once: yields a temporary path to write to.
+
+    On a clean exit the temporary file is (optionally) fsynced and renamed
+    onto ``path`` with :func:`os.replace` (atomic on POSIX), and the folder
+    is fsynced so the rename survives a power cut. On an exception the
+    temporary file is removed and ``path`` is untouched. The temporary name
+    is unique to this writer, so two writers never truncate each other's
+    file (HDF5 truncates a file opened with mode ``w`` before it locks it).
+
+    Parameters
+    ----------
+    path : str or Path
+        The final file; its folder is created.
+    fsync : bool
+        Flush the file to disk before the rename (checkpoints, records).
+
+    Yields
+    ------
+    Path
+        Where to write.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_name(path)
+    try:
+        yield tmp
+        if fsync:
+            _fsync_path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    if fsync:
+        _fsync_path(path.parent)
+
+
+def write_text_atomic(path, text: str, fsync: bool = True) -> Path:
+    """Write a text file through :func:`atomic_write`."""
+    path = Path(path)
+    with atomic_write(path, fsync=fsync) as tmp:
+        tmp.write_text(text)
+    return path
+
+
+def write_json_atomic(path, data, fsync: bool = True) -> Path:
+    """Write ``data`` as indented JSON through :func:`atomic_write`."""
+    return write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True, default=str),
+                             fsync=fsync)
+
+
+class WorkDir:
+    """Paths of one work directory. Nothing is created by asking for a path.
+
+    Parameters
+    ----------
+    root : str or Path
+        ``<workdir>``.
+    """
+
+    def __init__(self, root):
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"WorkDir({str(self.root)!r})"
+
+    @classmethod
+    def of(cls, cfg) -> "WorkDir":
+        """The work directory of a loaded config."""
+        return cls(cfg.workdir_path)
+
+    def stage_dir(self, stage: str) -> Path:
+        """``<workdir>/<stage>``."""
+        return self.root / stage
+
+    # prep
+    @property
+    def prep(self) -> Path:
+        return self.root / "prep"
+
+    @property
+    def bundle(self) -> Path:
+        return self.prep / "bundle.h5"
+
+    @property
+    def prep_stages(self) -> Path:
+        return self.prep / "stages.json"
+
+    @property
+    def prep_summary(self) -> Path:
+        return self.prep / "summary.json"
+
+    def clean_events(self, obsid: str) -> Path:
+        return self.prep / "clean" / f"{obsid}.h5"
+
+    def prep_image(self, name: str) -> Path:
+        return self.prep / f"{name}.fits"
+
+    # CIAO products
+    @property
+    def obs(self) -> Path:
+        return self.root / "obs"
+
+    def obs_dir(self, obsid: str) -> Path:
+        return self.obs / str(obsid)
+
+    # scale map
+    @property
+    def acb(self) -> Path:
+        return self.root / "acb"
+
+    @property
+    def scalemap(self) -> Path:
+        return self.acb / "scalemap.fits"
+
+    @property
+    def regions(self) -> Path:
+        return self.acb / "regions.h5"
+
+    # fit
+    @property
+    def fit(self) -> Path:
+        return self.root / "fit"
+
+    @property
+    def results(self) -> Path:
+        return self.fit / "results.h5"
+
+    # maps
+    @property
+    def maps(self) -> Path:
+        return self.root / "maps"
+
+    @property
+    def maps_summary(self) -> Path:
+        return self.maps / "summary.json"
+
+    def map_file(self, name: str, suffix: str = ".fits") -> Path:
+        return self.maps / f"{name}{suffix}"
+
+    # jobs
+    @property
+    def jobs(self) -> Path:
+        return self.root / "jobs"
+
+
+class StageRecord:
+    """A JSON record of finished stages: stage name -> fingerprint (and extras).
+
+    The same record serves prep (``prep/stages.json``), each CIAO
+    observation folder and the maps (``maps/summary.json``): a stage is
+    done when its stored fingerprint equals the one of its current inputs
+    and its outputs exist. A missing or unreadable record means nothing is
+    done. Writes go through :func:`atomic_write`.
+
+    Parameters
+    ----------
+    path : Path
+        The JSON file.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        self.done = data if isinstance(data, dict) else {}
+
+    def get(self, stage: str):
+        return self.done.get(stage)
+
+    def is_done(self, stage: str, fp: str, *outputs) -> bool:
+        """True when ``stage`` was recorded with fingerprint ``fp`` and every output exists."""
+        return self.done.get(stage) == fp and all(Path(o).exists() for o in outputs)
+
+    def mark(self, stage: str, fp) -> None:
+        """Record ``stage`` as made from inputs with fingerprint ``fp``, on disk at once."""
+        self.done[stage] = fp
+        self.save()
+
+    def forget(self, stage: str) -> None:
+        if self.done.pop(stage, None) is not None:
+            self.save()
+
+    def save(self) -> None:
+        write_json_atomic(self.path, self.done)
