@@ -87,20 +87,20 @@ def fits_per_second(config: Path | None, n_regions: int) -> None:
 
 def instant_factory(cfg, rank):
     """A fit that takes no time: the master's bookkeeping is all that is timed."""
-    from hpcxt.fit import STATUS_OK, RecordBatch
+    from hpcxt.fit import RecordBatch
+    from hpcxt.schema import Status, empty_columns
     nobs = 2
 
     def fit_batch(ids):
         ids = np.asarray(ids, dtype=np.int64)
         n = ids.size
-        one = np.ones(n)
-        return RecordBatch(region_id=ids, kT=one * 5, kT_lo=one * 4, kT_hi=one * 6,
-                           norm=one * 1e-4, norm_lo=one * 9e-5, norm_hi=one * 1.1e-4,
-                           stat=one * 100, dof=np.full(n, 98, np.int64),
-                           counts=np.full((n, nobs), 1000, np.int64),
-                           bkg_counts=np.full((n, nobs), 50, np.int64),
-                           status=np.full(n, STATUS_OK, np.int8), reason=[""] * n,
-                           fit_seconds=np.full(n, 1e-6), worker=np.full(n, rank, np.int16))
+        cols = empty_columns(n, nobs)
+        values = dict(kT=5.0, kT_lo=4.0, kT_hi=6.0, norm=1e-4, norm_lo=9e-5, norm_hi=1.1e-4,
+                      stat=100.0, dof=98, counts=1000, bkg_counts=50, status=Status.OK,
+                      fit_seconds=1e-6, worker=rank)
+        for name, v in values.items():
+            cols[name][...] = v
+        return RecordBatch(ids, cols)
     return fit_batch
 
 
@@ -188,14 +188,14 @@ def master_capacity(n_regions: int, nprocs: int) -> None:
 
 
 def checkpoint_cost(n_regions: int = 100_000, repeats: int = 5) -> None:
-    from hpcxt.fit import STATUS_OK
+    from hpcxt.schema import Status
     from hpcxt.io.checkpoint import FitResults, write_results
 
     res = FitResults.new(n_regions, ["1", "2"], {"fit": {}})
     rng = np.random.default_rng(1)
     done = rng.random(n_regions) < 0.7
     res.kT[done] = rng.uniform(1, 15, done.sum())
-    res.status[done] = STATUS_OK
+    res.status[done] = Status.OK
     res.reason[~done & (rng.random(n_regions) < 0.05)] = "too few counts (57 < 100)"
     times = []
     with tempfile.TemporaryDirectory() as tmp:

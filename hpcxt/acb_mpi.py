@@ -20,10 +20,8 @@ here touches MPI at import time.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +30,11 @@ import numpy as np
 
 from . import acb
 from .errors import InputError
+from .hooks import NO_HOOKS
 from .io.regions_table import RegionTable, write_regions
+from .io.workdir import WorkDir, atomic_write, fingerprint
 
 log = logging.getLogger("hpcxt.scalemap")
-
-#: Testing aid: the rank named here raises RuntimeError inside run_scalemap
-#: after the inputs are loaded (checks that one failing rank ends the job).
-FAIL_RANK_ENV = "HPCXT_TEST_FAIL_RANK"
 
 
 # --------------------------------------------------------------------------
@@ -181,14 +177,19 @@ class _Inputs:
 
 def scalemap_paths(cfg) -> tuple[Path, Path]:
     """``<workdir>/acb/scalemap.fits`` and ``<workdir>/acb/regions.h5``."""
-    out = cfg.stage_dir("acb")
-    return out / "scalemap.fits", out / "regions.h5"
+    wd = WorkDir.of(cfg)
+    return wd.scalemap, wd.regions
 
 
 def stage_hash(cfg, bundle_hash: str) -> str:
     """Hash of everything the scale map and region table depend on."""
-    own = cfg.section_hash("acb", "fit.resolution", "fit.min_obs_fraction")
-    return hashlib.sha256(f"{own}:{bundle_hash}".encode()).hexdigest()[:16]
+    return fingerprint([scalemap_inputs(cfg), bundle_hash])
+
+
+def scalemap_inputs(cfg) -> dict:
+    """The config values that decide the scale map and the region table."""
+    return {"acb": cfg.acb.to_dict(), "fit.resolution": cfg.fit.resolution,
+            "fit.min_obs_fraction": cfg.fit.min_obs_fraction}
 
 
 def _stored_hashes(fits_path: Path, regions_path: Path) -> tuple[str | None, str | None]:
@@ -211,11 +212,10 @@ def _stored_hashes(fits_path: Path, regions_path: Path) -> tuple[str | None, str
 
 
 def _bundle_hash_only(bundle_path: Path) -> str | None:
-    import h5py
+    from .io.bundle import read_bundle_identity
     try:
-        with h5py.File(bundle_path, "r") as f:
-            return str(f.attrs["config_hash"])
-    except (OSError, KeyError, ValueError):
+        return read_bundle_identity(bundle_path)[1]
+    except InputError:
         return None
 
 
@@ -223,7 +223,7 @@ def _load(cfg) -> _Inputs:
     """Rank 0: read the bundle (or find the outputs up to date)."""
     from .io.bundle import read_bundle
 
-    bundle_path = cfg.stage_dir("prep") / "bundle.h5"
+    bundle_path = WorkDir.of(cfg).bundle
     fits_path, regions_path = scalemap_paths(cfg)
     if fits_path.exists() and regions_path.exists():
         bh = _bundle_hash_only(bundle_path)
@@ -299,13 +299,12 @@ def write_scalemap_fits(path, radius: np.ndarray, grid, params: acb.ScaleMapPara
     h["RMAX"] = (float(params.max_radius), "largest radius tried, image pixels")
     h["BINSKY"] = (int(grid.bin), "sky pixels per image pixel")
     h["HPCXTCFG"] = (config_hash, "hpcxt scalemap input hash")
-    tmp = path.with_name(path.name + ".tmp")
-    hdu.writeto(tmp, overwrite=True)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        hdu.writeto(tmp)
     return path
 
 
-def run_scalemap(cfg, comm, tile_size: int | None = None) -> None:
+def run_scalemap(cfg, comm, tile_size: int | None = None, hooks=None) -> None:
     """``hpcxt scalemap``: scale map and region table, on every rank of ``comm``.
 
     Collective. Rank 0 reads ``<workdir>/prep/bundle.h5`` and writes
@@ -322,9 +321,9 @@ def run_scalemap(cfg, comm, tile_size: int | None = None) -> None:
 
     Notes
     -----
-    Testing aid: with the environment variable ``HPCXT_TEST_FAIL_RANK=r``
-    rank ``r`` raises RuntimeError after the inputs are loaded, to check that
-    one failing rank ends the whole job (under ``python -m mpi4py``).
+    ``hooks.scalemap_inputs_loaded(rank)`` runs on every rank once the
+    inputs are loaded (tests make one rank fail there, to check that one
+    failing rank ends the whole job under ``python -m mpi4py``).
     """
     rank, size = comm.Get_rank(), comm.Get_size()
     t_start = time.perf_counter()
@@ -335,9 +334,7 @@ def run_scalemap(cfg, comm, tile_size: int | None = None) -> None:
             log.info("scale map and region table are up to date (%s, %s)", fits_path,
                      regions_path)
         return
-    fail = os.environ.get(FAIL_RANK_ENV, "").strip()
-    if fail and int(fail) == rank:
-        raise RuntimeError(f"{FAIL_RANK_ENV}={fail}: rank {rank} fails on purpose")
+    (hooks or NO_HOOKS).scalemap_inputs_loaded(rank)
     params = inputs.params
     if rank == 0:
         log.info("scale map of %dx%d pixels (%d mapped), target S/N %g (%s), radii %g..%g "

@@ -68,7 +68,7 @@ def cmd_scalemap(args) -> int:
     comm = _comm()
     _setup_logging(args.verbose, comm.Get_rank() if comm.Get_size() > 1 else None)
     cfg = load_config(args.config, check_files=False)
-    run_scalemap(cfg, comm)
+    run_scalemap(cfg, comm, hooks=args.hooks)
     return 0
 
 
@@ -78,7 +78,7 @@ def cmd_fit(args) -> int:
     comm = _comm()
     _setup_logging(args.verbose, comm.Get_rank() if comm.Get_size() > 1 else None)
     cfg = load_config(args.config, check_files=False)
-    status = run_fit(cfg, comm, resume=args.resume)
+    status = run_fit(cfg, comm, resume=args.resume, hooks=args.hooks)
     if comm.Get_size() > 1:
         # Every rank returned: finalize together, so that the master's
         # "checkpointed, not finished" status (85) reaches mpiexec/srun as an
@@ -257,9 +257,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
+def main(argv=None, hooks=None) -> int:
+    """Run one ``hpcxt`` command; returns its exit status.
+
+    ``hooks`` (a :class:`hpcxt.hooks.RunHooks`) reaches the MPI stages: the
+    seam through which tests inject faults.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.hooks = hooks
     if not logging.getLogger().handlers:
         _setup_logging(args.verbose)
     try:

@@ -1,8 +1,9 @@
 """Serial prep driver: runs the prep stages in order, records which finished.
 
 Stages, each recorded in ``<workdir>/prep/stages.json`` with a fingerprint
-of what it read (config fields and the size, mtime and, for small files,
-content of its input files):
+of what it read (config fields and the size and content hash of its input
+files, not their paths, so a copied or moved project keeps its records;
+see :class:`hpcxt.io.workdir.FileHashes`):
 
 ``products``         (``ciao`` backend only) CIAO tools make the products
 ``clean:<obsid>``    filters and reprojects one observation's events
@@ -19,10 +20,8 @@ half-written file that a later run trusts.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -33,53 +32,12 @@ import numpy as np
 from .errors import InputError
 from .io.bundle import Bundle, ImageGrid, ObsData, write_bundle
 from .io.fitsio import SkyFrame, read_events, read_image, write_image
+from .io.workdir import (FileHashes, StageRecord, WorkDir, atomic_write, fingerprint,
+                         write_json_atomic)
 from .prep import products as P
 from .prep.regionfile import read_region_file
 
 log = logging.getLogger("hpcxt.prep")
-
-
-# --------------------------------------------------------------------------
-# stage records
-
-
-def _file_fingerprint(path) -> list:
-    if path is None:
-        return [None]
-    p = Path(path)
-    try:
-        st = p.stat()
-    except OSError:
-        return [str(p), None]
-    fp = [str(p), st.st_size, st.st_mtime_ns]
-    if st.st_size < 1_000_000:
-        fp.append(hashlib.sha256(p.read_bytes()).hexdigest()[:16])
-    return fp
-
-
-def _fingerprint(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-class StageRecord:
-    """``stages.json``: stage name -> fingerprint of the inputs it was made from."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        try:
-            self.done = json.loads(path.read_text())
-        except (OSError, ValueError):
-            self.done = {}
-
-    def is_done(self, stage: str, fingerprint: str, *outputs: Path) -> bool:
-        return self.done.get(stage) == fingerprint and all(Path(o).exists() for o in outputs)
-
-    def mark(self, stage: str, fingerprint: str) -> None:
-        self.done[stage] = fingerprint
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.done, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)
 
 
 # --------------------------------------------------------------------------
@@ -88,9 +46,7 @@ class StageRecord:
 
 def _save_clean(path: Path, src: P.CleanEvents, bkg: P.CleanEvents | None, frame: SkyFrame,
                 meta: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(tmp, "w") as f:
+    with atomic_write(path, fsync=False) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["frame"] = json.dumps([frame.ra0, frame.dec0, frame.crpix_x, frame.crpix_y,
                                        frame.cdelt_x, frame.cdelt_y])
         f.attrs["meta"] = json.dumps(meta)
@@ -105,7 +61,6 @@ def _save_clean(path: Path, src: P.CleanEvents, bkg: P.CleanEvents | None, frame
             g.create_dataset("good_time", data=np.array(ce.good_time, float).reshape(2, -1))
             g.create_dataset("flare_intervals",
                              data=np.array(ce.flare_intervals, float).reshape(2, -1))
-    os.replace(tmp, path)
 
 
 def _load_clean(path: Path):
@@ -172,10 +127,19 @@ def run_prep(cfg, force: bool = False) -> Path:
         Re-run every stage regardless of the stage record.
     """
     t_start = time.perf_counter()
-    workdir = cfg.workdir_path
-    prepdir = workdir / "prep"
-    record = StageRecord(prepdir / "stages.json")
-    obs_products = _observation_products(cfg, workdir, force)
+    wd = WorkDir.of(cfg)
+    record = StageRecord(wd.prep_stages)
+    hashes = FileHashes(wd.file_hashes)
+    try:
+        return _run_prep(cfg, wd, record, hashes, force, t_start)
+    finally:
+        hashes.save()
+
+
+def _run_prep(cfg, wd: WorkDir, record: StageRecord, hashes: FileHashes, force: bool,
+              t_start: float) -> Path:
+    obs_products = _observation_products(cfg, wd.root, force)
+    file_fp = hashes.fingerprint
 
     point_sources = (read_region_file(cfg.prep.point_sources, "prep.point_sources")
                      if cfg.prep.point_sources else None)
@@ -183,19 +147,19 @@ def run_prep(cfg, force: bool = False) -> Path:
             if cfg.prep.crop_region else None)
     clean_settings = {"ccds": cfg.prep.ccds, "deflare": cfg.prep.deflare.to_dict(),
                       "scale_band": cfg.prep.background_scale_band,
-                      "crop": _file_fingerprint(cfg.prep.crop_region),
-                      "point_sources": _file_fingerprint(cfg.prep.point_sources),
-                      "reference": _file_fingerprint(obs_products[0]["events"])}
+                      "crop": file_fp(cfg.prep.crop_region),
+                      "point_sources": file_fp(cfg.prep.point_sources),
+                      "reference": file_fp(obs_products[0]["events"])}
 
     # ---- clean each observation
     frame = None
     clean_fps = []
     for o in _progress(obs_products, "clean", len(obs_products)):
         obsid = o["obsid"]
-        out = prepdir / "clean" / f"{obsid}.h5"
-        fp = _fingerprint({"settings": clean_settings,
-                           "events": _file_fingerprint(o["events"]),
-                           "background": _file_fingerprint(o.get("background"))})
+        out = wd.clean_events(obsid)
+        fp = fingerprint({"settings": clean_settings,
+                           "events": file_fp(o["events"]),
+                           "background": file_fp(o.get("background"))})
         clean_fps.append(fp)
         if not force and record.is_done(f"clean:{obsid}", fp, out):
             if frame is None:
@@ -233,29 +197,29 @@ def run_prep(cfg, force: bool = False) -> Path:
                  obsid, len(src.x), src.n_input, src.exposure, flare_s)
 
     # ---- bundle
-    bundle_path = prepdir / "bundle.h5"
-    bfp = _fingerprint({"clean": clean_fps, "bin": cfg.prep.bin,
+    bundle_path = wd.bundle
+    bfp = fingerprint({"clean": clean_fps, "bin": cfg.prep.bin,
                         "energy_band": cfg.prep.energy_band,
-                        "crop": _file_fingerprint(cfg.prep.crop_region),
-                        "obs": [[_file_fingerprint(o[k]) for k in ("exposure_map", "arf", "rmf")]
+                        "crop": file_fp(cfg.prep.crop_region),
+                        "obs": [[file_fp(o[k]) for k in ("exposure_map", "arf", "rmf")]
                                 for o in obs_products]})
     if not force and record.is_done("bundle", bfp, bundle_path):
         log.info("bundle: up to date (%s)", bundle_path)
         return bundle_path
-    bundle, summary = _make_bundle(cfg, obs_products, prepdir, frame, crop, point_sources, bfp)
+    bundle, summary = _make_bundle(cfg, obs_products, wd, frame, crop, point_sources, bfp)
     write_bundle(bundle_path, bundle)
-    _write_images(prepdir, bundle)
-    (prepdir / "summary.json").write_text(json.dumps(summary, indent=1))
+    _write_images(wd, bundle)
+    write_json_atomic(wd.prep_summary, summary)
     record.mark("bundle", bfp)
     _log_summary(summary, bundle, time.perf_counter() - t_start)
     return bundle_path
 
 
-def _make_bundle(cfg, obs_products, prepdir, frame, crop, point_sources, fingerprint):
+def _make_bundle(cfg, obs_products, wd: WorkDir, frame, crop, point_sources, bundle_fp):
     from .prep.response import read_response
 
     bin_ = cfg.prep.bin
-    cleaned = [_load_clean(prepdir / "clean" / f"{o['obsid']}.h5") for o in obs_products]
+    cleaned = [_load_clean(wd.clean_events(o["obsid"])) for o in obs_products]
     if crop is not None:
         xmin, xmax, ymin, ymax = crop.include_bbox(frame)
     else:
@@ -319,23 +283,23 @@ def _make_bundle(cfg, obs_products, prepdir, frame, crop, point_sources, fingerp
     counts = np.where(mask, counts, 0.0)
     background = np.where(mask, background, 0.0)
     bundle = Bundle(grid=grid, counts=counts, background=background, exposure=exposure,
-                    mask=mask, observations=observations, config_hash=fingerprint,
+                    mask=mask, observations=observations, config_hash=bundle_fp,
                     energy_band=tuple(band), has_background=has_background)
     summary["mapped_pixels"] = int(mask.sum())
     summary["counts_in_band"] = float(counts.sum())
     return bundle, summary
 
 
-def _write_images(prepdir: Path, bundle: Bundle) -> None:
+def _write_images(wd: WorkDir, bundle: Bundle) -> None:
     h = bundle.grid.header()
     lo, hi = bundle.energy_band
     extra = {"ENERG_LO": (lo, "keV"), "ENERG_HI": (hi, "keV"), "ORIGIN": "hpcxt"}
-    write_image(prepdir / "counts.fits", bundle.counts.astype(np.float32), h, "count", extra)
-    write_image(prepdir / "background.fits", bundle.background.astype(np.float32), h,
+    write_image(wd.prep_image("counts"), bundle.counts.astype(np.float32), h, "count", extra)
+    write_image(wd.prep_image("background"), bundle.background.astype(np.float32), h,
                 "count", extra)
-    write_image(prepdir / "exposure.fits", bundle.exposure.astype(np.float32), h, "cm**2 s",
+    write_image(wd.prep_image("exposure"), bundle.exposure.astype(np.float32), h, "cm**2 s",
                 extra)
-    write_image(prepdir / "mask.fits", bundle.mask.astype(np.uint8), h, "", extra)
+    write_image(wd.prep_image("mask"), bundle.mask.astype(np.uint8), h, "", extra)
 
 
 def _log_summary(summary: dict, bundle: Bundle, seconds: float) -> None:

@@ -72,14 +72,13 @@ import contextlib
 import io
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-#: Values of the ``status`` column of results.h5.
-STATUS_PENDING = 0
-STATUS_OK = 1
-STATUS_FAILED = 2
+from .rmf import compress_rmf
+from .schema import COLUMNS, NAMES, ColumnAccess, Status, columns_from_records
+from .spectra import ObsSpectrum, RegionSpectra, group_min_counts
 
 STATISTICS = ("wstat", "cstat", "chi2gehrels")
 #: Fewest grouped bins (all observations) a W-stat fit of a region needs.
@@ -170,258 +169,45 @@ class FitSettings:
                    wstat_min_bkg=int(f.group_min_background))
 
 
-@dataclass
-class FitRecord:
-    """The outcome of one region's fit.
+class FitRecord(ColumnAccess):
+    """The outcome of one region's fit: one value of every result column.
 
-    Attributes
+    Attributes are the columns of :data:`hpcxt.schema.COLUMNS` (``kT``,
+    ``kT_lo``, ``kT_hi`` in keV; ``norm`` and bounds in XSPEC units;
+    ``stat``; ``dof``; ``counts`` and ``bkg_counts``, shape (nobs,), per
+    observation, 0 for observations not used; ``status``; ``reason``;
+    ``fit_seconds`` in s; ``worker``), unfitted values where not given.
+    A record starts out failed: a fit sets ``status`` to ok when it is.
+
+    Parameters
     ----------
-    kT, kT_lo, kT_hi : float
-        Best-fit temperature and its absolute lower/upper bounds, keV
-        (NaN where unknown).
-    norm, norm_lo, norm_hi : float
-        Best-fit normalisation and bounds, XSPEC units (NaN where unknown).
-    stat : float
-        Fit statistic at the best fit (NaN if not fitted).
-    dof : int
-        Degrees of freedom (-1 if not fitted).
-    counts, bkg_counts : ndarray, shape (nobs,), int64
-        Source and background counts in the energy range per observation
-        (0 for observations not used).
-    status : int
-        :data:`STATUS_OK` or :data:`STATUS_FAILED`.
-    reason : str
-        Why the region failed; for an ok region "" or a note on how it
-        was fitted (e.g. cstat for a negligible, too sparse background).
-    fit_seconds : float
-        Wall time of extraction and fit, s.
+    nobs : int
+        Observations in the bundle.
+    **values
+        Column values to set.
     """
 
-    nobs: int
-    kT: float = math.nan
-    kT_lo: float = math.nan
-    kT_hi: float = math.nan
-    norm: float = math.nan
-    norm_lo: float = math.nan
-    norm_hi: float = math.nan
-    stat: float = math.nan
-    dof: int = -1
-    counts: np.ndarray = None
-    bkg_counts: np.ndarray = None
-    status: int = STATUS_FAILED
-    reason: str = ""
-    fit_seconds: float = 0.0
+    def __init__(self, nobs: int, **values):
+        self.nobs = int(nobs)
+        unknown = set(values) - set(NAMES)
+        if unknown:
+            raise TypeError(f"FitRecord has no column {sorted(unknown)[0]!r}")
+        cols = {c.name: (c.empty(1, nobs)[0] if not c.is_text else c.fill) for c in COLUMNS}
+        cols["status"] = Status.FAILED
+        cols.update(values)
+        self.columns = cols
 
-    def __post_init__(self):
-        if self.counts is None:
-            self.counts = np.zeros(self.nobs, dtype=np.int64)
-        if self.bkg_counts is None:
-            self.bkg_counts = np.zeros(self.nobs, dtype=np.int64)
+    def __setattr__(self, name, value):
+        if name in NAMES:
+            self.columns[name] = value
+        else:
+            object.__setattr__(self, name, value)
 
 
 def failure_reason(exc: BaseException) -> str:
     """``"<ExceptionType>: <first line of the message>"``."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
-# --------------------------------------------------------------------------
-# spectrum extraction
-
-
-class EventIndex:
-    """Events of one list sorted by sky y, for fast circle selection.
-
-    Parameters
-    ----------
-    x, y : ndarray, shape (nev,)
-        Sky positions, sky pixels.
-    pi : ndarray, shape (nev,)
-        PI channel of each event.
-    """
-
-    def __init__(self, x, y, pi):
-        order = np.argsort(np.asarray(y, dtype=np.float64), kind="stable")
-        self.y = np.ascontiguousarray(np.asarray(y, dtype=np.float64)[order])
-        self.x = np.ascontiguousarray(np.asarray(x, dtype=np.float64)[order])
-        self.pi = np.ascontiguousarray(np.asarray(pi, dtype=np.int64)[order])
-
-    def __len__(self) -> int:
-        return int(self.y.shape[0])
-
-    def spectrum(self, xc: float, yc: float, radius: float, nchan: int,
-                 offset: int = 1) -> np.ndarray:
-        """PI histogram of the events inside a circle.
-
-        Parameters
-        ----------
-        xc, yc : float
-            Circle centre, sky pixels.
-        radius : float
-            Circle radius, sky pixels; an event at exactly ``radius`` is inside.
-        nchan : int
-            Number of channels.
-        offset : int
-            Channel number of the first channel (TLMIN of PI, usually 1).
-
-        Returns
-        -------
-        ndarray, shape (nchan,), int64
-            Counts per channel; events with PI outside the channel range are
-            dropped.
-        """
-        lo = np.searchsorted(self.y, yc - radius, side="left")
-        hi = np.searchsorted(self.y, yc + radius, side="right")
-        dx = self.x[lo:hi] - xc
-        dy = self.y[lo:hi] - yc
-        inside = dx * dx + dy * dy <= radius * radius
-        chan = self.pi[lo:hi][inside] - offset
-        chan = chan[(chan >= 0) & (chan < nchan)]
-        return np.bincount(chan, minlength=nchan).astype(np.int64)
-
-
-@dataclass
-class ObsSpectrum:
-    """One observation's spectra of one region, ready to fit.
-
-    Attributes
-    ----------
-    obs_index : int
-        Position of the observation in the bundle (and the fitter).
-    counts : ndarray, shape (nchan,)
-        Source counts per channel.
-    bkg_counts : ndarray, shape (nchan,) or None
-        Background counts per channel from the same circle, or None when
-        the bundle has no background.
-    exposure : float
-        Source exposure time of this region, s.
-    bkg_scale : float
-        Multiplies background counts into expected background counts in the
-        source spectrum.
-    """
-
-    obs_index: int
-    counts: np.ndarray
-    bkg_counts: np.ndarray | None
-    exposure: float
-    bkg_scale: float
-
-
-class RegionSpectra:
-    """Source and background spectra of the regions of a region table.
-
-    Parameters
-    ----------
-    observations : list of hpcxt.io.bundle.ObsData
-        The bundle's observations (with events loaded).
-    table : hpcxt.io.regions_table.RegionTable
-        Region centres (sky pixels), radii (sky pixels), exposure_time
-        (n, nobs) in s and used (n, nobs).
-    """
-
-    def __init__(self, observations, table):
-        self.table = table
-        self.nobs = len(observations)
-        self.obs = []
-        for o in observations:
-            r = o.response
-            nchan = int(r.rmf_matrix.shape[1])
-            src = EventIndex(o.events["x"], o.events["y"], o.events["pi"])
-            bkg = (EventIndex(o.bkg_events["x"], o.bkg_events["y"], o.bkg_events["pi"])
-                   if o.bkg_events is not None else None)
-            self.obs.append((src, bkg, nchan, int(r.offset), float(o.bkg_scale)))
-
-    def __len__(self) -> int:
-        return len(self.table)
-
-    def spectra(self, region_id: int) -> list[ObsSpectrum]:
-        """Spectra of every used observation of one region (may be empty)."""
-        t = self.table
-        xc, yc, rad = float(t.x[region_id]), float(t.y[region_id]), float(t.radius_sky[region_id])
-        out = []
-        for k, (src, bkg, nchan, offset, scale) in enumerate(self.obs):
-            expo = float(t.exposure_time[region_id, k])
-            if not bool(t.used[region_id, k]) or not expo > 0:
-                continue
-            counts = src.spectrum(xc, yc, rad, nchan, offset)
-            bcounts = bkg.spectrum(xc, yc, rad, nchan, offset) if bkg is not None else None
-            out.append(ObsSpectrum(k, counts, bcounts, expo, scale))
-        return out
-
-
-# --------------------------------------------------------------------------
-# responses
-
-
-def group_min_counts(band: np.ndarray, *criteria) -> np.ndarray:
-    """OGIP grouping flags: groups inside ``band`` that meet every count minimum.
-
-    Parameters
-    ----------
-    band : ndarray, shape (nchan,), bool
-        Contiguous channels to group; every other channel is its own group.
-    *criteria : (ndarray, int) pairs
-        Counts per channel, shape (nchan,), and the least a group must hold
-        of them (e.g. source counts and 10, background counts and 2). A
-        short last group joins the one before it.
-
-    Returns
-    -------
-    ndarray, shape (nchan,), int16
-        1 where a group starts, -1 where it continues.
-    """
-    grouping = np.ones(band.shape[0], dtype=np.int16)
-    idx = np.flatnonzero(band)
-    criteria = [(np.asarray(c)[idx].tolist(), int(m)) for c, m in criteria if m > 0]
-    if idx.size == 0 or not criteria:
-        return grouping
-    starts = np.zeros(idx.size, dtype=bool)
-    starts[0] = True
-    totals = [0] * len(criteria)
-    last_start = 0
-    for i in range(idx.size):
-        if all(t >= m for t, (_, m) in zip(totals, criteria)):
-            starts[i] = True
-            last_start = i
-            totals = [0] * len(criteria)
-        for k, (counts, _) in enumerate(criteria):
-            totals[k] += counts[i]
-    if last_start > 0 and not all(t >= m for t, (_, m) in zip(totals, criteria)):
-        starts[last_start] = False
-    grouping[idx] = np.where(starts, 1, -1)
-    return grouping
-
-
-def compress_rmf(matrix: np.ndarray, offset: int = 1):
-    """Dense RMF to Sherpa's grouped form, one group per energy row.
-
-    Parameters
-    ----------
-    matrix : ndarray, shape (n_energy, n_channel)
-        Redistribution probabilities.
-    offset : int
-        Channel number of column 0.
-
-    Returns
-    -------
-    n_grp, f_chan, n_chan : ndarray, shape (n_energy,), int64
-        Groups per row (0 or 1), first channel and channel count of each
-        row's non-zero range (rows without a group are left out of
-        ``f_chan``/``n_chan``, as OGIP does).
-    values : ndarray, shape (sum(n_chan),), float64
-        The matrix elements of those ranges, row after row.
-    """
-    matrix = np.asarray(matrix, dtype=np.float64)
-    nonzero = matrix != 0
-    has = nonzero.any(axis=1)
-    first = np.argmax(nonzero, axis=1)
-    last = matrix.shape[1] - 1 - np.argmax(nonzero[:, ::-1], axis=1)
-    n_grp = has.astype(np.int64)
-    f_chan = (first[has] + offset).astype(np.int64)
-    n_chan = (last[has] - first[has] + 1).astype(np.int64)
-    values = np.concatenate([matrix[i, first[i]:last[i] + 1] for i in np.flatnonzero(has)]) \
-        if has.any() else np.zeros(0)
-    return n_grp, f_chan, n_chan, values
 
 
 @dataclass
@@ -442,6 +228,110 @@ def _quiet():
     return contextlib.redirect_stdout(io.StringIO())
 
 
+def sherpa_response(k: int, r, energy_range, rate_of) -> _ObsResponse:
+    """Sherpa's ARF and RMF objects of one observation, and its fit band.
+
+    Parameters
+    ----------
+    k : int
+        Observation index (names the objects).
+    r : hpcxt.io.bundle.Response
+        ARF (keV, cm^2) and dense RMF of the observation.
+    energy_range : (float, float)
+        Fit band, keV: the channels Sherpa notices for it form ``band``.
+    rate_of : callable
+        ``rate_of(model -> folded model)`` returns a model's count rate per
+        channel (the fitter's model at norm 1 and kT_init).
+    """
+    from sherpa.astro.data import DataARF, DataPHA, DataRMF
+    from sherpa.astro.instrument import Response1D
+
+    arf = DataARF(f"arf{k}", np.asarray(r.arf_energ_lo, float),
+                  np.asarray(r.arf_energ_hi, float), np.asarray(r.specresp, float))
+    nchan = int(np.asarray(r.rmf_matrix).shape[1])
+    n_grp, f_chan, n_chan, values = compress_rmf(r.rmf_matrix, int(r.offset))
+    rmf = DataRMF(f"rmf{k}", nchan, np.asarray(r.rmf_energ_lo, float),
+                  np.asarray(r.rmf_energ_hi, float), n_grp, f_chan, n_chan, values,
+                  offset=int(r.offset), e_min=np.asarray(r.e_min, float),
+                  e_max=np.asarray(r.e_max, float))
+    channel = np.arange(int(r.offset), int(r.offset) + nchan, dtype=np.float64)
+    # Which channels Sherpa keeps for energy_range, and the model's count
+    # rate per unit norm at kT_init: both fixed for the run.
+    probe = DataPHA(f"probe{k}", channel, np.zeros(nchan), exposure=1.0, backscal=1.0)
+    probe.set_arf(arf)
+    probe.set_rmf(rmf)
+    probe.set_analysis("energy")
+    probe.notice(*energy_range)
+    band = np.asarray(probe.get_mask(), dtype=bool).copy()
+    rate = rate_of(lambda model: Response1D(probe)(model)(channel))
+    return _ObsResponse(arf, rmf, channel, band, rate)
+
+
+@dataclass
+class StatisticPlan:
+    """How one region is fitted.
+
+    Attributes
+    ----------
+    statistic : str or None
+        The statistic to use; None when the region cannot be fitted.
+    groupings : list
+        One OGIP grouping array (or None: ungrouped) per spectrum.
+    note : str
+        How the region was fitted, or why it cannot be ("" for neither).
+    """
+
+    statistic: str | None
+    groupings: list
+    note: str = ""
+
+
+def plan_statistic(settings: FitSettings, statistic: str, spectra: list[ObsSpectrum],
+                   bands: list[np.ndarray]) -> StatisticPlan:
+    """The statistic of one region and the W-stat grouping of each spectrum.
+
+    W-stat is biased where background channels are empty (its profile
+    background then soaks up source counts), so the band is grouped to at
+    least ``wstat_min_src`` source and ``wstat_min_bkg`` background counts
+    per bin. A background spectrum too sparse for :data:`MIN_WSTAT_BINS`
+    such bins has, if its expected counts in the source spectrum are at most
+    :data:`NEGLIGIBLE_BACKGROUND` of the source counts, no influence worth
+    modelling: the region is fitted with cstat on the source alone (noted).
+    Otherwise the region cannot be fitted.
+
+    Parameters
+    ----------
+    settings : FitSettings
+    statistic : str
+        The run's statistic (``wstat`` already replaced by ``cstat`` when
+        the bundle has no background).
+    spectra : list of ObsSpectrum
+    bands : list of ndarray (nchan,) bool
+        Each spectrum's fit band.
+    """
+    s = settings
+    none = [None] * len(spectra)
+    if statistic != "wstat" or (s.wstat_min_bkg <= 0 and s.wstat_min_src <= 0):
+        return StatisticPlan(statistic, none)
+    if any(sp.bkg_counts is None for sp in spectra):
+        return StatisticPlan("cstat", none, "cstat: an observation has no background spectrum")
+    groupings = [group_min_counts(band, (sp.counts, s.wstat_min_src),
+                                  (sp.bkg_counts, s.wstat_min_bkg))
+                 for sp, band in zip(spectra, bands)]
+    bins = sum(int(np.count_nonzero(g[band] == 1)) for g, band in zip(groupings, bands))
+    if bins >= MIN_WSTAT_BINS:
+        return StatisticPlan("wstat", groupings)
+    n_src = sum(int(sp.counts[band].sum()) for sp, band in zip(spectra, bands))
+    n_bkg = sum(int(sp.bkg_counts[band].sum()) for sp, band in zip(spectra, bands))
+    expected = sum(sp.bkg_scale * int(sp.bkg_counts[band].sum())
+                   for sp, band in zip(spectra, bands))
+    if expected <= NEGLIGIBLE_BACKGROUND * n_src:
+        return StatisticPlan("cstat", none, f"cstat: background spectrum too sparse for wstat "
+                             f"({n_bkg} counts), ignored")
+    return StatisticPlan(None, none, f"background spectrum too sparse for wstat ({n_bkg} "
+                         f"counts, {expected:.1f} expected in the source spectrum)")
+
+
 class RegionFitter:
     """Joint fit of one region's spectra with one tied absorbed-thermal model.
 
@@ -460,9 +350,6 @@ class RegionFitter:
     """
 
     def __init__(self, settings: FitSettings, responses, has_background: bool = True):
-        from sherpa.astro.data import DataARF, DataPHA, DataRMF
-        from sherpa.astro.instrument import Response1D
-
         from .models import make_model
 
         if settings.statistic not in STATISTICS:
@@ -482,31 +369,15 @@ class RegionFitter:
         self.kT_par.set(min=lo_kT, max=hi_kT)
         self.norm_par.set(min=0.0)
         self.nobs = len(responses)
-        self.responses: list[_ObsResponse] = []
-        elo, ehi = settings.energy_range
-        for k, r in enumerate(responses):
-            arf = DataARF(f"arf{k}", np.asarray(r.arf_energ_lo, float),
-                          np.asarray(r.arf_energ_hi, float), np.asarray(r.specresp, float))
-            nchan = int(np.asarray(r.rmf_matrix).shape[1])
-            n_grp, f_chan, n_chan, values = compress_rmf(r.rmf_matrix, int(r.offset))
-            rmf = DataRMF(f"rmf{k}", nchan, np.asarray(r.rmf_energ_lo, float),
-                          np.asarray(r.rmf_energ_hi, float), n_grp, f_chan, n_chan, values,
-                          offset=int(r.offset), e_min=np.asarray(r.e_min, float),
-                          e_max=np.asarray(r.e_max, float))
-            channel = np.arange(int(r.offset), int(r.offset) + nchan, dtype=np.float64)
-            # Which channels Sherpa keeps for energy_range, and the model's
-            # count rate per unit norm at kT_init: both fixed for the run.
-            probe = DataPHA(f"probe{k}", channel, np.zeros(nchan), exposure=1.0, backscal=1.0)
-            probe.set_arf(arf)
-            probe.set_rmf(rmf)
-            probe.set_analysis("energy")
-            probe.notice(elo, ehi)
-            band = np.asarray(probe.get_mask(), dtype=bool).copy()
-            self._reset_pars(1.0)
-            with _quiet():
-                rate = np.asarray(Response1D(probe)(self.model)(channel), dtype=np.float64)
-            self.responses.append(_ObsResponse(arf, rmf, channel, band, rate))
+        self.responses = [sherpa_response(k, r, settings.energy_range, self._rate_at_kT_init)
+                          for k, r in enumerate(responses)]
         self._reset_pars(1.0)
+
+    def _rate_at_kT_init(self, folded) -> np.ndarray:
+        """Counts/s per channel at norm 1 and kT_init of a model folder."""
+        self._reset_pars(1.0)
+        with _quiet():
+            return np.asarray(folded(self.model), dtype=np.float64)
 
     # -- helpers ---------------------------------------------------------
 
@@ -611,55 +482,12 @@ class RegionFitter:
         try:
             self._fit(spectra, rec)
         except Exception as exc:  # a bad region must never stop the run
-            rec.status = STATUS_FAILED
+            rec.status = Status.FAILED
             rec.reason = failure_reason(exc)
         finally:
             self._reset_pars(1.0)
         rec.fit_seconds = time.perf_counter() - t0
         return rec
-
-    def _plan_statistic(self, spectra: list[ObsSpectrum], rec: FitRecord):
-        """The statistic of this region and the W-stat grouping of each spectrum.
-
-        W-stat is biased where background channels are empty (its profile
-        background then soaks up source counts), so the band is grouped to
-        at least ``wstat_min_src`` source and ``wstat_min_bkg`` background
-        counts per bin. A background
-        spectrum too sparse for :data:`MIN_WSTAT_BINS` such bins has, if its
-        expected counts in the source spectrum are at most
-        :data:`NEGLIGIBLE_BACKGROUND` of the source counts, no influence
-        worth modelling: the region is fitted with cstat on the source
-        alone (noted in ``reason``). Otherwise the region fails.
-
-        Returns (None, None) after marking ``rec`` failed.
-        """
-        s = self.settings
-        none = [None] * len(spectra)
-        if self.statistic != "wstat" or (s.wstat_min_bkg <= 0 and s.wstat_min_src <= 0):
-            return self.statistic, none
-        if any(sp.bkg_counts is None for sp in spectra):
-            rec.reason = "cstat: an observation has no background spectrum"
-            return "cstat", none
-        groupings = []
-        bins = 0
-        for sp in spectra:
-            band = self.responses[sp.obs_index].band
-            g = group_min_counts(band, (sp.counts, s.wstat_min_src),
-                                 (sp.bkg_counts, s.wstat_min_bkg))
-            groupings.append(g)
-            bins += int(np.count_nonzero(g[band] == 1))
-        if bins >= MIN_WSTAT_BINS:
-            return "wstat", groupings
-        expected = sum(sp.bkg_scale * rec.bkg_counts[sp.obs_index] for sp in spectra)
-        n_bkg = int(sum(rec.bkg_counts[sp.obs_index] for sp in spectra))
-        if expected <= NEGLIGIBLE_BACKGROUND * rec.counts.sum():
-            rec.reason = (f"cstat: background spectrum too sparse for wstat ({n_bkg} counts), "
-                          "ignored")
-            return "cstat", none
-        rec.status = STATUS_FAILED
-        rec.reason = (f"background spectrum too sparse for wstat ({n_bkg} counts, "
-                      f"{expected:.1f} expected in the source spectrum)")
-        return None, None
 
     def _fit(self, spectra: list[ObsSpectrum], rec: FitRecord) -> None:
         from sherpa.data import DataSimulFit
@@ -669,20 +497,24 @@ class RegionFitter:
 
         s = self.settings
         if not spectra:
-            rec.status = STATUS_FAILED
+            rec.status = Status.FAILED
             rec.reason = f"no observation covers >= min_obs_fraction ({s.min_obs_fraction:g})"
             return
         for sp in spectra:
             rec.counts[sp.obs_index], rec.bkg_counts[sp.obs_index] = self.band_counts(sp)
         total = int(rec.counts.sum())
         if total < s.min_counts:
-            rec.status = STATUS_FAILED
+            rec.status = Status.FAILED
             rec.reason = f"too few counts ({total} < {s.min_counts})"
             return
 
-        statistic, groupings = self._plan_statistic(spectra, rec)
-        if statistic is None:
+        plan = plan_statistic(s, self.statistic, spectra,
+                              [self.responses[sp.obs_index].band for sp in spectra])
+        rec.reason = plan.note
+        if plan.statistic is None:
+            rec.status = Status.FAILED
             return
+        statistic, groupings = plan.statistic, plan.groupings
         self._reset_pars(self.initial_norm(spectra))
         datasets = [self._dataset(sp, f"obs{sp.obs_index}", statistic, g)
                     for sp, g in zip(spectra, groupings)]
@@ -696,7 +528,7 @@ class RegionFitter:
                      estmethod=None)
         nbins = sum(int(d.get_dep(filter=True).size) for d in datasets)
         if nbins <= 2:
-            rec.status = STATUS_FAILED
+            rec.status = Status.FAILED
             rec.reason = f"no degrees of freedom ({nbins} bins for 2 free parameters)"
             return
         with _quiet():
@@ -706,44 +538,51 @@ class RegionFitter:
         rec.kT = float(self.kT_par.val)
         rec.norm = float(self.norm_par.val)
         if not res.succeeded:
-            rec.status = STATUS_FAILED
+            rec.status = Status.FAILED
             rec.reason = f"fit did not converge: {str(res.message).strip().splitlines()[0]}"
             return
         if s.errors != "none":
-            # conf: profile-likelihood bounds of kT (the mapped quantity);
-            # norm bounds from the covariance matrix at the best fit unless
-            # conf_norm, or unless the covariance matrix gives none. Sherpa's
-            # conf search falls back to bisection for norm and costs about
-            # four times the kT search (see benchmarks/fit.py).
-            norm_methods = ["covar"]
-            if s.errors == "conf":
-                norm_methods = ["conf"] if s.conf_norm else ["covar", "conf"]
-            plan = [("kT", self.kT_par, [s.errors]), ("norm", self.norm_par, norm_methods)]
-            bounds = {}
-            missing = []
-            for name, par, methods in plan:
-                for method in methods:
-                    fitter.estmethod = self._estmethod(method)
-                    with _quiet():
-                        err = fitter.est_errors(parlist=(par,))
-                    lo, hi = err.parmins[0], err.parmaxes[0]
-                    if lo is not None and hi is not None:
-                        break
-                # conf may find a better minimum and refit: bounds are
-                # relative to the best fit it ends at.
-                val = float(err.parvals[0])
-                bounds[name] = (math.nan if lo is None else val + float(lo),
-                                math.nan if hi is None else val + float(hi))
-                missing += [f"{name} {side}" for side, b in (("lower", lo), ("upper", hi))
-                            if b is None]
+            (rec.kT_lo, rec.kT_hi), (rec.norm_lo, rec.norm_hi), missing = \
+                self._error_bounds(fitter)
             rec.kT, rec.norm = float(self.kT_par.val), float(self.norm_par.val)
             rec.stat = float(fitter.calc_stat())
-            (rec.kT_lo, rec.kT_hi), (rec.norm_lo, rec.norm_hi) = bounds["kT"], bounds["norm"]
             if missing:
-                rec.status = STATUS_FAILED
+                rec.status = Status.FAILED
                 rec.reason = f"{s.errors}: {', '.join(missing)} bound not found"
                 return
-        rec.status = STATUS_OK
+        rec.status = Status.OK
+
+    def _error_bounds(self, fitter):
+        """Bounds of kT and norm at the best fit: ((lo, hi), (lo, hi), missing).
+
+        conf: profile-likelihood bounds of kT (the mapped quantity); norm
+        bounds from the covariance matrix at the best fit unless
+        ``conf_norm``, or unless the covariance matrix gives none. Sherpa's
+        conf search falls back to bisection for norm and costs about four
+        times the kT search (see benchmarks/fit.py). conf may find a better
+        minimum and refit: bounds are relative to the fit it ends at.
+        """
+        s = self.settings
+        norm_methods = ["covar"]
+        if s.errors == "conf":
+            norm_methods = ["conf"] if s.conf_norm else ["covar", "conf"]
+        plan = [("kT", self.kT_par, [s.errors]), ("norm", self.norm_par, norm_methods)]
+        bounds = {}
+        missing = []
+        for name, par, methods in plan:
+            for method in methods:
+                fitter.estmethod = self._estmethod(method)
+                with _quiet():
+                    err = fitter.est_errors(parlist=(par,))
+                lo, hi = err.parmins[0], err.parmaxes[0]
+                if lo is not None and hi is not None:
+                    break
+            val = float(err.parvals[0])
+            bounds[name] = (math.nan if lo is None else val + float(lo),
+                            math.nan if hi is None else val + float(hi))
+            missing += [f"{name} {side}" for side, b in (("lower", lo), ("upper", hi))
+                        if b is None]
+        return bounds["kT"], bounds["norm"], missing
 
 
 def fit_region(fitter: RegionFitter, spectra: RegionSpectra, region_id: int) -> FitRecord:
@@ -752,7 +591,7 @@ def fit_region(fitter: RegionFitter, spectra: RegionSpectra, region_id: int) -> 
     try:
         sp = spectra.spectra(region_id)
     except Exception as exc:
-        rec = FitRecord(fitter.nobs, status=STATUS_FAILED, reason=failure_reason(exc))
+        rec = FitRecord(fitter.nobs, status=Status.FAILED, reason=failure_reason(exc))
         rec.fit_seconds = time.perf_counter() - t0
         return rec
     rec = fitter.fit(sp)
@@ -760,31 +599,20 @@ def fit_region(fitter: RegionFitter, spectra: RegionSpectra, region_id: int) -> 
     return rec
 
 
-@dataclass
-class RecordBatch:
+class RecordBatch(ColumnAccess):
     """Fit records of several regions as columns (what workers send back).
 
-    All arrays have length ``n`` (the batch size); ``counts`` and
-    ``bkg_counts`` have shape (n, nobs).
+    Attributes
+    ----------
+    region_id : ndarray, shape (n,), int64
+    columns : dict of str -> ndarray
+        Every column of :data:`hpcxt.schema.COLUMNS`, first axis n (also
+        readable as attributes: ``batch.kT``).
     """
 
-    region_id: np.ndarray
-    kT: np.ndarray
-    kT_lo: np.ndarray
-    kT_hi: np.ndarray
-    norm: np.ndarray
-    norm_lo: np.ndarray
-    norm_hi: np.ndarray
-    stat: np.ndarray
-    dof: np.ndarray
-    counts: np.ndarray
-    bkg_counts: np.ndarray
-    status: np.ndarray
-    reason: list = field(default_factory=list)
-    fit_seconds: np.ndarray = None
-    worker: np.ndarray = None
-
-    FLOAT_FIELDS = ("kT", "kT_lo", "kT_hi", "norm", "norm_lo", "norm_hi", "stat")
+    def __init__(self, region_id, columns: dict):
+        self.region_id = np.asarray(region_id, dtype=np.int64)
+        self.columns = columns
 
     def __len__(self) -> int:
         return int(self.region_id.shape[0])
@@ -792,16 +620,4 @@ class RecordBatch:
     @classmethod
     def from_records(cls, region_ids, records: list[FitRecord], nobs: int,
                      worker: int = 0) -> "RecordBatch":
-        n = len(records)
-        cols = {name: np.array([getattr(r, name) for r in records], dtype=np.float64)
-                for name in cls.FLOAT_FIELDS}
-        return cls(region_id=np.asarray(region_ids, dtype=np.int64), **cols,
-                   dof=np.array([r.dof for r in records], dtype=np.int64),
-                   counts=(np.array([r.counts for r in records], dtype=np.int64)
-                           .reshape(n, nobs)),
-                   bkg_counts=(np.array([r.bkg_counts for r in records], dtype=np.int64)
-                               .reshape(n, nobs)),
-                   status=np.array([r.status for r in records], dtype=np.int8),
-                   reason=[r.reason for r in records],
-                   fit_seconds=np.array([r.fit_seconds for r in records], dtype=np.float64),
-                   worker=np.full(n, worker, dtype=np.int16))
+        return cls(region_ids, columns_from_records(records, nobs, worker=worker))

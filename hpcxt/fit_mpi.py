@@ -35,15 +35,10 @@ mpi4py`` a non-zero exit status ends in ``MPI_Abort(85)`` (MPICH prints one
 ``mpiexec`` exits with 85. ``--resume`` then fits only regions without a
 final status (failed is final).
 
-Testing aids (environment variables, read when a run starts)::
-
-    HPCXT_TEST_FAIL_REGIONS=3,7          the fit of these region ids raises
-    HPCXT_TEST_FIT_DELAY=0.05            each region takes this much longer (s)
-    HPCXT_TEST_KILL_IN_CHECKPOINT=N      master SIGKILLs itself halfway through
-                                         writing the N-th checkpoint of the run
-    HPCXT_TEST_KILL_AFTER_CHECKPOINT=N   ... right after the N-th checkpoint
-    HPCXT_TEST_KILL_AFTER_BATCHES=N      ... after recording its N-th batch
-    HPCXT_TEST_KILL_WORKER=R             rank R SIGKILLs itself on its first batch
+Faults are injected by tests through a :class:`hpcxt.hooks.RunHooks`
+object passed to :func:`run_fit` (failing regions, slow fits, a SIGKILL of
+the master halfway through a checkpoint or of a worker on its first batch);
+production code reads no test switch.
 """
 
 from __future__ import annotations
@@ -59,10 +54,12 @@ from pathlib import Path
 import numpy as np
 
 from .errors import EXIT_CHECKPOINTED, InputError
-from .fit import (STATUS_FAILED, FitRecord, FitSettings, RecordBatch, RegionFitter,
-                  RegionSpectra, failure_reason, fit_region)
-from .io.checkpoint import (RESULTS_NAME, FitResults, changed_keys, fit_inputs,
-                            inputs_hash, read_results, utc_now, write_results)
+from .fit import FitSettings, RecordBatch, RegionFitter, fit_region
+from .spectra import RegionSpectra
+from .hooks import NO_HOOKS
+from .io.checkpoint import (FitResults, changed_keys, fit_inputs, inputs_hash, read_results,
+                            utc_now, write_results)
+from .io.workdir import WorkDir
 
 log = logging.getLogger("hpcxt.fit")
 
@@ -81,16 +78,7 @@ HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 def results_path(cfg) -> Path:
-    return cfg.stage_dir("fit") / RESULTS_NAME
-
-
-def _env_int(name: str) -> int | None:
-    v = os.environ.get(name, "").strip()
-    return int(v) if v else None
-
-
-def _kill_self() -> None:
-    os.kill(os.getpid(), signal.SIGKILL)
+    return WorkDir.of(cfg).results
 
 
 # --------------------------------------------------------------------------
@@ -115,34 +103,20 @@ class BatchFitter:
         from .io.bundle import read_bundle
         from .io.regions_table import read_regions
 
-        bundle = read_bundle(cfg.stage_dir("prep") / "bundle.h5")
-        table = read_regions(cfg.stage_dir("acb") / "regions.h5")
+        wd = WorkDir.of(cfg)
+        bundle = read_bundle(wd.bundle)
+        table = read_regions(wd.regions)
         self.rank = rank
         self.nobs = len(bundle.observations)
         self.spectra = RegionSpectra(bundle.observations, table)
         self.fitter = RegionFitter(FitSettings.from_config(cfg),
                                    [o.response for o in bundle.observations],
                                    has_background=bundle.has_background)
-        fail = os.environ.get("HPCXT_TEST_FAIL_REGIONS", "").strip()
-        self.fail_ids = {int(v) for v in fail.split(",") if v.strip()}
-        self.delay = float(os.environ.get("HPCXT_TEST_FIT_DELAY", "0") or 0)
-
-    def _one(self, region_id: int) -> FitRecord:
-        if self.delay:
-            time.sleep(self.delay)
-        if region_id in self.fail_ids:
-            t0 = time.perf_counter()
-            try:
-                raise RuntimeError(f"injected failure for region {region_id} (test hook)")
-            except RuntimeError as exc:
-                return FitRecord(self.nobs, status=STATUS_FAILED, reason=failure_reason(exc),
-                                 fit_seconds=time.perf_counter() - t0)
-        return fit_region(self.fitter, self.spectra, region_id)
 
     def __call__(self, region_ids) -> RecordBatch:
         ids = [int(i) for i in region_ids]
-        return RecordBatch.from_records(ids, [self._one(i) for i in ids], self.nobs,
-                                        worker=self.rank)
+        records = [fit_region(self.fitter, self.spectra, i) for i in ids]
+        return RecordBatch.from_records(ids, records, self.nobs, worker=self.rank)
 
 
 def _wait_message(comm, source, tags):
@@ -162,17 +136,17 @@ def _wait_message(comm, source, tags):
         pause = min(MAX_POLL_SLEEP, pause * 2 + 1e-5)
 
 
-def _worker_loop(comm, fit_batch, kill_on_first: bool = False) -> None:
+def _worker_loop(comm, fit_batch, hooks=NO_HOOKS) -> None:
     """Ask for work, fit it, send it back, until the master says stop."""
+    rank = comm.Get_rank()
     comm.send(None, dest=0, tag=TAG_RESULT)
-    first = True
+    nth = 0
     while True:
         tag, ids = _wait_message(comm, 0, (TAG_WORK, TAG_STOP))
         if tag == TAG_STOP:
             return
-        if first and kill_on_first:
-            _kill_self()
-        first = False
+        nth += 1
+        hooks.worker_got_batch(rank, nth)
         comm.send(fit_batch(ids), dest=0, tag=TAG_RESULT)
 
 
@@ -202,22 +176,13 @@ def prepare_results(cfg, resume: bool, nranks: int = 1):
         Inputs missing or inconsistent; results.h5 made for another config,
         region table or bundle; an unfinished results.h5 without ``--resume``.
     """
-    import h5py
-
+    from .io.bundle import read_bundle_identity
     from .io.regions_table import read_regions
 
-    path = results_path(cfg)
-    table_path = cfg.stage_dir("acb") / "regions.h5"
-    bundle_path = cfg.stage_dir("prep") / "bundle.h5"
+    wd = WorkDir.of(cfg)
+    path, table_path, bundle_path = wd.results, wd.regions, wd.bundle
     table = read_regions(table_path)
-    if not bundle_path.exists():
-        raise InputError("bundle not found; run 'hpcxt prep' first", path=bundle_path)
-    try:
-        with h5py.File(bundle_path, "r", locking=False) as f:
-            bundle_obsids = [s.decode() for s in f.attrs["obsids"]]
-            bundle_config_hash = str(f.attrs.get("config_hash", ""))
-    except (OSError, KeyError) as exc:
-        raise InputError(f"not a readable HDF5 bundle ({exc})", path=bundle_path) from None
+    bundle_obsids, bundle_config_hash = read_bundle_identity(bundle_path)
     if list(table.obsids) != bundle_obsids:
         raise InputError(f"region table is for observations {', '.join(table.obsids)} but the "
                          f"bundle holds {', '.join(bundle_obsids)}; re-run 'hpcxt scalemap'",
@@ -264,8 +229,9 @@ def prepare_results(cfg, resume: bool, nranks: int = 1):
 class _Master:
     """Bookkeeping of one run on rank 0: batches, progress, checkpoints."""
 
-    def __init__(self, cfg, res: FitResults, nworkers: int):
+    def __init__(self, cfg, res: FitResults, nworkers: int, hooks=NO_HOOKS):
         self.cfg = cfg
+        self.hooks = hooks
         self.res = res
         self.path = results_path(cfg)
         self.pending = deque(int(i) for i in res.pending_ids())
@@ -283,9 +249,6 @@ class _Master:
         self.done_this_run = 0
         self.dirty = True
         self.signal = None
-        self.kill_in = _env_int("HPCXT_TEST_KILL_IN_CHECKPOINT")
-        self.kill_after = _env_int("HPCXT_TEST_KILL_AFTER_CHECKPOINT")
-        self.kill_batches = _env_int("HPCXT_TEST_KILL_AFTER_BATCHES")
 
     # -- signals -------------------------------------------------------------
 
@@ -320,14 +283,12 @@ class _Master:
         self.dirty = True
         per_fit = float(np.mean(batch.fit_seconds))
         self.mean_fit = per_fit if self.mean_fit is None else 0.7 * self.mean_fit + 0.3 * per_fit
-        if self.kill_batches is not None and self.batches >= self.kill_batches:
-            _kill_self()
+        self.hooks.batch_recorded(self.batches)
 
     # -- checkpoints and progress ----------------------------------------------
 
     def _midway(self):
-        if self.kill_in is not None and self.checkpoints_this_run + 1 == self.kill_in:
-            _kill_self()
+        self.hooks.checkpoint_midway(self.checkpoints_this_run + 1)
 
     def checkpoint(self) -> None:
         t0 = time.monotonic()
@@ -342,8 +303,7 @@ class _Master:
         self.last_checkpoint = time.monotonic()
         self.dirty = False
         log.debug("fit: checkpoint %d written in %.3f s", res.checkpoints, dt)
-        if self.kill_after is not None and self.checkpoints_this_run == self.kill_after:
-            _kill_self()
+        self.hooks.checkpoint_written(self.checkpoints_this_run)
 
     def maybe_checkpoint(self) -> None:
         if self.dirty and time.monotonic() - self.last_checkpoint >= self.interval:
@@ -443,7 +403,7 @@ def _master_loop(m: _Master, comm) -> bool:
     return m.signal is not None
 
 
-def run_fit(cfg, comm, resume: bool = False, fit_factory=None) -> int:
+def run_fit(cfg, comm, resume: bool = False, fit_factory=None, hooks=None) -> int:
     """``hpcxt fit``: fit every region of the table, on every rank of ``comm``.
 
     Parameters
@@ -457,6 +417,8 @@ def run_fit(cfg, comm, resume: bool = False, fit_factory=None) -> int:
         ``fit_factory(cfg, rank) -> fit_batch`` where ``fit_batch(ids)``
         returns a :class:`~hpcxt.fit.RecordBatch`; default
         :class:`BatchFitter`. The benchmark passes one that returns at once.
+    hooks : hpcxt.hooks.RunHooks, optional
+        Observation and fault-injection points (tests); default: none.
 
     Returns
     -------
@@ -468,9 +430,14 @@ def run_fit(cfg, comm, resume: bool = False, fit_factory=None) -> int:
         ``python -m mpi4py``, which aborts the job with a non-zero status).
     """
     rank, size = comm.Get_rank(), comm.Get_size()
-    factory = fit_factory or BatchFitter
+    hooks = hooks or NO_HOOKS
+    base_factory = fit_factory or BatchFitter
+
+    def factory(cfg, rank):
+        return hooks.wrap_fit_batch(base_factory(cfg, rank), rank)
+
     if rank != 0:
-        return _run_worker(cfg, comm, rank, factory)
+        return _run_worker(cfg, comm, rank, factory, hooks)
 
     try:
         res, todo = prepare_results(cfg, resume, nranks=size)
@@ -485,7 +452,7 @@ def run_fit(cfg, comm, resume: bool = False, fit_factory=None) -> int:
         return 0
     if size > 1:
         comm.bcast(("go", 0), root=0)
-    m = _Master(cfg, res, nworkers=size - 1)
+    m = _Master(cfg, res, nworkers=size - 1, hooks=hooks)
     log.info("fit: %s; %d to fit on %d %s (master pid %d); statistic %s, errors %s",
              _describe(res), len(m.pending), max(size - 1, 1),
              "worker ranks" if size > 1 else "rank (serial)", os.getpid(),
@@ -510,7 +477,7 @@ def run_fit(cfg, comm, resume: bool = False, fit_factory=None) -> int:
     return 0
 
 
-def _run_worker(cfg, comm, rank: int, factory) -> int:
+def _run_worker(cfg, comm, rank: int, factory, hooks) -> int:
     # Scheduler signals reach every rank; only the master acts on them.
     old = {s: signal.signal(s, lambda signum, frame: None) for s in HANDLED_SIGNALS}
     try:
@@ -518,9 +485,7 @@ def _run_worker(cfg, comm, rank: int, factory) -> int:
         if what != "go":
             # The master reports why; a worker only mirrors its status.
             return status
-        fit_batch = factory(cfg, rank)
-        kill = _env_int("HPCXT_TEST_KILL_WORKER") == rank
-        _worker_loop(comm, fit_batch, kill_on_first=kill)
+        _worker_loop(comm, factory(cfg, rank), hooks)
     finally:
         for s, h in old.items():
             signal.signal(s, h)

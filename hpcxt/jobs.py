@@ -42,6 +42,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import HpcxtError, InputError
+from .io.workdir import WorkDir, atomic_write
 
 SCHEDULERS = ("slurm", "pbs")
 STAGES = ("scalemap", "fit", "run")
@@ -355,7 +356,7 @@ def render_jobs(cfg, options: JobOptions, jobs_dir=None) -> dict[str, Path]:
     """
     if cfg.path is None:
         raise InputError("the job scripts need a config file on disk", field="config")
-    jobs_dir = Path(jobs_dir) if jobs_dir is not None else cfg.stage_dir("jobs")
+    jobs_dir = Path(jobs_dir) if jobs_dir is not None else WorkDir.of(cfg).jobs
     jobs_dir = Path(os.path.abspath(jobs_dir))
     context = build_context(cfg, options, jobs_dir)
     jobs_dir.mkdir(parents=True, exist_ok=True)
@@ -363,10 +364,9 @@ def render_jobs(cfg, options: JobOptions, jobs_dir=None) -> dict[str, Path]:
     for stage, relpath in template_names(options.scheduler).items():
         path = jobs_dir / Path(relpath).name
         text = render_text(read_template(relpath), dict(context, stage=stage, script=str(path)))
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        tmp.chmod(0o755)
-        os.replace(tmp, path)
+        with atomic_write(path, fsync=False) as tmp:
+            tmp.write_text(text)
+            tmp.chmod(0o755)
         written[stage] = path
     return written
 

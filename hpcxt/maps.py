@@ -18,16 +18,15 @@ Thermodynamic maps follow ClusterPyXT's pseudo quantities, without its
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-log = logging.getLogger("hpcxt.maps")
+from .schema import Status
 
-STATUS_OK = 1
+log = logging.getLogger("hpcxt.maps")
 
 
 # --------------------------------------------------------------------------
@@ -157,14 +156,15 @@ def select_regions(status, kT, frac_err, drop_failed: bool = True,
     status = np.asarray(status)
     kT = np.asarray(kT, float)
     keep = np.isfinite(kT)
-    dropped = {"pending": int(np.count_nonzero(status == 0))}
-    failed = status != STATUS_OK
+    pending = status == Status.PENDING
+    failed = status == Status.FAILED
+    dropped = {"pending": int(np.count_nonzero(pending))}
     if drop_failed:
-        dropped["failed"] = int(np.count_nonzero(failed & (status != 0)))
-        keep &= ~failed
+        dropped["failed"] = int(np.count_nonzero(failed))
+        keep &= status == Status.OK
     else:
-        dropped["failed"] = int(np.count_nonzero(failed & (status != 0) & ~np.isfinite(kT)))
-        keep &= status != 0
+        dropped["failed"] = int(np.count_nonzero(failed & ~np.isfinite(kT)))
+        keep &= ~pending
     if max_frac_error is not None:
         too_big = keep & ~(np.asarray(frac_err, float) <= max_frac_error)
         dropped["frac_error_above_%g" % max_frac_error] = int(np.count_nonzero(too_big))
@@ -221,23 +221,22 @@ def run_maps(cfg) -> dict:
     from .io.checkpoint import read_results
     from .io.fitsio import write_image
     from .io.regions_table import read_regions
+    from .io.workdir import StageRecord, WorkDir, fingerprint
 
     t0 = time.perf_counter()
-    outdir = cfg.stage_dir("maps")
-    results_path = cfg.stage_dir("fit") / "results.h5"
+    wd = WorkDir.of(cfg)
+    outdir = wd.maps
+    results_path = wd.results
     res = read_results(results_path)
-    fingerprint = json.dumps({"results": [res.config_hash, res.region_table_hash, res.updated,
-                                          res.n_final], "maps": cfg.section_hash("maps")})
-    stamp = outdir / "summary.json"
-    if stamp.exists():
-        try:
-            if json.loads(stamp.read_text()).get("fingerprint") == fingerprint:
-                log.info("maps: up to date (%s)", outdir)
-                return json.loads(stamp.read_text())
-        except ValueError:
-            pass
-    bundle = read_bundle(cfg.stage_dir("prep") / "bundle.h5", load_events=False)
-    table = read_regions(cfg.stage_dir("acb") / "regions.h5")
+    fp = fingerprint({"results": [res.config_hash, res.region_table_hash, res.updated,
+                                  res.n_final], "maps": cfg.maps.to_dict(),
+                      "cluster": cfg.cluster.to_dict()})
+    record = StageRecord(wd.maps_summary)
+    if record.is_done("fingerprint", fp, *(wd.map_file(n) for n in MAPS)):
+        log.info("maps: up to date (%s)", outdir)
+        return record.done
+    bundle = read_bundle(wd.bundle, load_events=False)
+    table = read_regions(wd.regions)
     if res.region_table_hash != table.content_hash():
         raise InputError("was made for another region table; re-run 'hpcxt fit'",
                          path=results_path, field="region_table_hash")
@@ -254,11 +253,10 @@ def run_maps(cfg) -> dict:
     for name, (bunit, desc) in MAPS.items():
         img = paint_blocks(values[name], table.row, table.col, table.step, bundle.mask)
         images[name] = img
-        write_image(outdir / f"{name}.fits", img.astype(np.float32), header, bunit,
+        write_image(wd.map_file(name), img.astype(np.float32), header, bunit,
                     {"HDUNAME": name.upper(), "COMMENT": desc, "OBJECT": cfg.cluster.name,
                      "RESOLUT": table.resolution, "ORIGIN": "hpcxt"})
     summary = {
-        "fingerprint": fingerprint,
         "regions": len(table),
         "mapped_regions": int(sel.keep.sum()),
         "dropped": sel.dropped,
@@ -268,10 +266,8 @@ def run_maps(cfg) -> dict:
     if cfg.maps.png and sel.keep.any():
         from .plots import write_quicklooks
         summary["png"] = write_quicklooks(outdir, images, bundle, cfg.cluster.name)
-    outdir.mkdir(parents=True, exist_ok=True)
-    tmp = stamp.with_name(stamp.name + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=1))
-    tmp.replace(stamp)
+    record.done = summary
+    record.mark("fingerprint", fp)
     dropped = ", ".join(f"{k} {v}" for k, v in sel.dropped.items() if v) or "none"
     log.info("maps: %d of %d regions mapped (dropped: %s), median kT %.2f keV, %.1f s -> %s",
              summary["mapped_regions"], len(table), dropped,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 
 BIN = Path(sys.executable).parent
 MPIEXEC = BIN / "mpiexec"
+FAULT_LAUNCHER = Path(__file__).with_name("fault_launcher.py")
 
 
 def mpi_env() -> dict:
@@ -19,21 +21,29 @@ def mpi_env() -> dict:
     return env
 
 
-def run_hpcxt(*args, nprocs: int | None = None, timeout: float = 300, cwd=None,
-              check: bool = False) -> subprocess.CompletedProcess:
-    """Run ``hpcxt ARGS`` as a subprocess, under ``mpiexec -n nprocs`` if given.
+def hpcxt_command(*args, nprocs: int | None = None, faults: dict | None = None) -> list[str]:
+    """``python -m hpcxt ARGS``, under ``mpiexec -n nprocs`` if given.
 
-    MPI runs always go through ``python -m mpi4py -m hpcxt`` so that one
-    failing rank aborts the job instead of hanging it. The timeout turns a
-    deadlock into a test failure rather than a hung suite.
+    MPI runs always go through ``python -m mpi4py`` so that one failing rank
+    aborts the job instead of hanging it. With ``faults``, the command runs
+    through tests/fault_launcher.py, which injects them.
     """
+    entry = ["-m", "hpcxt"] if faults is None else [str(FAULT_LAUNCHER), json.dumps(faults)]
     if nprocs is None:
-        cmd = [sys.executable, "-m", "hpcxt", *map(str, args)]
-    else:
-        if not MPIEXEC.exists():
-            pytest.skip(f"needs the venv's mpiexec at {MPIEXEC} (pip install mpich)")
-        cmd = [str(MPIEXEC), "-n", str(nprocs), sys.executable, "-m", "mpi4py",
-               "-m", "hpcxt", *map(str, args)]
+        return [sys.executable, *entry, *map(str, args)]
+    if not MPIEXEC.exists():
+        pytest.skip(f"needs the venv's mpiexec at {MPIEXEC} (pip install mpich)")
+    return [str(MPIEXEC), "-n", str(nprocs), sys.executable, "-m", "mpi4py", *entry,
+            *map(str, args)]
+
+
+def run_hpcxt(*args, nprocs: int | None = None, timeout: float = 300, cwd=None,
+              check: bool = False, faults: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``hpcxt ARGS`` as a subprocess (see :func:`hpcxt_command`).
+
+    The timeout turns a deadlock into a test failure rather than a hung suite.
+    """
+    cmd = hpcxt_command(*args, nprocs=nprocs, faults=faults)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                           cwd=cwd, env=mpi_env())
     if check and proc.returncode != 0:

@@ -264,11 +264,10 @@ def test_compute_scalemap_on_comm_self_equals_kernel():
 
 
 @pytest.mark.mpi
-def test_a_failing_rank_ends_the_job_quickly(tmp_path, monkeypatch):
+def test_a_failing_rank_ends_the_job_quickly(tmp_path):
     config = make_workdir(tmp_path)
-    monkeypatch.setenv("HPCXT_TEST_FAIL_RANK", "1")
     t0 = time.monotonic()
-    proc = run_hpcxt("scalemap", config, nprocs=3, timeout=60)
+    proc = run_hpcxt("scalemap", config, nprocs=3, timeout=60, faults={"fail_rank": 1})
     elapsed = time.monotonic() - t0
     assert proc.returncode != 0
     assert elapsed < 30, f"took {elapsed:.1f} s"

@@ -12,9 +12,10 @@ import pytest
 
 from fit_fixtures import (MODEL, NH, ABUNDANCE, REDSHIFT, background_rate, default_response,
                           draw_spectra, model_rate)
-from hpcxt.fit import (STATUS_FAILED, STATUS_OK, EventIndex, FitRecord, FitSettings,
-                       ObsSpectrum, RecordBatch, RegionFitter, RegionSpectra, compress_rmf,
-                       fit_region, group_min_counts)
+from hpcxt.schema import Status
+from hpcxt.fit import FitRecord, FitSettings, RecordBatch, RegionFitter, fit_region
+from hpcxt.rmf import compress_rmf
+from hpcxt.spectra import EventIndex, ObsSpectrum, RegionSpectra, group_min_counts
 from hpcxt.io.bundle import ObsData
 from hpcxt.io.config import validate
 from hpcxt.io.regions_table import RegionTable
@@ -159,13 +160,13 @@ def test_group_min_counts():
 
 def test_too_few_counts_and_no_observation(fitter_covar, response):
     rec = fitter_covar.fit([])
-    assert rec.status == STATUS_FAILED
+    assert rec.status == Status.FAILED
     assert rec.reason == "no observation covers >= min_obs_fraction (0.09)"
     assert math.isnan(rec.kT) and rec.dof == -1
     few = np.zeros(1024, np.int64)
     few[300:340] = 1
     rec = fitter_covar.fit([ObsSpectrum(1, few, np.zeros(1024, np.int64), 1e4, 1.0)])
-    assert rec.status == STATUS_FAILED
+    assert rec.status == Status.FAILED
     assert rec.reason == "too few counts (40 < 100)"
     assert rec.counts.tolist() == [0, 40]
 
@@ -173,7 +174,7 @@ def test_too_few_counts_and_no_observation(fitter_covar, response):
 def test_an_exception_becomes_a_failed_record(fitter_covar):
     bad = ObsSpectrum(5, np.ones(1024, np.int64), None, 1e4, 1.0)  # no such observation
     rec = fitter_covar.fit([bad])
-    assert rec.status == STATUS_FAILED
+    assert rec.status == Status.FAILED
     assert rec.reason.startswith("IndexError: ")
     assert "\n" not in rec.reason
     # The fitter still works afterwards and starts from kT_init again.
@@ -186,7 +187,7 @@ def test_fit_region_catches_extraction_errors(fitter_covar):
             raise KeyError(f"region {region_id} is broken")
 
     rec = fit_region(fitter_covar, Broken(), 12)
-    assert rec.status == STATUS_FAILED and rec.reason == "KeyError: 'region 12 is broken'"
+    assert rec.status == Status.FAILED and rec.reason == "KeyError: 'region 12 is broken'"
 
 
 # --------------------------------------------------------------------------
@@ -203,7 +204,7 @@ def test_same_region_gives_bit_identical_results_in_any_order(response):
     f1.fit(b)
     again = f1.fit(a)
     fresh = RegionFitter(s, [response, response]).fit(a)
-    assert first.status == STATUS_OK, first.reason
+    assert first.status == Status.OK, first.reason
     for name in ("kT", "kT_lo", "kT_hi", "norm", "norm_lo", "norm_hi", "stat", "dof"):
         assert getattr(first, name) == getattr(again, name) == getattr(fresh, name), name
 
@@ -221,7 +222,7 @@ def test_statistics_recover_a_bright_region(response, statistic, bkg_level, min_
     sp = region_spectra(rng, response, 6.0, norm=1e-3, bkg_level=bkg_level)
     rec = RegionFitter(settings(statistic=statistic, errors="covar"),
                        [response, response]).fit(sp)
-    assert rec.status == STATUS_OK, rec.reason
+    assert rec.status == Status.OK, rec.reason
     assert rec.kT_lo < rec.kT < rec.kT_hi
     sigma = 0.5 * (rec.kT_hi - rec.kT_lo)
     assert abs(rec.kT - 6.0) < 4 * sigma
@@ -235,7 +236,7 @@ def test_sparse_negligible_background_falls_back_to_cstat(response):
     rng = np.random.default_rng(8)
     sp = region_spectra(rng, response, 6.0, norm=1e-3, bkg_level=1e-12)
     rec = RegionFitter(settings(errors="covar"), [response, response]).fit(sp)
-    assert rec.status == STATUS_OK
+    assert rec.status == Status.OK
     assert rec.reason == ("cstat: background spectrum too sparse for wstat (0 counts), "
                           "ignored")
     assert rec.dof > 400
@@ -249,7 +250,7 @@ def test_sparse_but_important_background_fails(response):
         s.bkg_counts[200:202] = 1
         s.bkg_scale = 100.0
     rec = RegionFitter(settings(errors="none"), [response, response]).fit(sp)
-    assert rec.status == STATUS_FAILED
+    assert rec.status == Status.FAILED
     assert rec.reason == ("background spectrum too sparse for wstat (4 counts, "
                           "400.0 expected in the source spectrum)")
 
@@ -258,7 +259,7 @@ def test_no_errors_leaves_bounds_nan(response):
     rng = np.random.default_rng(9)
     rec = RegionFitter(settings(errors="none"), [response, response]).fit(
         region_spectra(rng, response, 4.0))
-    assert rec.status == STATUS_OK
+    assert rec.status == Status.OK
     assert math.isnan(rec.kT_lo) and math.isnan(rec.norm_hi)
     assert 1.0 < rec.kT < 20.0 and rec.norm > 0
 
@@ -276,7 +277,7 @@ def test_settings_from_config():
 
 
 def test_record_batch_columns():
-    recs = [FitRecord(3, kT=float(i), status=STATUS_OK, reason="", fit_seconds=0.5)
+    recs = [FitRecord(3, kT=float(i), status=Status.OK, reason="", fit_seconds=0.5)
             for i in range(4)]
     recs[2].counts[:] = [1, 2, 3]
     b = RecordBatch.from_records([7, 8, 9, 10], recs, nobs=3, worker=2)
@@ -304,7 +305,7 @@ def test_fit_recovers_known_temperatures(response):
     for i in range(90):
         kT = (3.0, 7.0, 12.0)[i % 3]
         rec = fitter.fit(region_spectra(rng, response, kT))
-        if rec.status != STATUS_OK:
+        if rec.status != Status.OK:
             failed += 1
             continue
         sigma = rec.kT_hi - rec.kT if rec.kT < kT else rec.kT - rec.kT_lo

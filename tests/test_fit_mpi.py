@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import MPIEXEC, mpi_env, run_hpcxt
+from conftest import hpcxt_command, mpi_env, run_hpcxt
 from fit_fixtures import make_fit_workdir
 from hpcxt.errors import EXIT_CHECKPOINTED
-from hpcxt.fit import STATUS_FAILED, STATUS_OK
+from hpcxt.schema import Status
 from hpcxt.io.checkpoint import read_results
 
 N_REGIONS = 36
@@ -32,20 +32,9 @@ def results(cfg: Path):
     return read_results(cfg.parent / "work" / "fit" / "results.h5")
 
 
-def fit(cfg, *extra, nprocs=None, env=None, timeout=240):
-    """Run ``hpcxt fit`` with extra environment variables."""
-    old = {}
-    for k, v in (env or {}).items():
-        old[k] = os.environ.get(k)
-        os.environ[k] = str(v)
-    try:
-        return run_hpcxt("fit", cfg, *extra, nprocs=nprocs, timeout=timeout)
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+def fit(cfg, *extra, nprocs=None, faults=None, timeout=240):
+    """Run ``hpcxt fit``, with faults injected through tests/fault_launcher.py."""
+    return run_hpcxt("fit", cfg, *extra, nprocs=nprocs, faults=faults, timeout=timeout)
 
 
 def copy_workdir(src_cfg: Path, dst: Path) -> Path:
@@ -82,10 +71,10 @@ def _assert_same(res, ref):
 def test_serial_run_completes_with_expected_records(reference, base_cfg):
     ref = reference
     assert len(ref) == N_REGIONS and ref.complete
-    assert ref.status[0] == STATUS_FAILED and ref.reason[0].startswith("too few counts (")
-    assert ref.status[1] == STATUS_FAILED
+    assert ref.status[0] == Status.FAILED and ref.reason[0].startswith("too few counts (")
+    assert ref.status[1] == Status.FAILED
     assert ref.reason[1] == "no observation covers >= min_obs_fraction (0.09)"
-    ok = ref.status == STATUS_OK
+    ok = ref.status == Status.OK
     assert ok.sum() >= N_REGIONS - 4
     assert np.all(ref.kT_lo[ok] < ref.kT[ok]) and np.all(ref.kT[ok] < ref.kT_hi[ok])
     # Observation 1 does not cover the last column: its counts are 0 there.
@@ -138,12 +127,12 @@ def test_results_identical_for_1_2_3_ranks(reference, base_cfg, tmp_path, nprocs
 @pytest.mark.mpi
 def test_failing_fit_gives_failed_record_and_job_completes(reference, base_cfg, tmp_path):
     cfg = copy_workdir(base_cfg, tmp_path / "w")
-    proc = fit(cfg, nprocs=3, env={"HPCXT_TEST_FAIL_REGIONS": "3,7"})
+    proc = fit(cfg, nprocs=3, faults={"fail_regions": [3, 7]})
     assert proc.returncode == 0, proc.stderr
     res = results(cfg)
     assert res.complete
     for i in (3, 7):
-        assert res.status[i] == STATUS_FAILED
+        assert res.status[i] == Status.FAILED
         assert res.reason[i] == f"RuntimeError: injected failure for region {i} (test hook)"
     others = np.setdiff1d(np.arange(N_REGIONS), [3, 7])
     np.testing.assert_array_equal(res.kT[others], reference.kT[others])
@@ -157,7 +146,7 @@ def test_dead_rank_aborts_the_job_quickly(base_cfg, tmp_path):
     aborts the remaining ranks within a fraction of a second of the kill.
     """
     cfg = copy_workdir(base_cfg, tmp_path / "w")
-    proc = fit(cfg, nprocs=3, env={"HPCXT_TEST_KILL_WORKER": "2"}, timeout=90)
+    proc = fit(cfg, nprocs=3, faults={"kill_worker": 2}, timeout=90)
     assert proc.returncode != 0
     # What was checkpointed is still resumable.
     res = results(cfg)
@@ -170,7 +159,7 @@ def test_dead_rank_aborts_the_job_quickly(base_cfg, tmp_path):
 
 def test_without_resume_an_unfinished_file_is_refused(base_cfg, tmp_path):
     cfg = copy_workdir(base_cfg, tmp_path / "w")
-    proc = fit(cfg, env={"HPCXT_TEST_KILL_AFTER_CHECKPOINT": "4"})
+    proc = fit(cfg, faults={"kill_after_checkpoint": 4})
     assert proc.returncode == -signal.SIGKILL
     before = results(cfg)
     proc = fit(cfg)
@@ -183,7 +172,7 @@ def test_without_resume_an_unfinished_file_is_refused(base_cfg, tmp_path):
 
 def test_resume_with_changed_config_is_refused(base_cfg, tmp_path):
     cfg = copy_workdir(base_cfg, tmp_path / "w")
-    proc = fit(cfg, env={"HPCXT_TEST_KILL_AFTER_CHECKPOINT": "3"})
+    proc = fit(cfg, faults={"kill_after_checkpoint": 3})
     assert proc.returncode == -signal.SIGKILL
     text = cfg.read_text()
     cfg.write_text(text.replace("kT_init: 8.0", "kT_init: 6.0"))
@@ -204,7 +193,7 @@ def test_resume_with_changed_region_table_is_refused(base_cfg, tmp_path):
     from hpcxt.io.regions_table import read_regions, write_regions
 
     cfg = copy_workdir(base_cfg, tmp_path / "w")
-    proc = fit(cfg, env={"HPCXT_TEST_KILL_AFTER_CHECKPOINT": "2"})
+    proc = fit(cfg, faults={"kill_after_checkpoint": 2})
     assert proc.returncode == -signal.SIGKILL
     path = cfg.parent / "work" / "acb" / "regions.h5"
     table = read_regions(path)
@@ -216,27 +205,27 @@ def test_resume_with_changed_region_table_is_refused(base_cfg, tmp_path):
 
 
 KILL_POINTS = [
-    ("HPCXT_TEST_KILL_IN_CHECKPOINT", 1),     # before any checkpoint exists
-    ("HPCXT_TEST_KILL_AFTER_BATCHES", 2),     # results received, not yet written
-    ("HPCXT_TEST_KILL_AFTER_CHECKPOINT", 1),  # only the initial checkpoint
-    ("HPCXT_TEST_KILL_AFTER_CHECKPOINT", 3),
-    ("HPCXT_TEST_KILL_IN_CHECKPOINT", 4),     # halfway through writing the 4th
-    ("HPCXT_TEST_KILL_AFTER_CHECKPOINT", 6),
-    ("HPCXT_TEST_KILL_IN_CHECKPOINT", 9),
+    ("kill_in_checkpoint", 1),     # before any checkpoint exists
+    ("kill_after_batches", 2),     # results received, not yet written
+    ("kill_after_checkpoint", 1),  # only the initial checkpoint
+    ("kill_after_checkpoint", 3),
+    ("kill_in_checkpoint", 4),     # halfway through writing the 4th
+    ("kill_after_checkpoint", 6),
+    ("kill_in_checkpoint", 9),
 ]
 
 
 @pytest.mark.mpi
 @pytest.mark.parametrize("hook,n", KILL_POINTS,
-                         ids=[f"{h[16:].lower()}-{n}" for h, n in KILL_POINTS])
+                         ids=[f"{h}-{n}" for h, n in KILL_POINTS])
 def test_sigkill_then_resume_matches_uninterrupted_run(reference, base_cfg, tmp_path, hook, n):
     cfg = copy_workdir(base_cfg, tmp_path / "w")
     out = cfg.parent / "work" / "fit"
-    proc = fit(cfg, nprocs=2, env={hook: n})
+    proc = fit(cfg, nprocs=2, faults={hook: n})
     assert proc.returncode != 0, proc.stderr
-    if hook == "HPCXT_TEST_KILL_IN_CHECKPOINT":
-        assert (out / "results.h5.tmp").exists()
-    if (hook, n) == ("HPCXT_TEST_KILL_IN_CHECKPOINT", 1):
+    if hook == "kill_in_checkpoint":
+        assert list(out.glob(".results.h5.*.tmp")), "the killed write left its temporary file"
+    if (hook, n) == ("kill_in_checkpoint", 1):
         assert not (out / "results.h5").exists()
     else:
         partial = results(cfg)
@@ -246,15 +235,9 @@ def test_sigkill_then_resume_matches_uninterrupted_run(reference, base_cfg, tmp_
     _assert_same(results(cfg), reference)
 
 
-def _popen_fit(cfg, nprocs, env_extra, *extra):
-    env = mpi_env()
-    env.update({k: str(v) for k, v in env_extra.items()})
-    if nprocs:
-        cmd = [str(MPIEXEC), "-n", str(nprocs), sys.executable, "-m", "mpi4py", "-m", "hpcxt",
-               "fit", str(cfg), *extra]
-    else:
-        cmd = [sys.executable, "-m", "hpcxt", "fit", str(cfg), *extra]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+def _popen_fit(cfg, nprocs, faults, *extra):
+    cmd = hpcxt_command("fit", cfg, *extra, nprocs=nprocs, faults=faults)
+    return subprocess.Popen(cmd, env=mpi_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
 
 
@@ -277,7 +260,7 @@ def _wait_for_progress(cfg, proc, min_final=4, timeout=120):
 @pytest.mark.mpi
 def test_sigkill_of_the_whole_job_at_a_random_moment(reference, base_cfg, tmp_path):
     cfg = copy_workdir(base_cfg, tmp_path / "w")
-    proc = _popen_fit(cfg, 3, {"HPCXT_TEST_FIT_DELAY": 0.02})
+    proc = _popen_fit(cfg, 3, {"fit_delay": 0.02})
     _wait_for_progress(cfg, proc, min_final=2)
     time.sleep(random.Random(7).uniform(0.0, 1.5))
     os.killpg(proc.pid, signal.SIGKILL)
@@ -291,7 +274,7 @@ def test_sigkill_of_the_whole_job_at_a_random_moment(reference, base_cfg, tmp_pa
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGUSR1"])
 def test_scheduler_signal_checkpoints_and_exits_85(reference, base_cfg, tmp_path, signame):
     cfg = copy_workdir(base_cfg, tmp_path / "w")
-    proc = _popen_fit(cfg, 3, {"HPCXT_TEST_FIT_DELAY": 0.3})
+    proc = _popen_fit(cfg, 3, {"fit_delay": 0.3})
     _wait_for_progress(cfg, proc, min_final=3)
     # mpiexec forwards the signal to every rank, as a scheduler's would reach them.
     proc.send_signal(getattr(signal, signame))
@@ -309,7 +292,7 @@ def test_scheduler_signal_checkpoints_and_exits_85(reference, base_cfg, tmp_path
 
 def test_serial_run_stops_on_sigterm_with_85(reference, base_cfg, tmp_path):
     cfg = copy_workdir(base_cfg, tmp_path / "w")
-    proc = _popen_fit(cfg, None, {"HPCXT_TEST_FIT_DELAY": 0.3})
+    proc = _popen_fit(cfg, None, {"fit_delay": 0.3})
     _wait_for_progress(cfg, proc, min_final=3)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
@@ -354,7 +337,7 @@ def test_fit_recovers_simulated_cluster_temperatures(prepped_small, tmp_path):
     col = np.floor((table.x - h["CRVAL1P"]) / h["CDELT1P"]).astype(int)
     row = np.floor((table.y - h["CRVAL2P"]) / h["CDELT2P"]).astype(int)
     truth, zone = kT_map[row, col].astype(float), zones[row, col]
-    inside = (res.status == STATUS_OK) & (zone > 0) & (table.radius_sky * 0.492 <= margin_arcsec)
+    inside = (res.status == Status.OK) & (zone > 0) & (table.radius_sky * 0.492 <= margin_arcsec)
     assert inside.sum() >= 30
     assert len(set(zone[inside].tolist())) == 3
     assert res.n_failed <= 0.05 * len(res)

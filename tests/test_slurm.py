@@ -21,10 +21,12 @@ partition).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -32,7 +34,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import run_hpcxt
+from conftest import FAULT_LAUNCHER, run_hpcxt
 from fit_fixtures import make_fit_workdir
 from hpcxt import jobs
 from hpcxt.io.checkpoint import read_results
@@ -41,8 +43,6 @@ from hpcxt.io.config import load_config
 REPO = Path(__file__).resolve().parents[1]
 SLURM_LOCAL = REPO / "scripts" / "slurm-local.sh"
 MARKER = "# written by hpcxt scripts/slurm-local.sh"
-RESULT_COLUMNS = ("region_id", "kT", "kT_lo", "kT_hi", "norm", "norm_lo", "norm_hi", "stat",
-                  "dof", "counts", "bkg_counts", "status", "reason")
 CHAIN_TIMEOUT = 300
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -136,12 +136,28 @@ def fresh_copy(fit, tmp_path):
 
 def assert_same_results(res, ref):
     assert res.complete and ref.complete
-    for name in RESULT_COLUMNS:
-        a, b = getattr(res, name), getattr(ref, name)
-        if a.dtype.kind == "f":
-            assert np.array_equal(a, b, equal_nan=True), name
-        else:
-            assert np.array_equal(a, b), name
+    assert res.same_results(ref) == []
+
+
+def slow_fit_python(directory: Path, delay: float) -> str:
+    """A ``python`` for the job scripts whose fits take ``delay`` s longer each.
+
+    It runs ``-m hpcxt`` through tests/fault_launcher.py (the fault seam of
+    the MPI stages) and everything else unchanged.
+    """
+    path = Path(directory) / "python-slow-fit"
+    faults = json.dumps({"fit_delay": delay})
+    path.write_text(f"#!{sys.executable}\n" + textwrap.dedent(f"""\
+        import os, sys
+        args = sys.argv[1:]
+        for i in range(len(args) - 1):
+            if args[i:i + 2] == ["-m", "hpcxt"]:
+                args[i:i + 2] = [{str(FAULT_LAUNCHER)!r}, {faults!r}]
+                break
+        os.execv(sys.executable, [sys.executable, *args])
+        """))
+    path.chmod(0o755)
+    return str(path)
 
 
 def wait_for_chain_end(jobs_dir, timeout=CHAIN_TIMEOUT) -> str:
@@ -194,10 +210,10 @@ def test_short_walltime_checkpoints_resubmits_and_finishes(slurm, chain_fit, tmp
     cfg = load_config(config, check_files=False)
     paths = jobs.render_jobs(cfg, jobs.JobOptions(
         scheduler="slurm", ntasks_per_node=3, time="00:01:00", signal_seconds=50,
-        srun_mpi="pmi2", max_resubmits=8))
+        srun_mpi="pmi2", max_resubmits=8, python=slow_fit_python(tmp_path, 2.5)))
     # ~2.7 s per region, 36 regions, 2 workers: about 50 s of fitting, more
     # than a job gets before its warning (Slurm sends it 10-40 s in).
-    env = job_env(HPCXT_TEST_FIT_DELAY="2.5")
+    env = job_env()
     proc = sbatch_wait(paths["fit"], env)
     jobs_dir = paths["fit"].parent
     assert proc.returncode == 0, proc.stderr + read_outputs(jobs_dir)
@@ -221,8 +237,8 @@ def test_pbs_script_through_the_torque_qsub_wrapper(slurm, chain_fit, tmp_path):
     cfg = load_config(config, check_files=False)
     paths = jobs.render_jobs(cfg, jobs.JobOptions(
         scheduler="pbs", ntasks_per_node=3, time="00:01:00", signal_seconds=30,
-        max_resubmits=8))
-    env = job_env(HPCXT_TEST_FIT_DELAY="2.5")
+        max_resubmits=8, python=slow_fit_python(tmp_path, 2.5)))
+    env = job_env()
     jobs_dir = paths["fit"].parent
     proc = subprocess.run(["qsub", str(paths["fit"])], capture_output=True, text=True,
                           env=env, timeout=60, cwd=jobs_dir)

@@ -30,111 +30,24 @@ float32 eV. ``bkg_scale`` multiplies background counts from an area into the
 expected background counts in the source data from the same area (ratio of
 9.5-12 keV counts); ``bkg_scale * exposure / bkg_exposure`` is not assumed.
 
-The file is written to ``bundle.h5.tmp`` and renamed, so a reader never sees
-a half-written bundle.
+The file is written aside and renamed (:func:`hpcxt.io.workdir.atomic_write`),
+so a reader never sees a half-written bundle.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
-from astropy.io import fits
-from astropy.wcs import WCS
 
 from .. import __version__
+from ..data import Bundle, ImageGrid, ObsData, Response  # noqa: F401  (the bundle's types)
 from .hdf5 import open_versioned
+from .workdir import atomic_write
 
 FORMAT_VERSION = 1
 EVENT_COLUMNS = ("x", "y", "pi", "energy")
-
-
-@dataclass
-class ImageGrid:
-    """The image pixel grid on the sky.
-
-    Image pixel ``[row, col]`` covers sky x in ``[x0 + col*bin, x0 + (col+1)*bin)``
-    and sky y in ``[y0 + row*bin, y0 + (row+1)*bin)`` (sky pixels).
-    """
-
-    shape: tuple[int, int]
-    x0: float
-    y0: float
-    bin: int
-    wcs_header: str = ""
-
-    def pixel_to_sky(self, row, col):
-        """Sky x, y (sky pixels) of image pixel centres; row, col 0-based."""
-        x = self.x0 + (np.asarray(col, dtype=float) + 0.5) * self.bin
-        y = self.y0 + (np.asarray(row, dtype=float) + 0.5) * self.bin
-        return x, y
-
-    def sky_to_pixel(self, x, y):
-        """Fractional 0-based (row, col) of sky positions; floor() gives the pixel."""
-        col = (np.asarray(x, dtype=float) - self.x0) / self.bin
-        row = (np.asarray(y, dtype=float) - self.y0) / self.bin
-        return row, col
-
-    def header(self) -> fits.Header:
-        """FITS header with the celestial WCS and the physical (sky) transform."""
-        if self.wcs_header:
-            return fits.Header.fromstring(self.wcs_header, sep="\n")
-        return fits.Header()
-
-    def wcs(self) -> WCS:
-        return WCS(self.header())
-
-
-@dataclass
-class Response:
-    """ARF and RMF as arrays (keV, cm**2); rmf_matrix is dense (n_energy, n_channel)."""
-
-    arf_energ_lo: np.ndarray
-    arf_energ_hi: np.ndarray
-    specresp: np.ndarray
-    rmf_energ_lo: np.ndarray
-    rmf_energ_hi: np.ndarray
-    rmf_matrix: np.ndarray
-    e_min: np.ndarray
-    e_max: np.ndarray
-    offset: int = 1
-
-
-@dataclass
-class ObsData:
-    """One observation's cleaned data on the bundle's grid."""
-
-    obsid: str
-    exposure: float
-    bkg_exposure: float
-    bkg_scale: float
-    events: dict
-    bkg_events: dict | None
-    exposure_map: np.ndarray
-    fov: np.ndarray
-    response: Response
-    source_file: str = ""
-    background_file: str = ""
-
-
-@dataclass
-class Bundle:
-    grid: ImageGrid
-    counts: np.ndarray
-    background: np.ndarray
-    exposure: np.ndarray
-    mask: np.ndarray
-    observations: list = field(default_factory=list)
-    config_hash: str = ""
-    energy_band: tuple = (0.7, 8.0)
-    has_background: bool = True
-
-    @property
-    def obsids(self) -> list[str]:
-        return [o.obsid for o in self.observations]
 
 
 def _write_events(group, ev: dict) -> None:
@@ -145,8 +58,12 @@ def _write_events(group, ev: dict) -> None:
 def write_bundle(path, bundle: Bundle) -> Path:
     """Write ``bundle`` to ``path`` atomically (temporary file, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    with atomic_write(path) as tmp:
+        _write_bundle_file(tmp, bundle)
+    return path
+
+
+def _write_bundle_file(tmp: Path, bundle: Bundle) -> None:
     with h5py.File(tmp, "w") as f:
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["config_hash"] = bundle.config_hash
@@ -185,12 +102,25 @@ def write_bundle(path, bundle: Bundle) -> Path:
             rmf.create_dataset("matrix", data=r.rmf_matrix.astype(np.float32), **opts)
             rmf.create_dataset("e_min", data=r.e_min)
             rmf.create_dataset("e_max", data=r.e_max)
-    os.replace(tmp, path)
-    return path
 
 
 def _read_events(group) -> dict:
     return {col: group[col][()] for col in EVENT_COLUMNS}
+
+
+def _open(path):
+    return open_versioned(path, "bundle", "run 'hpcxt prep' first", FORMAT_VERSION)
+
+
+def read_bundle_identity(path) -> tuple[list[str], str]:
+    """The bundle's observation ids and config hash, without reading its data."""
+    with _open(path) as f:
+        try:
+            return [s.decode() for s in f.attrs["obsids"]], str(f.attrs["config_hash"])
+        except KeyError as exc:
+            from ..errors import InputError
+            raise InputError(f"bundle lacks attribute {exc}", path=path,
+                             field=str(exc).strip("'")) from None
 
 
 def read_bundle(path, load_events: bool = True) -> Bundle:
@@ -201,8 +131,7 @@ def read_bundle(path, load_events: bool = True) -> Bundle:
     load_events : bool
         Skip the event lists (the scale map needs only the images).
     """
-    f = open_versioned(path, "bundle", "run 'hpcxt prep' first", FORMAT_VERSION)
-    with f:
+    with _open(path) as f:
         img = f["image"]
         grid = ImageGrid(shape=tuple(img["counts"].shape), x0=float(img.attrs["x0"]),
                          y0=float(img.attrs["y0"]), bin=int(img.attrs["bin"]),

@@ -1,6 +1,7 @@
 """results.h5: the fit results, checkpointed and resumable.
 
-Layout of ``<workdir>/fit/results.h5`` (format version 1)::
+Layout of ``<workdir>/fit/results.h5`` (format version 2; version 1 had the
+same columns without a declared schema)::
 
     /  attrs: format_version, hpcxt_version,
               config_hash      hash of the fit inputs (see fit_inputs)
@@ -16,24 +17,17 @@ Layout of ``<workdir>/fit/results.h5`` (format version 1)::
               checkpoints),
               nranks (of the last run)
     region_id        (n,)       int64    0..n-1 (row = region id)
-    kT, kT_lo, kT_hi (n,)       float64  keV, NaN if unknown
-    norm, norm_lo, norm_hi (n,) float64  XSPEC units, NaN if unknown
-    stat             (n,)       float64  fit statistic, NaN if not fitted
-    dof              (n,)       int64    -1 if not fitted
-    counts           (n, nobs)  int64    source counts in the energy range
-    bkg_counts       (n, nobs)  int64    background counts, same circle
-    status           (n,)       int8     0 pending, 1 ok, 2 failed
-    reason_id        (n,)       int32    index into reason_text
-    reason_text      (m,)       str      distinct reasons; [0] is ""
-    fit_seconds      (n,)       float64  wall time of each fit, s
-    worker           (n,)       int16    MPI rank that fitted it (-1 pending)
+    <column>         (n,) or (n, nobs)   one dataset per column of
+                     :data:`hpcxt.schema.COLUMNS` (name, dtype, unit and
+                     fill value are declared there); the text column
+                     ``reason`` is stored as ``reason_id`` (int32, index
+                     into) ``reason_text`` (distinct strings, [0] is "").
 
-Crash safety: :func:`write_results` writes the whole file to
-``results.h5.tmp``, flushes and fsyncs it, closes it, renames it onto
-``results.h5`` with :func:`os.replace` (atomic on POSIX) and fsyncs the
-folder. A SIGKILL at any moment therefore leaves either the previous
-complete checkpoint or the new one, never a mix; a stale ``.tmp`` is
-ignored and overwritten. The file uses HDF5's default format (not
+Crash safety: :func:`write_results` writes the whole file aside under a
+name unique to this writer, fsyncs it, renames it onto ``results.h5`` and
+fsyncs the folder (:func:`hpcxt.io.workdir.atomic_write`). A SIGKILL at
+any moment therefore leaves either the previous complete checkpoint or the
+new one, never a mix; a stale temporary file is never read. The file uses HDF5's default format (not
 ``libver='latest'``), which reopens cleanly after a crash, and readers open
 it with ``locking=False`` so ``hpcxt status`` works while a fit runs.
 """
@@ -41,9 +35,7 @@ it with ``locking=False`` so ``hpcxt status`` works while a fit runs.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
-import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -54,18 +46,17 @@ import numpy as np
 
 from .. import __version__
 from ..errors import InputError
+from ..schema import COLUMNS, ColumnAccess, Status, differing_columns, empty_columns
 from .hdf5 import open_versioned
+from .workdir import atomic_write, fingerprint
 
-FORMAT_VERSION = 1
-RESULTS_NAME = "results.h5"
+FORMAT_VERSION = 2
 
 #: Fit-section keys that change how a run goes, not what it computes.
 NON_RESULT_KEYS = ("batch_size", "checkpoint_seconds")
 #: Cluster keys that enter the fit (the name does not).
 CLUSTER_KEYS = ("nh", "redshift", "abundance")
 
-FLOAT_COLUMNS = ("kT", "kT_lo", "kT_hi", "norm", "norm_lo", "norm_hi", "stat", "fit_seconds")
-STATUS_PENDING, STATUS_OK, STATUS_FAILED = 0, 1, 2
 
 
 def utc_now() -> str:
@@ -88,8 +79,7 @@ def fit_inputs(cfg) -> dict:
 
 def inputs_hash(inputs: dict) -> str:
     """SHA-256 (16 hex) of :func:`fit_inputs`."""
-    blob = json.dumps(inputs, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    return fingerprint(inputs)
 
 
 def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -105,28 +95,16 @@ def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 @dataclass
-class FitResults:
+class FitResults(ColumnAccess):
     """All rows of results.h5 in memory (the master's copy).
 
-    Column shapes as in the module docstring; ``reason`` is an object array
-    of str.
+    ``region_id`` is 0..n-1; ``columns`` holds every column of
+    :data:`hpcxt.schema.COLUMNS` (readable as attributes: ``res.kT``);
+    the rest is the file's metadata (see the module docstring).
     """
 
     region_id: np.ndarray
-    kT: np.ndarray
-    kT_lo: np.ndarray
-    kT_hi: np.ndarray
-    norm: np.ndarray
-    norm_lo: np.ndarray
-    norm_hi: np.ndarray
-    stat: np.ndarray
-    dof: np.ndarray
-    counts: np.ndarray
-    bkg_counts: np.ndarray
-    status: np.ndarray
-    reason: np.ndarray
-    fit_seconds: np.ndarray
-    worker: np.ndarray
+    columns: dict
     obsids: list = field(default_factory=list)
     config_hash: str = ""
     fit_inputs: dict = field(default_factory=dict)
@@ -148,17 +126,10 @@ class FitResults:
     def new(cls, n_regions: int, obsids, fit_inputs: dict, region_table_hash: str = "",
             bundle_hash: str = "", bundle_config_hash: str = "") -> "FitResults":
         """Every region pending."""
-        n, nobs = int(n_regions), len(obsids)
-        nan = np.full(n, np.nan)
+        n = int(n_regions)
         now = utc_now()
         return cls(region_id=np.arange(n, dtype=np.int64),
-                   **{c: nan.copy() for c in FLOAT_COLUMNS if c != "fit_seconds"},
-                   dof=np.full(n, -1, dtype=np.int64),
-                   counts=np.zeros((n, nobs), dtype=np.int64),
-                   bkg_counts=np.zeros((n, nobs), dtype=np.int64),
-                   status=np.zeros(n, dtype=np.int8),
-                   reason=np.full(n, "", dtype=object),
-                   fit_seconds=np.zeros(n), worker=np.full(n, -1, dtype=np.int16),
+                   columns=empty_columns(n, len(obsids)),
                    obsids=list(obsids), config_hash=inputs_hash(fit_inputs),
                    fit_inputs=fit_inputs, region_table_hash=region_table_hash,
                    bundle_hash=bundle_hash, bundle_config_hash=bundle_config_hash,
@@ -171,15 +142,15 @@ class FitResults:
 
     @property
     def n_ok(self) -> int:
-        return int(np.count_nonzero(self.status == STATUS_OK))
+        return int(np.count_nonzero(self.status == Status.OK))
 
     @property
     def n_failed(self) -> int:
-        return int(np.count_nonzero(self.status == STATUS_FAILED))
+        return int(np.count_nonzero(self.status == Status.FAILED))
 
     @property
     def n_pending(self) -> int:
-        return int(np.count_nonzero(self.status == STATUS_PENDING))
+        return int(np.count_nonzero(self.status == Status.PENDING))
 
     @property
     def n_final(self) -> int:
@@ -191,7 +162,7 @@ class FitResults:
 
     def pending_ids(self) -> np.ndarray:
         """Region ids without a final status, ascending."""
-        return np.flatnonzero(self.status == STATUS_PENDING).astype(np.int64)
+        return np.flatnonzero(self.status == Status.PENDING).astype(np.int64)
 
     def rates(self) -> tuple[float, float]:
         """Fits per second: (last run, all runs); 0 when unknown."""
@@ -203,7 +174,7 @@ class FitResults:
 
     def failure_summary(self, top: int = 5) -> list[tuple[int, str]]:
         """Most common failure reasons, numbers replaced by N: [(count, text)]."""
-        reasons = self.reason[self.status == STATUS_FAILED]
+        reasons = self.reason[self.status == Status.FAILED]
         c = Counter(re.sub(r"\d+(\.\d+)?([eE][-+]?\d+)?", "N", str(r)) for r in reasons)
         return [(n, text) for text, n in c.most_common(top)]
 
@@ -214,58 +185,20 @@ class FitResults:
         ids = np.asarray(batch.region_id, dtype=np.int64)
         if ids.size == 0:
             return
-        for name in ("kT", "kT_lo", "kT_hi", "norm", "norm_lo", "norm_hi", "stat",
-                     "fit_seconds"):
-            getattr(self, name)[ids] = getattr(batch, name)
-        self.dof[ids] = batch.dof
-        self.counts[ids] = batch.counts
-        self.bkg_counts[ids] = batch.bkg_counts
-        self.status[ids] = batch.status
-        self.worker[ids] = batch.worker
-        reasons = np.empty(ids.size, dtype=object)
-        reasons[:] = list(batch.reason)
-        self.reason[ids] = reasons
+        for name, column in self.columns.items():
+            column[ids] = batch.columns[name]
 
     def same_results(self, other: "FitResults") -> list[str]:
         """Names of the result columns that differ (fit_seconds, worker ignored).
 
         NaNs compare equal; floats must be bit-identical.
         """
-        diff = []
-        for name in ("region_id", "kT", "kT_lo", "kT_hi", "norm", "norm_lo", "norm_hi",
-                     "stat", "dof", "counts", "bkg_counts", "status"):
-            a, b = getattr(self, name), getattr(other, name)
-            if a.shape != b.shape or not np.array_equal(a, b, equal_nan=a.dtype.kind == "f"):
-                diff.append(name)
-        if list(self.reason) != list(other.reason):
-            diff.append("reason")
-        return diff
+        diff = [] if np.array_equal(self.region_id, other.region_id) else ["region_id"]
+        return diff + differing_columns(self.columns, other.columns)
 
 
 # --------------------------------------------------------------------------
 # writing
-
-
-def _fsync_file(path: Path) -> None:
-    """fsync by path (h5py gives no descriptor; Linux syncs the inode)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return  # not supported on this platform/filesystem
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def write_results(path, res: FitResults, midway=None) -> Path:
@@ -287,51 +220,54 @@ def write_results(path, res: FitResults, midway=None) -> Path:
         ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    texts = {"": 0}
-    reason_id = np.empty(len(res), dtype=np.int32)
-    for i, r in enumerate(res.reason):
-        reason_id[i] = texts.setdefault(str(r), len(texts))
-    columns = [("region_id", res.region_id), ("kT", res.kT), ("kT_lo", res.kT_lo),
-               ("kT_hi", res.kT_hi), ("norm", res.norm), ("norm_lo", res.norm_lo),
-               ("norm_hi", res.norm_hi), ("stat", res.stat), ("dof", res.dof),
-               ("counts", res.counts), ("bkg_counts", res.bkg_counts),
-               ("status", res.status), ("reason_id", reason_id),
-               ("fit_seconds", res.fit_seconds), ("worker", res.worker)]
-    with h5py.File(tmp, "w") as f:
-        a = f.attrs
-        a["format_version"] = FORMAT_VERSION
-        a["hpcxt_version"] = __version__
-        a["config_hash"] = res.config_hash
-        a["fit_inputs"] = json.dumps(res.fit_inputs, sort_keys=True, default=str)
-        a["region_table_hash"] = res.region_table_hash
-        a["bundle_hash"] = res.bundle_hash
-        a["bundle_config_hash"] = res.bundle_config_hash
-        a["obsids"] = np.array(res.obsids, dtype="S")
-        a["n_regions"] = len(res)
-        a["n_ok"], a["n_failed"], a["n_pending"] = res.n_ok, res.n_failed, res.n_pending
-        a["complete"] = bool(res.complete)
-        a["started"], a["updated"] = res.started, res.updated
-        a["run_started"] = res.run_started
-        a["runs"], a["checkpoints"] = int(res.runs), int(res.checkpoints)
-        a["run_seconds"] = float(res.run_seconds)
-        a["final_at_run_start"] = int(res.final_at_run_start)
-        a["seconds_at_run_start"] = float(res.seconds_at_run_start)
-        a["checkpoint_seconds_total"] = float(res.checkpoint_seconds_total)
-        a["nranks"] = int(res.nranks)
-        half = len(columns) // 2
-        for i, (name, data) in enumerate(columns):
-            f.create_dataset(name, data=data)
-            if i == half and midway is not None:
-                f.flush()
-                _fsync_file(tmp)
-                midway()
-        f.create_dataset("reason_text", data=list(texts), dtype=h5py.string_dtype("utf-8"))
-    _fsync_file(tmp)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    datasets = [("region_id", res.region_id)]
+    for c in COLUMNS:
+        if c.is_text:
+            texts, ids = _encode_text(res.columns[c.name])
+            datasets += [(f"{c.name}_id", ids), (f"{c.name}_text", texts)]
+        else:
+            datasets.append((c.name, res.columns[c.name]))
+    with atomic_write(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            _write_attrs(f.attrs, res)
+            half = len(datasets) // 2
+            for i, (name, data) in enumerate(datasets):
+                if name.endswith("_text"):
+                    f.create_dataset(name, data=data, dtype=h5py.string_dtype("utf-8"))
+                else:
+                    f.create_dataset(name, data=data)
+                if i == half and midway is not None:
+                    f.flush()
+                    midway()
     return path
+
+
+def _encode_text(values) -> tuple[list, np.ndarray]:
+    """Distinct strings ([0] is "") and each row's index into them."""
+    texts = {"": 0}
+    ids = np.empty(len(values), dtype=np.int32)
+    for i, v in enumerate(values):
+        ids[i] = texts.setdefault(str(v), len(texts))
+    return list(texts), ids
+
+
+#: FitResults fields stored as file attributes: name -> type read back.
+_META = {"config_hash": str, "region_table_hash": str, "bundle_hash": str,
+         "bundle_config_hash": str, "started": str, "updated": str, "run_started": str,
+         "runs": int, "checkpoints": int, "run_seconds": float, "final_at_run_start": int,
+         "seconds_at_run_start": float, "checkpoint_seconds_total": float, "nranks": int}
+
+
+def _write_attrs(a, res: FitResults) -> None:
+    a["format_version"] = FORMAT_VERSION
+    a["hpcxt_version"] = __version__
+    a["fit_inputs"] = json.dumps(res.fit_inputs, sort_keys=True, default=str)
+    a["obsids"] = np.array(res.obsids, dtype="S")
+    a["n_regions"] = len(res)
+    a["n_ok"], a["n_failed"], a["n_pending"] = res.n_ok, res.n_failed, res.n_pending
+    a["complete"] = bool(res.complete)
+    for name, kind in _META.items():
+        a[name] = kind(getattr(res, name))
 
 
 # --------------------------------------------------------------------------
@@ -352,38 +288,41 @@ def read_results(path) -> FitResults:
         Missing, unreadable, wrong format version or missing datasets.
     """
     path = Path(path)
-    f = open_versioned(path, "fit results", "run 'hpcxt fit' first", FORMAT_VERSION, locking=False)
+    f = open_versioned(path, "fit results", "run 'hpcxt fit' first", FORMAT_VERSION,
+                       locking=False)
     with f:
-        names = ("region_id", "kT", "kT_lo", "kT_hi", "norm", "norm_lo", "norm_hi", "stat",
-                 "dof", "counts", "bkg_counts", "status", "reason_id", "reason_text",
-                 "fit_seconds", "worker")
+        names = ["region_id"]
+        for c in COLUMNS:
+            names += [f"{c.name}_id", f"{c.name}_text"] if c.is_text else [c.name]
         missing = [n for n in names if n not in f]
         if missing:
             raise InputError("missing datasets " + ", ".join(missing), path=path,
                              field=missing[0])
-        data = {n: f[n][()] for n in names}
-        n = int(f.attrs["n_regions"])
-        bad = [k for k, v in data.items() if k != "reason_text" and v.shape[:1] != (n,)]
-        if bad:
-            raise InputError(f"dataset length differs from n_regions={n}", path=path,
-                             field=bad[0])
-        texts = np.array([t.decode() if isinstance(t, bytes) else str(t)
-                          for t in data.pop("reason_text")], dtype=object)
-        reason = texts[data.pop("reason_id")] if n else np.zeros(0, dtype=object)
-        a = f.attrs
-        return FitResults(
-            **data, reason=np.asarray(reason, dtype=object),
-            obsids=[s.decode() for s in a["obsids"]],
-            config_hash=_attr_str(a, "config_hash"),
-            fit_inputs=json.loads(_attr_str(a, "fit_inputs", "{}")),
-            region_table_hash=_attr_str(a, "region_table_hash"),
-            bundle_hash=_attr_str(a, "bundle_hash"),
-            bundle_config_hash=_attr_str(a, "bundle_config_hash"),
-            started=_attr_str(a, "started"), updated=_attr_str(a, "updated"),
-            run_started=_attr_str(a, "run_started"), runs=int(a.get("runs", 0)),
-            checkpoints=int(a.get("checkpoints", 0)),
-            run_seconds=float(a.get("run_seconds", 0.0)),
-            final_at_run_start=int(a.get("final_at_run_start", 0)),
-            seconds_at_run_start=float(a.get("seconds_at_run_start", 0.0)),
-            checkpoint_seconds_total=float(a.get("checkpoint_seconds_total", 0.0)),
-            nranks=int(a.get("nranks", 1)))
+        try:
+            data = {n: f[n][()] for n in names}
+            n = int(f.attrs["n_regions"])
+            a = dict(f.attrs)
+        except (OSError, KeyError, ValueError) as exc:
+            raise InputError(f"unreadable fit results ({exc})", path=path) from None
+    columns = {}
+    for c in COLUMNS:
+        if c.is_text:
+            texts = np.array([t.decode() if isinstance(t, bytes) else str(t)
+                              for t in data[f"{c.name}_text"]], dtype=object)
+            ids = data[f"{c.name}_id"]
+            if ids.shape != (n,) or (n and (ids.min() < 0 or ids.max() >= texts.size)):
+                raise InputError(f"{c.name}_id does not index {c.name}_text", path=path,
+                                 field=f"{c.name}_id")
+            columns[c.name] = np.asarray(texts[ids] if n else np.zeros(0, dtype=object),
+                                         dtype=object)
+        else:
+            columns[c.name] = data[c.name]
+            if columns[c.name].shape[:1] != (n,):
+                raise InputError(f"dataset length differs from n_regions={n}", path=path,
+                                 field=c.name)
+    meta = {name: kind(_attr_str(a, name) if kind is str else a.get(name, kind()))
+            for name, kind in _META.items()}
+    meta["nranks"] = int(a.get("nranks", 1))
+    return FitResults(region_id=data["region_id"], columns=columns,
+                      obsids=[s.decode() for s in a["obsids"]],
+                      fit_inputs=json.loads(_attr_str(a, "fit_inputs", "{}")), **meta)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError, InputError
+from .workdir import fingerprint
 
 # --------------------------------------------------------------------------
 # schema
@@ -212,8 +212,7 @@ class Config(Section):
             for part in name.split("."):
                 node = node[part]
             picked[name] = node
-        blob = json.dumps(picked, sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return fingerprint(picked)
 
     @property
     def obsids(self) -> list[str]:

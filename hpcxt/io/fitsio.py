@@ -9,7 +9,6 @@ the file and the extension, column or keyword.
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from astropy.utils.exceptions import AstropyWarning
 from astropy.wcs import WCS
 
 from ..errors import InputError
+from .workdir import atomic_write
 
 #: Chandra sky pixel, degrees (0.492 arcsec).
 SKY_PIXEL_DEG = 0.492 / 3600.0
@@ -294,13 +294,11 @@ def write_image(path, data, header: fits.Header, bunit: str = "", extra: dict | 
                 overwrite: bool = True) -> Path:
     """Write a 2-D image with its WCS atomically (temporary file, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     h = header.copy()
     if bunit:
         h["BUNIT"] = bunit
     for k, v in (extra or {}).items():
         h[k] = v
-    tmp = path.with_name(path.name + ".tmp")
-    fits.PrimaryHDU(data=np.asarray(data), header=h).writeto(tmp, overwrite=True)
-    os.replace(tmp, path)
+    with atomic_write(path, fsync=False) as tmp:
+        fits.PrimaryHDU(data=np.asarray(data), header=h).writeto(tmp)
     return path

@@ -25,7 +25,6 @@ region's pixel centre (pixels beyond the image edge do not exist).
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +33,7 @@ import numpy as np
 
 from ..errors import InputError
 from .hdf5 import open_versioned
+from .workdir import atomic_write
 
 FORMAT_VERSION = 1
 ROW_FIELDS = ("region_id", "row", "col", "x", "y", "radius", "radius_sky")
@@ -79,9 +79,7 @@ class RegionTable:
 def write_regions(path, table: RegionTable) -> Path:
     """Write atomically (temporary file, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
+    with atomic_write(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs.update(format_version=FORMAT_VERSION, config_hash=table.config_hash,
                        bundle_hash=table.bundle_hash, table_hash=table.content_hash(),
                        resolution=table.resolution, step=int(table.step),
@@ -89,7 +87,6 @@ def write_regions(path, table: RegionTable) -> Path:
         f.attrs["obsids"] = np.array(table.obsids, dtype="S")
         for name in ROW_FIELDS + OBS_FIELDS:
             f.create_dataset(name, data=getattr(table, name))
-    os.replace(tmp, path)
     return path
 
 

@@ -4,6 +4,7 @@ One place for the layout of ``<workdir>``::
 
     prep/bundle.h5          events, images, responses        (hpcxt prep)
     prep/stages.json        prep's stage record
+    prep/file_hashes.json   cached content hashes of the input files
     prep/summary.json       what prep removed, by reason
     prep/clean/<obsid>.h5   cleaned events of one observation
     prep/*.fits             counts, background, exposure, mask images for ds9
@@ -155,6 +156,10 @@ class WorkDir:
         return self.prep / "stages.json"
 
     @property
+    def file_hashes(self) -> Path:
+        return self.prep / "file_hashes.json"
+
+    @property
     def prep_summary(self) -> Path:
         return self.prep / "summary.json"
 
@@ -253,3 +258,69 @@ class StageRecord:
 
     def save(self) -> None:
         write_json_atomic(self.path, self.done)
+
+
+def _sha256_file(path: Path, chunk: int = 8 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while True:
+            block = fh.read(chunk)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()[:FINGERPRINT_CHARS]
+
+
+class FileHashes:
+    """Content fingerprints of input files, cached so each version is read once.
+
+    A file's fingerprint is its size and the SHA-256 of its content, not
+    its path: a project folder that is copied, moved or mounted elsewhere
+    keeps its stage records, while any change to a file's content re-runs
+    the stages that read it. The hash of a file is cached (in a JSON file
+    of the work directory) under its resolved path with its size, mtime
+    and inode, and recomputed only when one of those changes.
+
+    Parameters
+    ----------
+    cache_path : Path
+        The JSON cache (e.g. ``<workdir>/prep/file_hashes.json``).
+    """
+
+    def __init__(self, cache_path):
+        self.path = Path(cache_path)
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        self.cache = data if isinstance(data, dict) else {}
+        self.changed = False
+
+    def fingerprint(self, path) -> list:
+        """``[size, sha256]`` of a file; ``[None]`` for no file, ``["missing"]`` if absent."""
+        if path is None:
+            return [None]
+        p = Path(path)
+        try:
+            st = p.stat()
+            key = str(p.resolve())
+        except OSError:
+            return ["missing"]
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+        entry = self.cache.get(key)
+        if isinstance(entry, list) and entry[:3] == stamp:
+            return [st.st_size, entry[3]]
+        try:
+            digest = _sha256_file(p)
+        except OSError:
+            return ["unreadable"]
+        self.cache[key] = stamp + [digest]
+        self.changed = True
+        return [st.st_size, digest]
+
+    def save(self) -> None:
+        """Write the cache if it changed (best effort: it is only a cache)."""
+        if self.changed:
+            with contextlib.suppress(OSError):
+                write_json_atomic(self.path, self.cache, fsync=False)
+            self.changed = False

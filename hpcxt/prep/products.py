@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import InputError
-from ..io.bundle import ImageGrid
+from ..data import ImageGrid
 from ..io.fitsio import EventFile, SkyFrame
 from . import intervals
 

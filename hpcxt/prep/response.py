@@ -44,7 +44,8 @@ from scipy.special import ndtr
 
 from ..errors import InputError
 from ..io.fitsio import open_fits
-from ..io.bundle import Response
+from ..data import Response
+from ..rmf import nonzero_ranges
 
 #: Anchor points of the ACIS-I effective area, (keV, cm**2); interpolated in
 #: log-log. Pairs of close energies make the edges.
@@ -209,21 +210,13 @@ def write_arf(path, response: Response, obsid=None) -> Path:
 
 def _compress_rows(matrix: np.ndarray, offset: int):
     """One channel group per row: (n_grp, f_chan, n_chan, values) over the non-zero range."""
-    n_rows = matrix.shape[0]
-    n_grp = np.zeros(n_rows, dtype=np.int16)
-    f_chan = np.zeros(n_rows, dtype=np.int32)
-    n_chan = np.zeros(n_rows, dtype=np.int32)
-    values = np.empty(n_rows, dtype=object)
-    for i in range(n_rows):
-        nz = np.flatnonzero(matrix[i])
-        if nz.size == 0:
-            values[i] = np.zeros(0, dtype=np.float32)
-            continue
-        lo, hi = nz[0], nz[-1] + 1
-        n_grp[i] = 1
-        f_chan[i] = lo + offset
-        n_chan[i] = hi - lo
-        values[i] = np.asarray(matrix[i, lo:hi], dtype=np.float32)
+    has, first, stop = nonzero_ranges(matrix)
+    n_grp = has.astype(np.int16)
+    f_chan = np.where(has, first + offset, 0).astype(np.int32)
+    n_chan = (stop - first).astype(np.int32)
+    values = np.empty(matrix.shape[0], dtype=object)
+    for i in range(matrix.shape[0]):
+        values[i] = np.asarray(matrix[i, first[i]:stop[i]], dtype=np.float32)
     return n_grp, f_chan, n_chan, values
 
 

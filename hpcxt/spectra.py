@@ -1,0 +1,176 @@
+"""Spectra of regions from in-memory event lists, and their channel grouping.
+
+No MPI, no file I/O: :class:`RegionSpectra` sorts a bundle's events once
+and then cuts any region's source and background PI spectra from them;
+:func:`group_min_counts` groups a band of channels to minimum counts. Both
+fit engines (Sherpa and templates) use these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class EventIndex:
+    """Events of one list sorted by sky y, for fast circle selection.
+
+    Parameters
+    ----------
+    x, y : ndarray, shape (nev,)
+        Sky positions, sky pixels.
+    pi : ndarray, shape (nev,)
+        PI channel of each event.
+    """
+
+    def __init__(self, x, y, pi):
+        order = np.argsort(np.asarray(y, dtype=np.float64), kind="stable")
+        self.y = np.ascontiguousarray(np.asarray(y, dtype=np.float64)[order])
+        self.x = np.ascontiguousarray(np.asarray(x, dtype=np.float64)[order])
+        self.pi = np.ascontiguousarray(np.asarray(pi, dtype=np.int64)[order])
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def spectrum(self, xc: float, yc: float, radius: float, nchan: int,
+                 offset: int = 1) -> np.ndarray:
+        """PI histogram of the events inside a circle.
+
+        Parameters
+        ----------
+        xc, yc : float
+            Circle centre, sky pixels.
+        radius : float
+            Circle radius, sky pixels; an event at exactly ``radius`` is inside.
+        nchan : int
+            Number of channels.
+        offset : int
+            Channel number of the first channel (TLMIN of PI, usually 1).
+
+        Returns
+        -------
+        ndarray, shape (nchan,), int64
+            Counts per channel; events with PI outside the channel range are
+            dropped.
+        """
+        lo = np.searchsorted(self.y, yc - radius, side="left")
+        hi = np.searchsorted(self.y, yc + radius, side="right")
+        dx = self.x[lo:hi] - xc
+        dy = self.y[lo:hi] - yc
+        inside = dx * dx + dy * dy <= radius * radius
+        chan = self.pi[lo:hi][inside] - offset
+        chan = chan[(chan >= 0) & (chan < nchan)]
+        return np.bincount(chan, minlength=nchan).astype(np.int64)
+
+
+@dataclass
+class ObsSpectrum:
+    """One observation's spectra of one region, ready to fit.
+
+    Attributes
+    ----------
+    obs_index : int
+        Position of the observation in the bundle (and the fitter).
+    counts : ndarray, shape (nchan,)
+        Source counts per channel.
+    bkg_counts : ndarray, shape (nchan,) or None
+        Background counts per channel from the same circle, or None when
+        the bundle has no background.
+    exposure : float
+        Source exposure time of this region, s.
+    bkg_scale : float
+        Multiplies background counts into expected background counts in the
+        source spectrum.
+    """
+
+    obs_index: int
+    counts: np.ndarray
+    bkg_counts: np.ndarray | None
+    exposure: float
+    bkg_scale: float
+
+
+class RegionSpectra:
+    """Source and background spectra of the regions of a region table.
+
+    Parameters
+    ----------
+    observations : list of hpcxt.io.bundle.ObsData
+        The bundle's observations (with events loaded).
+    table : hpcxt.io.regions_table.RegionTable
+        Region centres (sky pixels), radii (sky pixels), exposure_time
+        (n, nobs) in s and used (n, nobs).
+    """
+
+    def __init__(self, observations, table):
+        self.table = table
+        self.nobs = len(observations)
+        self.obs = []
+        for o in observations:
+            r = o.response
+            nchan = int(r.rmf_matrix.shape[1])
+            src = EventIndex(o.events["x"], o.events["y"], o.events["pi"])
+            bkg = (EventIndex(o.bkg_events["x"], o.bkg_events["y"], o.bkg_events["pi"])
+                   if o.bkg_events is not None else None)
+            self.obs.append((src, bkg, nchan, int(r.offset), float(o.bkg_scale)))
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def spectra(self, region_id: int) -> list[ObsSpectrum]:
+        """Spectra of every used observation of one region (may be empty)."""
+        t = self.table
+        xc, yc, rad = float(t.x[region_id]), float(t.y[region_id]), float(t.radius_sky[region_id])
+        out = []
+        for k, (src, bkg, nchan, offset, scale) in enumerate(self.obs):
+            expo = float(t.exposure_time[region_id, k])
+            if not bool(t.used[region_id, k]) or not expo > 0:
+                continue
+            counts = src.spectrum(xc, yc, rad, nchan, offset)
+            bcounts = bkg.spectrum(xc, yc, rad, nchan, offset) if bkg is not None else None
+            out.append(ObsSpectrum(k, counts, bcounts, expo, scale))
+        return out
+
+
+# --------------------------------------------------------------------------
+# grouping
+
+
+def group_min_counts(band: np.ndarray, *criteria) -> np.ndarray:
+    """OGIP grouping flags: groups inside ``band`` that meet every count minimum.
+
+    Parameters
+    ----------
+    band : ndarray, shape (nchan,), bool
+        Contiguous channels to group; every other channel is its own group.
+    *criteria : (ndarray, int) pairs
+        Counts per channel, shape (nchan,), and the least a group must hold
+        of them (e.g. source counts and 10, background counts and 2). A
+        short last group joins the one before it.
+
+    Returns
+    -------
+    ndarray, shape (nchan,), int16
+        1 where a group starts, -1 where it continues.
+    """
+    grouping = np.ones(band.shape[0], dtype=np.int16)
+    idx = np.flatnonzero(band)
+    criteria = [(np.asarray(c)[idx].tolist(), int(m)) for c, m in criteria if m > 0]
+    if idx.size == 0 or not criteria:
+        return grouping
+    starts = np.zeros(idx.size, dtype=bool)
+    starts[0] = True
+    totals = [0] * len(criteria)
+    last_start = 0
+    for i in range(idx.size):
+        if all(t >= m for t, (_, m) in zip(totals, criteria)):
+            starts[i] = True
+            last_start = i
+            totals = [0] * len(criteria)
+        for k, (counts, _) in enumerate(criteria):
+            totals[k] += counts[i]
+    if last_start > 0 and not all(t >= m for t, (_, m) in zip(totals, criteria)):
+        starts[last_start] = False
+    grouping[idx] = np.where(starts, 1, -1)
+    return grouping
