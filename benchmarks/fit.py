@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 
 def fits_per_second(config: Path | None, n_regions: int) -> None:
-    from hpcxt.fit_mpi import BatchFitter
+    from hpcxt.stages.fit import BatchFitter
     from hpcxt.io.config import load_config
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -142,7 +142,7 @@ def capacity_child(config: str) -> None:
 
     from mpi4py import MPI
 
-    from hpcxt.fit_mpi import run_fit
+    from hpcxt.stages.fit import run_fit
     from hpcxt.io.checkpoint import read_results
     from hpcxt.io.config import load_config
 

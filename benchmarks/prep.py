@@ -22,7 +22,7 @@ from pathlib import Path
 CHILD = r"""
 import json, resource, sys, time, logging
 logging.disable(logging.INFO)
-from hpcxt.driver import run_prep
+from hpcxt.stages.prep import run_prep
 from hpcxt.io.config import load_config
 cfg = load_config(sys.argv[1])
 t = time.perf_counter()

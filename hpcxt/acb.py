@@ -648,27 +648,6 @@ def estimate_tile_costs(problem: ScaleMapProblem, tiles) -> np.ndarray:
     return costs
 
 
-def balance(costs, nparts: int) -> list[list[int]]:
-    """Split items over ``nparts`` workers: largest first, each to the least loaded.
-
-    Deterministic (ties go to the lower item and worker index).
-
-    Returns
-    -------
-    list of lists of int
-        Item indices of each part, in increasing order.
-    """
-    costs = np.asarray(costs, dtype=np.float64)
-    order = sorted(range(costs.size), key=lambda i: (-costs[i], i))
-    loads = [0.0] * nparts
-    parts: list[list[int]] = [[] for _ in range(nparts)]
-    for i in order:
-        w = min(range(nparts), key=lambda q: (loads[q], q))
-        parts[w].append(i)
-        loads[w] += float(costs[i])
-    return [sorted(pt) for pt in parts]
-
-
 def scale_map_index(counts, background, mask, params: ScaleMapParams,
                     tile_size: int | None = None) -> np.ndarray:
     """Scale-map radius indices of a whole image, on one core.

@@ -1,16 +1,11 @@
-"""MPI layer of the scale map: distribute tiles and regions, gather, write.
+"""MPI layer of the scale map: distribute tiles and regions, gather.
 
-``hpcxt scalemap CONFIG`` runs :func:`run_scalemap` on every rank::
-
-    mpiexec -n N python -m mpi4py -m hpcxt scalemap CONFIG
-
-(or ``hpcxt scalemap CONFIG`` on one rank, no launcher). Rank 0 reads the
-prep bundle and broadcasts the images; the image is cut into tiles that are
-dealt to ranks by estimated cost (outskirt tiles need large circles and cost
-far more than core tiles), largest first to the least loaded rank; rank 0
-gathers the tiles' radius indices, selects the regions, the per-region
-coverage sums are dealt out the same way, and rank 0 writes
-``<workdir>/acb/scalemap.fits`` and ``<workdir>/acb/regions.h5``.
+The image is cut into tiles that are dealt to ranks by estimated cost
+(outskirt tiles need large circles and cost far more than core tiles),
+largest first to the least loaded rank; the tiles' radius indices are
+gathered on the root; the per-region coverage sums are dealt out the same
+way. Reading the bundle and writing ``scalemap.fits`` and ``regions.h5`` is
+the stage driver's (:mod:`hpcxt.stages.scalemap`).
 
 Each pixel's radius and each region's sums depend only on the images (see
 :mod:`hpcxt.acb`), never on the partition, so the outputs are identical bit
@@ -20,21 +15,13 @@ here touches MPI at import time.
 
 from __future__ import annotations
 
-import logging
 import math
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from . import acb
-from .errors import InputError
-from .hooks import NO_HOOKS
-from .io.regions_table import RegionTable, write_regions
-from .io.workdir import WorkDir, atomic_write, fingerprint
-
-log = logging.getLogger("hpcxt.scalemap")
+from .parallel import deal_by_cost
 
 
 # --------------------------------------------------------------------------
@@ -70,31 +57,29 @@ def compute_scalemap_index(counts, background, mask, params: acb.ScaleMapParams,
     rank, size = comm.Get_rank(), comm.Get_size()
     problem = acb.prepare_scale_map(counts, background, mask, params)
     tiles = acb.make_tiles(problem.shape, tile_size or acb.default_tile_size(problem.shape))
-    parts = None
-    if rank == root:
-        parts = acb.balance(acb.estimate_tile_costs(problem, tiles), size)
-    parts = comm.bcast(parts, root=root)
+    costs = acb.estimate_tile_costs(problem, tiles) if rank == root else None
+    my_tiles = deal_by_cost(comm, costs, root)
     # radius indices fit in int16 for any sane grid: halves what ranks send
     dtype = np.int16 if problem.table.radii.size < 2 ** 15 else np.int32
     t0 = time.process_time()
     mine = []
     n_exact = 0
-    for n in parts[rank]:
+    for n in my_tiles:
         res = acb.solve_tile(problem, *tiles[n])
         mine.append((n, res.index.astype(dtype)))
         n_exact += res.n_exact
     seconds = time.process_time() - t0
-    gathered = comm.gather((mine, n_exact, seconds), root=root)
+    gathered = comm.gather((mine, n_exact, seconds, len(my_tiles)), root=root)
     if rank != root:
         return None
     index = np.zeros(problem.shape, dtype=np.int32)
-    for part, _, _ in gathered:
+    for part, *_ in gathered:
         for n, tile_index in part:
             r0, r1, c0, c1 = tiles[n]
             index[r0:r1, c0:c1] = tile_index
     if stats is not None:
         stats.update(seconds=[g[2] for g in gathered], n_exact=sum(g[1] for g in gathered),
-                     tiles=len(tiles), tiles_per_rank=[len(p) for p in parts])
+                     tiles=len(tiles), tiles_per_rank=[g[3] for g in gathered])
     return index
 
 
@@ -130,13 +115,12 @@ def compute_region_coverage(mask, fovs, exposure_maps, rows, cols, index,
     batches = [order[s:s + batch] for s in range(0, n, batch)]
     # a circle costs one pass per row: 2 * reach + 1
     costs = [b.size * (2.0 * np.sqrt(table.d2_max[index[b].max() - 1]) + 1.0) for b in batches]
-    parts = acb.balance(costs, size) if rank == root else None
-    parts = comm.bcast(parts, root=root)
+    my_batches = deal_by_cost(comm, costs, root)
     nobs = np.asarray(fovs).shape[0]
     mine = []
-    if parts[rank]:
+    if my_batches:
         summer = acb.prepare_circle_sums(acb.coverage_images(mask, fovs, exposure_maps), table)
-        for b in parts[rank]:
+        for b in my_batches:
             sel = batches[b]
             sums = summer.sums(rows[sel], cols[sel], index[sel])
             mine.append((sel, *acb.coverage_from_sums(sums, nobs)))
@@ -150,242 +134,3 @@ def compute_region_coverage(mask, fovs, exposure_maps, rows, cols, index,
             fraction[sel] = frac
             effective[sel] = eff
     return fraction, effective
-
-
-# --------------------------------------------------------------------------
-# the stage
-
-
-@dataclass
-class _Inputs:
-    """What rank 0 loads and broadcasts."""
-
-    up_to_date: bool
-    config_hash: str
-    bundle_hash: str = ""
-    params: acb.ScaleMapParams | None = None
-    counts: np.ndarray | None = None
-    background: np.ndarray | None = None
-    mask: np.ndarray | None = None
-    fovs: np.ndarray | None = None
-    exposure_maps: np.ndarray | None = None
-    exposures: np.ndarray | None = None
-    exposure_refs: np.ndarray | None = None
-    obsids: list | None = None
-    grid: object = None
-
-
-def scalemap_paths(cfg) -> tuple[Path, Path]:
-    """``<workdir>/acb/scalemap.fits`` and ``<workdir>/acb/regions.h5``."""
-    wd = WorkDir.of(cfg)
-    return wd.scalemap, wd.regions
-
-
-def stage_hash(cfg, bundle_hash: str) -> str:
-    """Hash of everything the scale map and region table depend on."""
-    return fingerprint([scalemap_inputs(cfg), bundle_hash])
-
-
-def scalemap_inputs(cfg) -> dict:
-    """The config values that decide the scale map and the region table."""
-    return {"acb": cfg.acb.to_dict(), "fit.resolution": cfg.fit.resolution,
-            "fit.min_obs_fraction": cfg.fit.min_obs_fraction}
-
-
-def _stored_hashes(fits_path: Path, regions_path: Path) -> tuple[str | None, str | None]:
-    """Config hashes stored in existing outputs (None where absent or unreadable)."""
-    import h5py
-    from astropy.io import fits
-
-    fh = rh = None
-    try:
-        with fits.open(fits_path) as hdul:
-            fh = hdul[0].header.get("HPCXTCFG")
-    except (OSError, ValueError):
-        pass
-    try:
-        with h5py.File(regions_path, "r") as f:
-            rh = str(f.attrs.get("config_hash", ""))
-    except (OSError, ValueError):
-        pass
-    return fh, rh
-
-
-def _bundle_hash_only(bundle_path: Path) -> str | None:
-    from .io.bundle import read_bundle_identity
-    try:
-        return read_bundle_identity(bundle_path)[1]
-    except InputError:
-        return None
-
-
-def _load(cfg) -> _Inputs:
-    """Rank 0: read the bundle (or find the outputs up to date)."""
-    from .io.bundle import read_bundle
-
-    bundle_path = WorkDir.of(cfg).bundle
-    fits_path, regions_path = scalemap_paths(cfg)
-    if fits_path.exists() and regions_path.exists():
-        bh = _bundle_hash_only(bundle_path)
-        if bh is not None:
-            want = stage_hash(cfg, bh)
-            if _stored_hashes(fits_path, regions_path) == (want, want):
-                return _Inputs(up_to_date=True, config_hash=want, bundle_hash=bh)
-    bundle = read_bundle(bundle_path, load_events=False)
-    try:
-        mode = acb.resolve_sn_mode(cfg.acb.sn, bundle.has_background)
-    except ValueError as exc:
-        raise InputError(str(exc), path=cfg.path, field="acb.sn") from None
-    try:
-        params = acb.ScaleMapParams(target_sn=float(cfg.acb.target_sn),
-                                    max_radius=float(cfg.acb.max_radius),
-                                    radius_step=float(cfg.acb.radius_step), mode=mode)
-    except ValueError as exc:
-        raise InputError(str(exc), path=cfg.path, field="acb") from None
-    for name, img in (("counts", bundle.counts), ("background", bundle.background)):
-        if name == "background" and mode == "counts":
-            continue
-        if not np.all(np.isfinite(img)) or np.any(img < 0):
-            raise InputError("image has negative or non-finite pixels", path=bundle_path,
-                             field=f"image/{name}")
-    if not bundle.observations:
-        raise InputError("bundle has no observations", path=bundle_path, field="obs")
-    shape = bundle.counts.shape
-    for o in bundle.observations:
-        for name in ("exposure_map", "fov"):
-            if getattr(o, name).shape != shape:
-                raise InputError(f"shape {getattr(o, name).shape} differs from the image's "
-                                 f"{shape}", path=bundle_path, field=f"obs/{o.obsid}/{name}")
-    return _Inputs(
-        up_to_date=False, config_hash=stage_hash(cfg, bundle.config_hash),
-        bundle_hash=bundle.config_hash, params=params, counts=bundle.counts,
-        background=bundle.background if mode == "background_subtracted" else None,
-        mask=bundle.mask.astype(bool),
-        fovs=np.stack([o.fov.astype(bool) for o in bundle.observations]),
-        exposure_maps=np.stack([o.exposure_map for o in bundle.observations]),
-        exposures=np.array([o.exposure for o in bundle.observations], dtype=np.float64),
-        exposure_refs=np.array([acb.exposure_reference(o.exposure_map, o.fov)
-                                for o in bundle.observations], dtype=np.float64),
-        obsids=list(bundle.obsids), grid=bundle.grid)
-
-
-def _bcast_or_raise(comm, make):
-    """Rank 0 runs ``make()``; its result or its InputError reaches every rank."""
-    payload = None
-    if comm.Get_rank() == 0:
-        try:
-            payload = make()
-        except InputError as exc:
-            payload = exc
-    payload = comm.bcast(payload, root=0)
-    if isinstance(payload, InputError):
-        raise payload
-    return payload
-
-
-def write_scalemap_fits(path, radius: np.ndarray, grid, params: acb.ScaleMapParams,
-                        config_hash: str) -> Path:
-    """Write the scale map (image pixels, NaN where none) with the image WCS, atomically."""
-    from astropy.io import fits
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    hdu = fits.PrimaryHDU(np.asarray(radius, dtype=np.float64), header=grid.header())
-    h = hdu.header
-    h["BUNIT"] = ("pixel", "circle radius, image pixels")
-    h["TARGETSN"] = (float(params.target_sn), "S/N each circle reaches")
-    h["SNMODE"] = (params.mode, "S/N: sqrt(C) or (C-B)/sqrt(C+B)")
-    h["RSTEP"] = (float(params.radius_step), "radius grid step, image pixels")
-    h["RMAX"] = (float(params.max_radius), "largest radius tried, image pixels")
-    h["BINSKY"] = (int(grid.bin), "sky pixels per image pixel")
-    h["HPCXTCFG"] = (config_hash, "hpcxt scalemap input hash")
-    with atomic_write(path) as tmp:
-        hdu.writeto(tmp)
-    return path
-
-
-def run_scalemap(cfg, comm, tile_size: int | None = None, hooks=None) -> None:
-    """``hpcxt scalemap``: scale map and region table, on every rank of ``comm``.
-
-    Collective. Rank 0 reads ``<workdir>/prep/bundle.h5`` and writes
-    ``<workdir>/acb/scalemap.fits`` and ``<workdir>/acb/regions.h5``. Nothing
-    is recomputed when both outputs exist and were made from the same
-    bundle and the same ``acb``, ``fit.resolution`` and
-    ``fit.min_obs_fraction``.
-
-    Raises
-    ------
-    InputError
-        On every rank: no or unreadable bundle, a bad ``acb.sn`` for the
-        data, or no pixel reaching ``acb.target_sn``.
-
-    Notes
-    -----
-    ``hooks.scalemap_inputs_loaded(rank)`` runs on every rank once the
-    inputs are loaded (tests make one rank fail there, to check that one
-    failing rank ends the whole job under ``python -m mpi4py``).
-    """
-    rank, size = comm.Get_rank(), comm.Get_size()
-    t_start = time.perf_counter()
-    fits_path, regions_path = scalemap_paths(cfg)
-    inputs: _Inputs = _bcast_or_raise(comm, lambda: _load(cfg))
-    if inputs.up_to_date:
-        if rank == 0:
-            log.info("scale map and region table are up to date (%s, %s)", fits_path,
-                     regions_path)
-        return
-    (hooks or NO_HOOKS).scalemap_inputs_loaded(rank)
-    params = inputs.params
-    if rank == 0:
-        log.info("scale map of %dx%d pixels (%d mapped), target S/N %g (%s), radii %g..%g "
-                 "image pixels, %d rank(s)", inputs.counts.shape[1], inputs.counts.shape[0],
-                 int(inputs.mask.sum()), params.target_sn, params.mode, params.radius_step,
-                 params.max_radius, size)
-    stats: dict = {}
-    index = compute_scalemap_index(inputs.counts, inputs.background, inputs.mask, params,
-                                   comm, tile_size=tile_size, stats=stats)
-    t_map = time.perf_counter()
-
-    def select():
-        if not np.any(index > 0):
-            raise InputError(f"no pixel reaches S/N {params.target_sn:g} within "
-                             f"{params.max_radius:g} image pixels; lower acb.target_sn or "
-                             "raise acb.max_radius", path=cfg.path, field="acb.target_sn")
-        step = acb.RESOLUTION_STEP[cfg.fit.resolution]
-        rows, cols = acb.region_pixels(index, inputs.mask, step)
-        return rows, cols, index[rows, cols].astype(np.int64), step
-
-    rows, cols, kreg, step = _bcast_or_raise(comm, select)
-    table = acb.disk_table(params.max_radius, params.radius_step)
-    cov = compute_region_coverage(inputs.mask, inputs.fovs, inputs.exposure_maps, rows, cols,
-                                  kreg, table, comm)
-    if rank != 0:
-        return
-    fraction, effective = cov
-    radius_map = acb.index_to_radius(index, params.radius_step)
-    grid = inputs.grid
-    x, y = grid.pixel_to_sky(rows, cols)
-    radius = kreg.astype(np.float64) * params.radius_step
-    regions = RegionTable(
-        region_id=np.arange(rows.size, dtype=np.int64), row=rows.astype(np.int32),
-        col=cols.astype(np.int32), x=np.asarray(x, dtype=np.float64),
-        y=np.asarray(y, dtype=np.float64), radius=radius, radius_sky=radius * grid.bin,
-        fraction=fraction, effective_exposure=effective,
-        exposure_time=acb.effective_time(fraction, effective, inputs.exposures,
-                                         inputs.exposure_refs),
-        used=fraction >= float(cfg.fit.min_obs_fraction), obsids=list(inputs.obsids),
-        resolution=cfg.fit.resolution, step=step, target_sn=float(params.target_sn),
-        config_hash=inputs.config_hash, bundle_hash=inputs.bundle_hash)
-    write_regions(regions_path, regions)
-    write_scalemap_fits(fits_path, radius_map, grid, params, inputs.config_hash)
-    got = radius_map[np.isfinite(radius_map)]
-    secs = stats.get("seconds", [0.0])
-    log.info("scale map: %d mapped pixels, %d with a radius; radius min %.3f, median %.3f, "
-             "max %.3f image pixels; %d pixel(s) checked exactly", int(inputs.mask.sum()),
-             got.size, got.min(), float(np.median(got)), got.max(), stats.get("n_exact", 0))
-    log.info("regions: %d (resolution %s, every %d pixel(s)); %s", rows.size,
-             cfg.fit.resolution, step, regions_path)
-    log.info("wrote %s in %.2f s (scale map %.2f s; %d tiles, per rank %s; per-rank CPU "
-             "%s s)", fits_path, time.perf_counter() - t_start, t_map - t_start,
-             stats.get("tiles", 0), ", ".join(str(n) for n in stats.get("tiles_per_rank", [])),
-             ", ".join(f"{s:.2f}" for s in secs))

@@ -55,7 +55,7 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_prep(args) -> int:
-    from .driver import run_prep
+    from .stages.prep import run_prep
     from .io.config import load_config
     cfg = load_config(args.config)
     run_prep(cfg, force=args.force)
@@ -63,7 +63,7 @@ def cmd_prep(args) -> int:
 
 
 def cmd_scalemap(args) -> int:
-    from .acb_mpi import run_scalemap
+    from .stages.scalemap import run_scalemap
     from .io.config import load_config
     comm = _comm()
     _setup_logging(args.verbose, comm.Get_rank() if comm.Get_size() > 1 else None)
@@ -73,7 +73,7 @@ def cmd_scalemap(args) -> int:
 
 
 def cmd_fit(args) -> int:
-    from .fit_mpi import run_fit
+    from .stages.fit import run_fit
     from .io.config import load_config
     comm = _comm()
     _setup_logging(args.verbose, comm.Get_rank() if comm.Get_size() > 1 else None)
@@ -90,7 +90,7 @@ def cmd_fit(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from .fit_mpi import fit_status
+    from .stages.fit import fit_status
     from .io.config import load_config
     cfg = load_config(args.config, check_files=False)
     print(fit_status(cfg))
@@ -98,7 +98,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_maps(args) -> int:
-    from .maps import run_maps
+    from .stages.maps import run_maps
     from .io.config import load_config
     cfg = load_config(args.config, check_files=False)
     run_maps(cfg)

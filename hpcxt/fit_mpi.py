@@ -36,7 +36,7 @@ mpi4py`` a non-zero exit status ends in ``MPI_Abort(85)`` (MPICH prints one
 final status (failed is final).
 
 Faults are injected by tests through a :class:`hpcxt.hooks.RunHooks`
-object passed to :func:`run_fit` (failing regions, slow fits, a SIGKILL of
+object passed to :func:`run_master_worker` (failing regions, slow fits, a SIGKILL of
 the master halfway through a checkpoint or of a worker on its first batch);
 production code reads no test switch.
 """
@@ -49,17 +49,16 @@ import os
 import signal
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import EXIT_CHECKPOINTED, InputError
-from .fit import FitSettings, RecordBatch, RegionFitter, fit_region
-from .spectra import RegionSpectra
+from .errors import EXIT_CHECKPOINTED
+from .fit import RecordBatch
 from .hooks import NO_HOOKS
-from .io.checkpoint import (FitResults, changed_keys, fit_inputs, inputs_hash, read_results,
-                            utc_now, write_results)
-from .io.workdir import WorkDir
+from .io.checkpoint import FitResults, utc_now, write_results
+from .parallel import Backoff, wait_message
 
 log = logging.getLogger("hpcxt.fit")
 
@@ -71,69 +70,12 @@ MAX_AUTO_BATCH = 1000
 SIGNAL_GRACE_SECONDS = 20.0
 #: Seconds between progress lines.
 PROGRESS_SECONDS = 10.0
-#: Longest sleep between polls for a message, s.
-MAX_POLL_SLEEP = 0.002
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
-def results_path(cfg) -> Path:
-    return WorkDir.of(cfg).results
-
-
 # --------------------------------------------------------------------------
 # the worker side: fitting batches
-
-
-class BatchFitter:
-    """Fits batches of regions of one workdir (one per worker rank).
-
-    Reads the bundle's events and the region table once, sorts the events
-    and builds the responses once; calling it with region ids returns their
-    records as a :class:`~hpcxt.fit.RecordBatch`.
-
-    Parameters
-    ----------
-    cfg : hpcxt.io.config.Config
-    rank : int
-        Written into the ``worker`` column.
-    """
-
-    def __init__(self, cfg, rank: int = 0):
-        from .io.bundle import read_bundle
-        from .io.regions_table import read_regions
-
-        wd = WorkDir.of(cfg)
-        bundle = read_bundle(wd.bundle)
-        table = read_regions(wd.regions)
-        self.rank = rank
-        self.nobs = len(bundle.observations)
-        self.spectra = RegionSpectra(bundle.observations, table)
-        self.fitter = RegionFitter(FitSettings.from_config(cfg),
-                                   [o.response for o in bundle.observations],
-                                   has_background=bundle.has_background)
-
-    def __call__(self, region_ids) -> RecordBatch:
-        ids = [int(i) for i in region_ids]
-        records = [fit_region(self.fitter, self.spectra, i) for i in ids]
-        return RecordBatch.from_records(ids, records, self.nobs, worker=self.rank)
-
-
-def _wait_message(comm, source, tags):
-    """Receive the next message from ``source`` with one of ``tags``, politely.
-
-    Spins briefly, then sleeps with growing pauses (up to MAX_POLL_SLEEP)
-    between ``Iprobe`` calls so a waiting rank leaves its core to others.
-    """
-    from mpi4py import MPI
-    st = MPI.Status()
-    pause = 0.0
-    while True:
-        if comm.Iprobe(source=source, tag=MPI.ANY_TAG, status=st) and st.Get_tag() in tags:
-            tag = st.Get_tag()
-            return tag, comm.recv(source=st.Get_source(), tag=tag)
-        time.sleep(pause)
-        pause = min(MAX_POLL_SLEEP, pause * 2 + 1e-5)
 
 
 def _worker_loop(comm, fit_batch, hooks=NO_HOOKS) -> None:
@@ -142,7 +84,7 @@ def _worker_loop(comm, fit_batch, hooks=NO_HOOKS) -> None:
     comm.send(None, dest=0, tag=TAG_RESULT)
     nth = 0
     while True:
-        tag, ids = _wait_message(comm, 0, (TAG_WORK, TAG_STOP))
+        tag, ids = wait_message(comm, 0, (TAG_WORK, TAG_STOP))
         if tag == TAG_STOP:
             return
         nth += 1
@@ -154,91 +96,43 @@ def _worker_loop(comm, fit_batch, hooks=NO_HOOKS) -> None:
 # the master side: deciding what to fit
 
 
-def _describe(res: FitResults) -> str:
+@dataclass(frozen=True)
+class RunOptions:
+    """How the master runs (not what it computes).
+
+    Attributes
+    ----------
+    results_path : Path
+        ``results.h5``, written only by the master.
+    batch_size : int or "auto"
+        Regions per batch; ``auto`` aims at :data:`TARGET_BATCH_SECONDS`.
+    checkpoint_seconds : float
+        Least time between checkpoints, s (0: after every batch).
+    """
+
+    results_path: Path
+    batch_size: object = "auto"
+    checkpoint_seconds: float = 60.0
+
+
+def describe(res: FitResults) -> str:
+    """``"N regions: a ok, b failed, c pending"``."""
     return (f"{len(res)} regions: {res.n_ok} ok, {res.n_failed} failed, "
             f"{res.n_pending} pending")
-
-
-def prepare_results(cfg, resume: bool, nranks: int = 1):
-    """Load or create the results for this run; refuse what would lose work.
-
-    Returns
-    -------
-    res : FitResults
-        The results to continue (new: every region pending).
-    todo : bool
-        False when results.h5 is complete and made for this config, region
-        table and bundle (nothing to do).
-
-    Raises
-    ------
-    InputError
-        Inputs missing or inconsistent; results.h5 made for another config,
-        region table or bundle; an unfinished results.h5 without ``--resume``.
-    """
-    from .io.bundle import read_bundle_identity
-    from .io.regions_table import read_regions
-
-    wd = WorkDir.of(cfg)
-    path, table_path, bundle_path = wd.results, wd.regions, wd.bundle
-    table = read_regions(table_path)
-    bundle_obsids, bundle_config_hash = read_bundle_identity(bundle_path)
-    if list(table.obsids) != bundle_obsids:
-        raise InputError(f"region table is for observations {', '.join(table.obsids)} but the "
-                         f"bundle holds {', '.join(bundle_obsids)}; re-run 'hpcxt scalemap'",
-                         path=table_path, field="obsids")
-    inputs = fit_inputs(cfg)
-    table_hash = table.content_hash()
-    fresh = FitResults.new(len(table), table.obsids, inputs, region_table_hash=table_hash,
-                           bundle_hash=table.bundle_hash, bundle_config_hash=bundle_config_hash)
-    if not path.exists():
-        if resume:
-            log.info("fit: no %s yet; starting from the beginning", path)
-        fresh.runs = 1
-        fresh.nranks = nranks
-        return fresh, True
-    res = read_results(path)
-    problems = []
-    if res.config_hash != inputs_hash(inputs):
-        what = ", ".join(changed_keys(res.fit_inputs, inputs)) or "the fit settings"
-        problems.append(("config_hash", f"{what} changed since this file was written"))
-    if res.region_table_hash != table_hash:
-        problems.append(("region_table_hash", "the region table (acb/regions.h5) changed "
-                         "since this file was written"))
-    elif res.bundle_config_hash != bundle_config_hash:
-        problems.append(("bundle_config_hash", "the bundle (prep/bundle.h5) changed since "
-                         "this file was written"))
-    if problems:
-        field = problems[0][0]
-        text = "; ".join(p[1] for p in problems)
-        raise InputError(f"{text}; use a new workdir, or move this file away to fit again",
-                         path=path, field=field)
-    if res.complete:
-        return res, False
-    if not resume:
-        raise InputError(f"holds an unfinished fit ({_describe(res)}); pass --resume to "
-                         "continue it, or move it away to start over", path=path)
-    res.runs += 1
-    res.run_started = utc_now()
-    res.final_at_run_start = res.n_final
-    res.seconds_at_run_start = res.run_seconds
-    res.nranks = nranks
-    return res, True
 
 
 class _Master:
     """Bookkeeping of one run on rank 0: batches, progress, checkpoints."""
 
-    def __init__(self, cfg, res: FitResults, nworkers: int, hooks=NO_HOOKS):
-        self.cfg = cfg
+    def __init__(self, options: RunOptions, res: FitResults, nworkers: int, hooks=NO_HOOKS):
         self.hooks = hooks
         self.res = res
-        self.path = results_path(cfg)
+        self.path = Path(options.results_path)
         self.pending = deque(int(i) for i in res.pending_ids())
         self.nworkers = max(1, nworkers)
-        bs = cfg.fit.batch_size
+        bs = options.batch_size
         self.fixed_batch = None if bs == "auto" else int(bs)
-        self.interval = float(cfg.fit.checkpoint_seconds)
+        self.interval = float(options.checkpoint_seconds)
         self.mean_fit = None
         self.t_start = time.monotonic()
         self.run_seconds_before = res.run_seconds
@@ -321,7 +215,7 @@ class _Master:
         res = self.res
         rate = self.rate()
         left = res.n_pending
-        eta = _format_seconds(left / rate) if rate > 0 else "unknown"
+        eta = format_seconds(left / rate) if rate > 0 else "unknown"
         log.info("fit: %d/%d final (%d ok, %d failed), %.2f fits/s, ETA %s",
                  res.n_final, len(res), res.n_ok, res.n_failed, rate, eta)
 
@@ -330,20 +224,9 @@ class _Master:
         elapsed = time.monotonic() - self.t_start
         share = 100.0 * res.checkpoint_seconds_total / max(res.run_seconds, 1e-9)
         log.info("fit: %s; %d fits in %.1f s this run (%.2f fits/s); %d checkpoints, "
-                 "%.3f s in total (%.2f%% of the fitting time)", _describe(res),
+                 "%.3f s in total (%.2f%% of the fitting time)", describe(res),
                  self.done_this_run, elapsed, self.rate(), res.checkpoints,
                  res.checkpoint_seconds_total, share)
-
-
-def _format_seconds(s: float) -> str:
-    if not math.isfinite(s):
-        return "unknown"
-    s = int(round(s))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
 
 
 def _serial_loop(m: _Master, fit_batch) -> bool:
@@ -364,7 +247,7 @@ def _master_loop(m: _Master, comm) -> bool:
     active = set(range(1, comm.Get_size()))
     in_flight: dict[int, int] = {}
     stopping_since = None
-    pause = 0.0
+    backoff = Backoff()
     while active:
         got = False
         while comm.Iprobe(source=MPI.ANY_SOURCE, tag=TAG_RESULT, status=st):
@@ -396,72 +279,56 @@ def _master_loop(m: _Master, comm) -> bool:
         m.maybe_checkpoint()
         m.maybe_progress()
         if got:
-            pause = 0.0
+            backoff.reset()
         else:
-            time.sleep(pause)
-            pause = min(MAX_POLL_SLEEP, pause * 2 + 1e-5)
+            backoff.wait()
     return m.signal is not None
 
 
-def run_fit(cfg, comm, resume: bool = False, fit_factory=None, hooks=None) -> int:
-    """``hpcxt fit``: fit every region of the table, on every rank of ``comm``.
+def run_master_worker(comm, start, make_fit_batch, options: RunOptions, hooks=None) -> int:
+    """Fit every pending region of ``start`` on the ranks of ``comm``. Collective.
 
     Parameters
     ----------
-    cfg : hpcxt.io.config.Config
-    comm : mpi4py.MPI.Comm
-        The communicator; rank 0 is the master. One rank fits serially.
-    resume : bool
-        Continue an unfinished results.h5 (``--resume``).
-    fit_factory : callable, optional
-        ``fit_factory(cfg, rank) -> fit_batch`` where ``fit_batch(ids)``
-        returns a :class:`~hpcxt.fit.RecordBatch`; default
-        :class:`BatchFitter`. The benchmark passes one that returns at once.
+    comm : mpi4py communicator
+        Rank 0 is the master; with one rank it fits serially.
+    start : FitResults or int
+        On rank 0: the results to continue, or an exit status that ends
+        the run on every rank at once (the driver found nothing to do, or
+        bad input). Ignored on the other ranks.
+    make_fit_batch : callable
+        ``make_fit_batch(rank) -> fit_batch`` with ``fit_batch(ids)``
+        returning a :class:`~hpcxt.fit.RecordBatch`; called once per fitting
+        rank, after the master said go.
+    options : RunOptions
     hooks : hpcxt.hooks.RunHooks, optional
-        Observation and fault-injection points (tests); default: none.
 
     Returns
     -------
     int
-        0 when every region has a final status (or there was nothing to
-        do), :data:`~hpcxt.errors.EXIT_CHECKPOINTED` when a SIGTERM/SIGUSR1
-        made the run checkpoint and stop early. That is the master's status;
-        workers return 0 (the job's exit status is the master's under
-        ``python -m mpi4py``, which aborts the job with a non-zero status).
+        0 when every region has a final status,
+        :data:`~hpcxt.errors.EXIT_CHECKPOINTED` when SIGTERM/SIGUSR1 made the
+        run checkpoint and stop early, or the status ``start`` gave. That is
+        the master's status; workers return 0 (or the given status).
     """
-    rank, size = comm.Get_rank(), comm.Get_size()
     hooks = hooks or NO_HOOKS
-    base_factory = fit_factory or BatchFitter
-
-    def factory(cfg, rank):
-        return hooks.wrap_fit_batch(base_factory(cfg, rank), rank)
-
+    rank, size = comm.Get_rank(), comm.Get_size()
     if rank != 0:
-        return _run_worker(cfg, comm, rank, factory, hooks)
-
-    try:
-        res, todo = prepare_results(cfg, resume, nranks=size)
-    except BaseException:
+        return _run_worker(comm, rank, make_fit_batch, hooks)
+    if not isinstance(start, FitResults):
         if size > 1:
-            comm.bcast(("exit", 2), root=0)
-        raise
-    if not todo:
-        log.info("fit: %s is up to date (%s)", results_path(cfg), _describe(res))
-        if size > 1:
-            comm.bcast(("exit", 0), root=0)
-        return 0
+            comm.bcast(("exit", int(start)), root=0)
+        return int(start)
     if size > 1:
         comm.bcast(("go", 0), root=0)
-    m = _Master(cfg, res, nworkers=size - 1, hooks=hooks)
-    log.info("fit: %s; %d to fit on %d %s (master pid %d); statistic %s, errors %s",
-             _describe(res), len(m.pending), max(size - 1, 1),
-             "worker ranks" if size > 1 else "rank (serial)", os.getpid(),
-             cfg.fit.statistic, cfg.fit.errors)
+    m = _Master(options, start, nworkers=size - 1, hooks=hooks)
+    log.info("fit: %s; %d to fit on %d %s (master pid %d)", describe(start), len(m.pending),
+             max(size - 1, 1), "worker ranks" if size > 1 else "rank (serial)", os.getpid())
     old = m.install_signals()
     try:
         m.checkpoint()
         if size == 1:
-            stopped = _serial_loop(m, factory(cfg, 0))
+            stopped = _serial_loop(m, make_fit_batch(0))
         else:
             stopped = _master_loop(m, comm)
         m.checkpoint()
@@ -477,7 +344,7 @@ def run_fit(cfg, comm, resume: bool = False, fit_factory=None, hooks=None) -> in
     return 0
 
 
-def _run_worker(cfg, comm, rank: int, factory, hooks) -> int:
+def _run_worker(comm, rank: int, make_fit_batch, hooks) -> int:
     # Scheduler signals reach every rank; only the master acts on them.
     old = {s: signal.signal(s, lambda signum, frame: None) for s in HANDLED_SIGNALS}
     try:
@@ -485,54 +352,20 @@ def _run_worker(cfg, comm, rank: int, factory, hooks) -> int:
         if what != "go":
             # The master reports why; a worker only mirrors its status.
             return status
-        _worker_loop(comm, factory(cfg, rank), hooks)
+        _worker_loop(comm, make_fit_batch(rank), hooks)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
     return 0
 
 
-# --------------------------------------------------------------------------
-# hpcxt status
-
-
-def fit_status(cfg) -> str:
-    """``hpcxt status``: progress of the fit from results.h5.
-
-    Reads without locking, so it works while a fit runs (it sees the last
-    checkpoint). Reports regions ok/failed/pending, fits per second (last
-    run and overall), the estimated time left and the most common failure
-    reasons.
-    """
-    import datetime as dt
-
-    path = results_path(cfg)
-    res = read_results(path)
-    n = len(res)
-    lines = [f"{path}", f"  regions: {n}: {res.n_ok} ok, {res.n_failed} failed, "
-             f"{res.n_pending} pending ({100.0 * res.n_final / max(n, 1):.1f}% final)"]
-    last, overall = res.rates()
-    rate = last or overall
-    if res.complete:
-        eta = "done"
-    elif rate > 0:
-        eta = _format_seconds(res.n_pending / rate)
-    else:
-        eta = "unknown"
-    lines.append(f"  rate: {last:.2f} fits/s in the last run ({res.nranks} ranks), "
-                 f"{overall:.2f} fits/s over {_format_seconds(res.run_seconds)} of fitting "
-                 f"in {res.runs} run(s); time left: {eta}")
-    age = ""
-    try:
-        t = dt.datetime.strptime(res.updated, "%Y-%m-%dT%H:%M:%SZ").replace(
-            tzinfo=dt.timezone.utc)
-        age = f" ({_format_seconds((dt.datetime.now(dt.timezone.utc) - t).total_seconds())} ago)"
-    except ValueError:
-        pass
-    lines.append(f"  last checkpoint: {res.updated}{age}, {res.checkpoints} in total; "
-                 f"complete: {'yes' if res.complete else 'no'}")
-    top = res.failure_summary()
-    if top:
-        lines.append("  most common failure reasons:")
-        lines.extend(f"    {count:6d} x {text}" for count, text in top)
-    return "\n".join(lines)
+def format_seconds(s: float) -> str:
+    """``"42s"``, ``"3m07s"``, ``"2h05m"``; ``"unknown"`` for inf/NaN."""
+    if not math.isfinite(s):
+        return "unknown"
+    s = int(round(s))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"

@@ -453,7 +453,7 @@ def fit_progress(cfg) -> tuple[int, int]:
     only ever replaced whole (written aside, then renamed), so this reads a
     complete checkpoint even while a fit runs.
     """
-    from .fit_mpi import results_path
+    from .stages.fit import results_path
     from .io.checkpoint import read_results
     path = results_path(cfg)
     if not path.exists():

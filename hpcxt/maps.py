@@ -1,7 +1,7 @@
 """Map assembly: fitted regions -> temperature, pressure, density, entropy maps.
 
-Kernels here are pure functions of arrays; :func:`run_maps` reads the
-bundle, the region table and the fit results, and writes
+Kernels here are pure functions of arrays; :func:`hpcxt.stages.maps.run_maps`
+reads the bundle, the region table and the fit results, and writes
 ``<workdir>/maps/*.fits`` (image WCS, BUNIT, NaN where there is no valid
 fit; ClusterPyXT left such pixels at 0, indistinguishable from a value) and
 PNG quick-looks.
@@ -18,15 +18,12 @@ Thermodynamic maps follow ClusterPyXT's pseudo quantities, without its
 
 from __future__ import annotations
 
-import logging
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .schema import Status
 
-log = logging.getLogger("hpcxt.maps")
 
 
 # --------------------------------------------------------------------------
@@ -212,64 +209,3 @@ def region_values(res, table, bundle, selection: Selection) -> dict:
               "norm": np.asarray(res.norm, float), "fit_stat": stat, "counts": counts,
               "density": density, "pressure": pressure, "entropy": entropy}
     return {k: np.where(selection.keep, v, np.nan) for k, v in values.items()}
-
-
-def run_maps(cfg) -> dict:
-    """Write ``<workdir>/maps/*.fits`` (and PNGs); return a summary dict."""
-    from .errors import InputError
-    from .io.bundle import read_bundle
-    from .io.checkpoint import read_results
-    from .io.fitsio import write_image
-    from .io.regions_table import read_regions
-    from .io.workdir import StageRecord, WorkDir, fingerprint
-
-    t0 = time.perf_counter()
-    wd = WorkDir.of(cfg)
-    outdir = wd.maps
-    results_path = wd.results
-    res = read_results(results_path)
-    fp = fingerprint({"results": [res.config_hash, res.region_table_hash, res.updated,
-                                  res.n_final], "maps": cfg.maps.to_dict(),
-                      "cluster": cfg.cluster.to_dict()})
-    record = StageRecord(wd.maps_summary)
-    if record.is_done("fingerprint", fp, *(wd.map_file(n) for n in MAPS)):
-        log.info("maps: up to date (%s)", outdir)
-        return record.done
-    bundle = read_bundle(wd.bundle, load_events=False)
-    table = read_regions(wd.regions)
-    if res.region_table_hash != table.content_hash():
-        raise InputError("was made for another region table; re-run 'hpcxt fit'",
-                         path=results_path, field="region_table_hash")
-    if not res.complete:
-        log.warning("maps: the fit is not finished: %d of %d regions pending stay blank",
-                    res.n_pending, len(res))
-    kT = np.asarray(res.kT, float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        frac = (np.asarray(res.kT_hi, float) - np.asarray(res.kT_lo, float)) / 2.0 / kT
-    sel = select_regions(res.status, kT, frac, cfg.maps.drop_failed, cfg.maps.max_frac_error)
-    values = region_values(res, table, bundle, sel)
-    header = bundle.grid.header()
-    images = {}
-    for name, (bunit, desc) in MAPS.items():
-        img = paint_blocks(values[name], table.row, table.col, table.step, bundle.mask)
-        images[name] = img
-        write_image(wd.map_file(name), img.astype(np.float32), header, bunit,
-                    {"HDUNAME": name.upper(), "COMMENT": desc, "OBJECT": cfg.cluster.name,
-                     "RESOLUT": table.resolution, "ORIGIN": "hpcxt"})
-    summary = {
-        "regions": len(table),
-        "mapped_regions": int(sel.keep.sum()),
-        "dropped": sel.dropped,
-        "median_kT_keV": float(np.nanmedian(values["temperature"])) if sel.keep.any() else None,
-        "files": sorted(f"{n}.fits" for n in MAPS),
-    }
-    if cfg.maps.png and sel.keep.any():
-        from .plots import write_quicklooks
-        summary["png"] = write_quicklooks(outdir, images, bundle, cfg.cluster.name)
-    record.done = summary
-    record.mark("fingerprint", fp)
-    dropped = ", ".join(f"{k} {v}" for k, v in sel.dropped.items() if v) or "none"
-    log.info("maps: %d of %d regions mapped (dropped: %s), median kT %.2f keV, %.1f s -> %s",
-             summary["mapped_regions"], len(table), dropped,
-             summary["median_kT_keV"] or float("nan"), time.perf_counter() - t0, outdir)
-    return summary

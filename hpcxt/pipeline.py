@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from .errors import EXIT_CHECKPOINTED, HpcxtError
+from .io.workdir import WorkDir
 
 log = logging.getLogger("hpcxt.run")
 
@@ -63,9 +64,9 @@ def run_pipeline(config_path, nprocs: int | None = None) -> int:
         MPI ranks for the scale map; the fit gets one more, its master,
         which sleeps while it waits. Default: the cores available.
     """
-    from .driver import run_prep
+    from .stages.prep import run_prep
     from .io.config import load_config
-    from .maps import run_maps
+    from .stages.maps import run_maps
 
     nprocs = nprocs or available_cores()
     cfg = load_config(config_path)
@@ -75,7 +76,7 @@ def run_pipeline(config_path, nprocs: int | None = None) -> int:
     if status != 0:
         raise HpcxtError(f"scalemap exited with status {status}")
     fit_args = ["fit", config_path]
-    if (cfg.stage_dir("fit") / "results.h5").exists():
+    if WorkDir.of(cfg).results.exists():
         fit_args.append("--resume")
     status = _run_mpi(nprocs + 1 if nprocs > 1 else 1, *fit_args)
     if status == EXIT_CHECKPOINTED:
@@ -85,5 +86,5 @@ def run_pipeline(config_path, nprocs: int | None = None) -> int:
         raise HpcxtError(f"fit exited with status {status}")
     run_maps(cfg)
     log.info("pipeline finished in %.1f s; maps in %s", time.perf_counter() - t0,
-             cfg.stage_dir("maps"))
+             WorkDir.of(cfg).maps)
     return 0

@@ -71,7 +71,7 @@ def prepped_small(simulated_small, tmp_path_factory) -> Path:
     """
     import shutil
 
-    from hpcxt.driver import run_prep
+    from hpcxt.stages.prep import run_prep
     from hpcxt.io.config import load_config
 
     outdir = tmp_path_factory.mktemp("prepped_small") / "sim"

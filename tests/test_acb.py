@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from hpcxt import acb
+from hpcxt.parallel import balance
 
 
 def brute_force_index(counts, background, mask, target, max_radius, step, mode):
@@ -298,12 +299,12 @@ def test_region_coverage_equals_direct_sums():
 
 def test_balance_is_complete_and_deterministic():
     costs = [5.0, 1.0, 1.0, 9.0, 3.0, 3.0, 0.0, 2.0]
-    parts = acb.balance(costs, 3)
+    parts = balance(costs, 3)
     assert sorted(i for p in parts for i in p) == list(range(len(costs)))
     loads = [sum(costs[i] for i in p) for p in parts]
     assert max(loads) - min(loads) <= max(costs)
-    assert parts == acb.balance(costs, 3)
-    assert acb.balance(costs, 1) == [list(range(len(costs)))]
+    assert parts == balance(costs, 3)
+    assert balance(costs, 1) == [list(range(len(costs)))]
 
 
 def test_tile_costs_favour_the_outskirts():

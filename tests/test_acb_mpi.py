@@ -20,7 +20,8 @@ from astropy.wcs import WCS
 
 from conftest import run_hpcxt
 from hpcxt import acb
-from hpcxt.acb_mpi import compute_scalemap, run_scalemap, scalemap_paths
+from hpcxt.acb_mpi import compute_scalemap
+from hpcxt.stages.scalemap import run_scalemap, scalemap_paths
 from hpcxt.errors import InputError
 from hpcxt.io.bundle import Bundle, ImageGrid, ObsData, Response, write_bundle
 from hpcxt.io.config import dump_config, load_config

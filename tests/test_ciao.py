@@ -485,7 +485,7 @@ def test_failure_in_parallel_keeps_the_other_observation(tmp_path, ciao_env, mon
 
 @pytest.mark.slow
 def test_standin_products_flow_into_a_valid_bundle(tmp_path, ciao_env):
-    driver = pytest.importorskip("hpcxt.driver")
+    driver = pytest.importorskip("hpcxt.stages.prep")
     from hpcxt.io.bundle import read_bundle
 
     cfg_path = write_config(tmp_path)

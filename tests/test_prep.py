@@ -13,7 +13,7 @@ import yaml
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from hpcxt.driver import run_prep
+from hpcxt.stages.prep import run_prep
 from hpcxt.io.bundle import read_bundle
 from hpcxt.io.config import load_config
 from hpcxt.prep.products import REASONS

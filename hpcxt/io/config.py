@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError, InputError
-from .workdir import fingerprint
+from .workdir import WorkDir, fingerprint
 
 # --------------------------------------------------------------------------
 # schema
@@ -196,8 +196,8 @@ class Config(Section):
         return Path(self._data["workdir"])
 
     def stage_dir(self, stage: str) -> Path:
-        """``<workdir>/<stage>``, not created."""
-        return self.workdir_path / stage
+        """``<workdir>/<stage>``, not created (see :class:`hpcxt.io.workdir.WorkDir`)."""
+        return WorkDir(self.workdir_path).stage_dir(stage)
 
     def section_hash(self, *names: str) -> str:
         """SHA-256 (hex, 16 chars) of the named top-level sections.

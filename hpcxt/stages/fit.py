@@ -1,0 +1,218 @@
+"""The fit stage: decide what is left, run the MPI master/worker fit, report.
+
+Run as::
+
+    mpiexec -n N python -m mpi4py -m hpcxt fit CONFIG [--resume]
+
+Rank 0 reads results.h5 (or starts one), refuses what would mix results of
+different inputs, and hands the run to :func:`hpcxt.fit_mpi.run_master_worker`;
+every fitting rank builds one :class:`BatchFitter` (bundle, region table and
+responses read once). ``hpcxt status`` is :func:`fit_status`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..errors import InputError
+from ..fit import FitSettings, RecordBatch, RegionFitter, fit_region
+from ..fit_mpi import RunOptions, describe, format_seconds, run_master_worker
+from ..hooks import NO_HOOKS
+from ..io.bundle import read_bundle, read_bundle_identity
+from ..io.checkpoint import (FitResults, changed_keys, fit_inputs, inputs_hash, read_results,
+                             utc_now)
+from ..io.regions_table import read_regions
+from ..io.workdir import WorkDir
+from ..spectra import RegionSpectra
+
+log = logging.getLogger("hpcxt.fit")
+
+
+def results_path(cfg) -> Path:
+    """``<workdir>/fit/results.h5``."""
+    return WorkDir.of(cfg).results
+
+
+class BatchFitter:
+    """Fits batches of regions of one workdir (one per worker rank).
+
+    Reads the bundle's events and the region table once, sorts the events
+    and builds the responses once; calling it with region ids returns their
+    records as a :class:`~hpcxt.fit.RecordBatch`.
+
+    Parameters
+    ----------
+    cfg : hpcxt.io.config.Config
+    rank : int
+        Written into the ``worker`` column.
+    """
+
+    def __init__(self, cfg, rank: int = 0):
+        wd = WorkDir.of(cfg)
+        bundle = read_bundle(wd.bundle)
+        table = read_regions(wd.regions)
+        self.rank = rank
+        self.nobs = len(bundle.observations)
+        self.spectra = RegionSpectra(bundle.observations, table)
+        self.fitter = RegionFitter(FitSettings.from_config(cfg),
+                                   [o.response for o in bundle.observations],
+                                   has_background=bundle.has_background)
+
+    def __call__(self, region_ids) -> RecordBatch:
+        ids = [int(i) for i in region_ids]
+        records = [fit_region(self.fitter, self.spectra, i) for i in ids]
+        return RecordBatch.from_records(ids, records, self.nobs, worker=self.rank)
+
+
+def prepare_results(cfg, resume: bool, nranks: int = 1):
+    """Load or create the results for this run; refuse what would lose work.
+
+    Returns
+    -------
+    res : FitResults
+        The results to continue (new: every region pending).
+    todo : bool
+        False when results.h5 is complete and made for this config, region
+        table and bundle (nothing to do).
+
+    Raises
+    ------
+    InputError
+        Inputs missing or inconsistent; results.h5 made for another config,
+        region table or bundle; an unfinished results.h5 without ``--resume``.
+    """
+
+    wd = WorkDir.of(cfg)
+    path, table_path, bundle_path = wd.results, wd.regions, wd.bundle
+    table = read_regions(table_path)
+    bundle_obsids, bundle_config_hash = read_bundle_identity(bundle_path)
+    if list(table.obsids) != bundle_obsids:
+        raise InputError(f"region table is for observations {', '.join(table.obsids)} but the "
+                         f"bundle holds {', '.join(bundle_obsids)}; re-run 'hpcxt scalemap'",
+                         path=table_path, field="obsids")
+    inputs = fit_inputs(cfg)
+    table_hash = table.content_hash()
+    fresh = FitResults.new(len(table), table.obsids, inputs, region_table_hash=table_hash,
+                           bundle_hash=table.bundle_hash, bundle_config_hash=bundle_config_hash)
+    if not path.exists():
+        if resume:
+            log.info("fit: no %s yet; starting from the beginning", path)
+        fresh.runs = 1
+        fresh.nranks = nranks
+        return fresh, True
+    res = read_results(path)
+    problems = []
+    if res.config_hash != inputs_hash(inputs):
+        what = ", ".join(changed_keys(res.fit_inputs, inputs)) or "the fit settings"
+        problems.append(("config_hash", f"{what} changed since this file was written"))
+    if res.region_table_hash != table_hash:
+        problems.append(("region_table_hash", "the region table (acb/regions.h5) changed "
+                         "since this file was written"))
+    elif res.bundle_config_hash != bundle_config_hash:
+        problems.append(("bundle_config_hash", "the bundle (prep/bundle.h5) changed since "
+                         "this file was written"))
+    if problems:
+        field = problems[0][0]
+        text = "; ".join(p[1] for p in problems)
+        raise InputError(f"{text}; use a new workdir, or move this file away to fit again",
+                         path=path, field=field)
+    if res.complete:
+        return res, False
+    if not resume:
+        raise InputError(f"holds an unfinished fit ({describe(res)}); pass --resume to "
+                         "continue it, or move it away to start over", path=path)
+    res.runs += 1
+    res.run_started = utc_now()
+    res.final_at_run_start = res.n_final
+    res.seconds_at_run_start = res.run_seconds
+    res.nranks = nranks
+    return res, True
+
+
+def run_fit(cfg, comm, resume: bool = False, fit_factory=None, hooks=None) -> int:
+    """``hpcxt fit``: fit every region of the table, on every rank of ``comm``.
+
+    Parameters
+    ----------
+    cfg : hpcxt.io.config.Config
+    comm : mpi4py.MPI.Comm
+        The communicator; rank 0 is the master. One rank fits serially.
+    resume : bool
+        Continue an unfinished results.h5 (``--resume``).
+    fit_factory : callable, optional
+        ``fit_factory(cfg, rank) -> fit_batch`` where ``fit_batch(ids)``
+        returns a :class:`~hpcxt.fit.RecordBatch`; default
+        :class:`BatchFitter`. The benchmark passes one that returns at once.
+    hooks : hpcxt.hooks.RunHooks, optional
+        Observation and fault-injection points (tests); default: none.
+
+    Returns
+    -------
+    int
+        See :func:`hpcxt.fit_mpi.run_master_worker`.
+    """
+    hooks = hooks or NO_HOOKS
+    factory = fit_factory or BatchFitter
+    options = RunOptions(results_path=results_path(cfg), batch_size=cfg.fit.batch_size,
+                         checkpoint_seconds=float(cfg.fit.checkpoint_seconds))
+
+    def make_fit_batch(rank):
+        return hooks.wrap_fit_batch(factory(cfg, rank), rank)
+
+    start = 0
+    if comm.Get_rank() == 0:
+        try:
+            res, todo = prepare_results(cfg, resume, nranks=comm.Get_size())
+        except BaseException:
+            # The workers learn the status; only this rank reports the error.
+            run_master_worker(comm, 2, make_fit_batch, options, hooks)
+            raise
+        if todo:
+            log.info("fit: statistic %s, errors %s", cfg.fit.statistic, cfg.fit.errors)
+            start = res
+        else:
+            log.info("fit: %s is up to date (%s)", options.results_path, describe(res))
+    return run_master_worker(comm, start, make_fit_batch, options, hooks)
+
+
+def fit_status(cfg) -> str:
+    """``hpcxt status``: progress of the fit from results.h5.
+
+    Reads without locking, so it works while a fit runs (it sees the last
+    checkpoint). Reports regions ok/failed/pending, fits per second (last
+    run and overall), the estimated time left and the most common failure
+    reasons.
+    """
+    import datetime as dt
+
+    path = results_path(cfg)
+    res = read_results(path)
+    n = len(res)
+    lines = [f"{path}", f"  regions: {n}: {res.n_ok} ok, {res.n_failed} failed, "
+             f"{res.n_pending} pending ({100.0 * res.n_final / max(n, 1):.1f}% final)"]
+    last, overall = res.rates()
+    rate = last or overall
+    if res.complete:
+        eta = "done"
+    elif rate > 0:
+        eta = format_seconds(res.n_pending / rate)
+    else:
+        eta = "unknown"
+    lines.append(f"  rate: {last:.2f} fits/s in the last run ({res.nranks} ranks), "
+                 f"{overall:.2f} fits/s over {format_seconds(res.run_seconds)} of fitting "
+                 f"in {res.runs} run(s); time left: {eta}")
+    age = ""
+    try:
+        t = dt.datetime.strptime(res.updated, "%Y-%m-%dT%H:%M:%SZ").replace(
+            tzinfo=dt.timezone.utc)
+        age = f" ({format_seconds((dt.datetime.now(dt.timezone.utc) - t).total_seconds())} ago)"
+    except ValueError:
+        pass
+    lines.append(f"  last checkpoint: {res.updated}{age}, {res.checkpoints} in total; "
+                 f"complete: {'yes' if res.complete else 'no'}")
+    top = res.failure_summary()
+    if top:
+        lines.append("  most common failure reasons:")
+        lines.extend(f"    {count:6d} x {text}" for count, text in top)
+    return "\n".join(lines)

@@ -1,0 +1,314 @@
+"""Serial prep driver: runs the prep stages in order, records which finished.
+
+Stages, each recorded in ``<workdir>/prep/stages.json`` with a fingerprint
+of what it read (config fields and the size and content hash of its input
+files, not their paths, so a copied or moved project keeps its records;
+see :class:`hpcxt.io.workdir.FileHashes`):
+
+``products``         (``ciao`` backend only) CIAO tools make the products
+``clean:<obsid>``    filters and reprojects one observation's events
+                     -> ``prep/clean/<obsid>.h5``
+``bundle``           grid, crop, images, exposure maps, responses
+                     -> ``prep/bundle.h5`` and FITS images for ds9
+
+Re-running skips a stage whose fingerprint is unchanged and whose output
+exists; a changed input or config field re-runs that stage and everything
+after it. Outputs are written aside and renamed, and a stage is recorded
+only after its output is complete, so an error or a kill never leaves a
+half-written file that a later run trusts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..errors import InputError
+from ..io.bundle import Bundle, ImageGrid, ObsData, write_bundle
+from ..io.fitsio import SkyFrame, read_events, read_image, write_image
+from ..io.workdir import (FileHashes, StageRecord, WorkDir, atomic_write, fingerprint,
+                         write_json_atomic)
+from ..prep import products as P
+from ..prep.regionfile import read_region_file
+
+log = logging.getLogger("hpcxt.prep")
+
+
+# --------------------------------------------------------------------------
+# clean-event files
+
+
+def _save_clean(path: Path, src: P.CleanEvents, bkg: P.CleanEvents | None, frame: SkyFrame,
+                meta: dict) -> None:
+    with atomic_write(path, fsync=False) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["frame"] = json.dumps([frame.ra0, frame.dec0, frame.crpix_x, frame.crpix_y,
+                                       frame.cdelt_x, frame.cdelt_y])
+        f.attrs["meta"] = json.dumps(meta)
+        for name, ce in (("source", src), ("background", bkg)):
+            if ce is None:
+                continue
+            g = f.create_group(name)
+            for col, arr in ce.as_dict().items():
+                g.create_dataset(col, data=arr)
+            g.attrs.update(exposure=ce.exposure, n_input=ce.n_input,
+                           removed=json.dumps(ce.removed))
+            g.create_dataset("good_time", data=np.array(ce.good_time, float).reshape(2, -1))
+            g.create_dataset("flare_intervals",
+                             data=np.array(ce.flare_intervals, float).reshape(2, -1))
+
+
+def _load_clean(path: Path):
+    with h5py.File(path, "r") as f:
+        frame = SkyFrame(*json.loads(f.attrs["frame"]))
+        meta = json.loads(f.attrs["meta"])
+        out = {}
+        for name in ("source", "background"):
+            if name not in f:
+                out[name] = None
+                continue
+            g = f[name]
+            gt = g["good_time"][()]
+            fi = g["flare_intervals"][()]
+            out[name] = P.CleanEvents(x=g["x"][()], y=g["y"][()], pi=g["pi"][()],
+                                      energy=g["energy"][()], exposure=float(g.attrs["exposure"]),
+                                      removed=json.loads(g.attrs["removed"]),
+                                      n_input=int(g.attrs["n_input"]),
+                                      good_time=(gt[0], gt[1]), flare_intervals=(fi[0], fi[1]))
+    return frame, meta, out["source"], out["background"]
+
+
+# --------------------------------------------------------------------------
+# the driver
+
+
+def _observation_products(cfg, workdir: Path, force: bool) -> list[dict]:
+    backend = cfg.prep.backend
+    if backend == "auto":
+        from ..prep import ciao
+        backend = "ciao" if ciao.ciao_available() else "products"
+        log.info("prep.backend auto: using %s", backend)
+    if backend == "ciao":
+        from ..prep import ciao
+        return ciao.prepare_observations(cfg, workdir, force=force)
+    obs = []
+    for i, o in enumerate(cfg.observations):
+        for key in ("events", "exposure_map", "arf", "rmf"):
+            if o[key] is None:
+                raise InputError("required with the products backend", path=cfg.path,
+                                 field=f"observations[{i}].{key}")
+        obs.append({k: o[k] for k in ("obsid", "events", "background", "exposure_map",
+                                      "arf", "rmf")})
+    return obs
+
+
+def _progress(iterable, desc: str, total: int):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return iterable
+    return tqdm(iterable, desc=desc, total=total, unit="obs", disable=not sys.stderr.isatty(),
+                leave=False)
+
+
+def run_prep(cfg, force: bool = False) -> Path:
+    """Run every prep stage that is not up to date; return the bundle path.
+
+    Parameters
+    ----------
+    cfg : Config
+        Validated config.
+    force : bool
+        Re-run every stage regardless of the stage record.
+    """
+    t_start = time.perf_counter()
+    wd = WorkDir.of(cfg)
+    record = StageRecord(wd.prep_stages)
+    hashes = FileHashes(wd.file_hashes)
+    try:
+        return _run_prep(cfg, wd, record, hashes, force, t_start)
+    finally:
+        hashes.save()
+
+
+def _run_prep(cfg, wd: WorkDir, record: StageRecord, hashes: FileHashes, force: bool,
+              t_start: float) -> Path:
+    obs_products = _observation_products(cfg, wd.root, force)
+    file_fp = hashes.fingerprint
+
+    point_sources = (read_region_file(cfg.prep.point_sources, "prep.point_sources")
+                     if cfg.prep.point_sources else None)
+    crop = (read_region_file(cfg.prep.crop_region, "prep.crop_region")
+            if cfg.prep.crop_region else None)
+    clean_settings = {"ccds": cfg.prep.ccds, "deflare": cfg.prep.deflare.to_dict(),
+                      "scale_band": cfg.prep.background_scale_band,
+                      "crop": file_fp(cfg.prep.crop_region),
+                      "point_sources": file_fp(cfg.prep.point_sources),
+                      "reference": file_fp(obs_products[0]["events"])}
+
+    # ---- clean each observation
+    frame = None
+    clean_fps = []
+    for o in _progress(obs_products, "clean", len(obs_products)):
+        obsid = o["obsid"]
+        out = wd.clean_events(obsid)
+        fp = fingerprint({"settings": clean_settings,
+                           "events": file_fp(o["events"]),
+                           "background": file_fp(o.get("background"))})
+        clean_fps.append(fp)
+        if not force and record.is_done(f"clean:{obsid}", fp, out):
+            if frame is None:
+                frame = _load_clean(out)[0]
+            log.info("clean %s: up to date", obsid)
+            continue
+        ev = read_events(o["events"], role=f"observation {obsid} events")
+        if frame is None:
+            frame = ev.frame
+        scale_band = cfg.prep.background_scale_band
+        src = P.clean_events(ev, cfg.prep.ccds, cfg.prep.deflare, point_sources, frame,
+                             scale_band=scale_band, scale_exclude=crop)
+        if len(src.x) == 0:
+            raise InputError("no events left after the ccd, energy, GTI and flare filters",
+                             path=o["events"], field="prep.ccds")
+        bkg = None
+        if o.get("background"):
+            bev = read_events(o["background"], role=f"observation {obsid} background",
+                              need_time=False)
+            bkg = P.clean_events(bev, cfg.prep.ccds, None, point_sources, frame,
+                                 is_background=True, scale_band=scale_band, scale_exclude=crop)
+            # The blank-sky file is reprojected to this observation's pointing;
+            # its own column WCS says so, and reprojection above used it.
+        meta = {"obsid": obsid, "header": {k: str(v) for k, v in ev.header.items()}}
+        if bkg is not None:
+            n_src, n_bkg, area = P.scale_counts(src, bkg)
+            meta["bkg_scale"] = P.background_scale(n_src, n_bkg, path=o["background"])
+            meta["bkg_scale_area"] = area
+        flare_s = float(np.sum(np.asarray(src.flare_intervals[1]) -
+                               np.asarray(src.flare_intervals[0]))) if len(src.flare_intervals[0]) else 0.0
+        meta["flare_seconds"] = flare_s
+        _save_clean(out, src, bkg, frame, meta)
+        record.mark(f"clean:{obsid}", fp)
+        log.info("clean %s: %d of %d events kept, exposure %.0f s (%.0f s of flares removed)",
+                 obsid, len(src.x), src.n_input, src.exposure, flare_s)
+
+    # ---- bundle
+    bundle_path = wd.bundle
+    bfp = fingerprint({"clean": clean_fps, "bin": cfg.prep.bin,
+                        "energy_band": cfg.prep.energy_band,
+                        "crop": file_fp(cfg.prep.crop_region),
+                        "obs": [[file_fp(o[k]) for k in ("exposure_map", "arf", "rmf")]
+                                for o in obs_products]})
+    if not force and record.is_done("bundle", bfp, bundle_path):
+        log.info("bundle: up to date (%s)", bundle_path)
+        return bundle_path
+    bundle, summary = _make_bundle(cfg, obs_products, wd, frame, crop, point_sources, bfp)
+    write_bundle(bundle_path, bundle)
+    _write_images(wd, bundle)
+    write_json_atomic(wd.prep_summary, summary)
+    record.mark("bundle", bfp)
+    _log_summary(summary, bundle, time.perf_counter() - t_start)
+    return bundle_path
+
+
+def _make_bundle(cfg, obs_products, wd: WorkDir, frame, crop, point_sources, bundle_fp):
+    from ..prep.response import read_response
+
+    bin_ = cfg.prep.bin
+    cleaned = [_load_clean(wd.clean_events(o["obsid"])) for o in obs_products]
+    if crop is not None:
+        xmin, xmax, ymin, ymax = crop.include_bbox(frame)
+    else:
+        xs = np.concatenate([c[2].x for c in cleaned])
+        ys = np.concatenate([c[2].y for c in cleaned])
+        xmin, xmax, ymin, ymax = xs.min(), xs.max(), ys.min(), ys.max()
+    x0, y0, shape = P.grid_for_box(xmin, xmax, ymin, ymax, bin_)
+    if shape[0] * shape[1] > 20_000_000:
+        raise InputError(f"image of {shape[1]}x{shape[0]} pixels is too large; draw a crop "
+                         "region or raise prep.bin", path=cfg.path, field="prep.crop_region")
+    header = frame.image_header(x0, y0, bin_, shape)
+    grid = ImageGrid(shape=shape, x0=x0, y0=y0, bin=bin_, wcs_header=header.tostring(sep="\n"))
+    in_crop = P.pixel_mask(crop, grid, frame) if crop is not None else np.ones(shape, bool)
+    in_ps = (P.pixel_mask(point_sources, grid, frame) if point_sources is not None
+             else np.zeros(shape, bool))
+
+    band = cfg.prep.energy_band
+    counts = np.zeros(shape)
+    background = np.zeros(shape)
+    exposure = np.zeros(shape)
+    observations = []
+    summary = {"grid": {"shape": list(shape), "x0": x0, "y0": y0, "bin": bin_},
+               "observations": []}
+    has_background = all(c[3] is not None for c in cleaned)
+    for o, (_, meta, src, bkg) in zip(obs_products, cleaned):
+        obsid = o["obsid"]
+        src = P.crop_events(src, crop, grid, frame)
+        expimg = read_image(o["exposure_map"], role=f"observation {obsid} exposure map")
+        expmap = P.sample_image_on_grid(expimg.data, expimg.wcs, grid, frame)
+        fov = (expmap > 0) & in_crop & ~in_ps
+        expmap = np.where(fov, expmap, 0.0)
+        in_band = (src.energy >= band[0] * 1000) & (src.energy < band[1] * 1000)
+        counts += P.bin_events(src.x[in_band], src.y[in_band], grid)
+        bkg_scale = meta.get("bkg_scale", 0.0)
+        bkg_events = None
+        if bkg is not None and has_background:
+            bkg = P.crop_events(bkg, crop, grid, frame)
+            bkg_in_band = (bkg.energy >= band[0] * 1000) & (bkg.energy < band[1] * 1000)
+            background += bkg_scale * P.bin_events(bkg.x[bkg_in_band], bkg.y[bkg_in_band], grid)
+            bkg_events = bkg.as_dict()
+        exposure += expmap
+        response = read_response(o["arf"], o["rmf"])
+        observations.append(ObsData(
+            obsid=str(obsid), exposure=src.exposure,
+            bkg_exposure=float(bkg.exposure) if bkg is not None else 0.0,
+            bkg_scale=float(bkg_scale), events=src.as_dict(), bkg_events=bkg_events,
+            exposure_map=expmap.astype(np.float32), fov=fov, response=response,
+            source_file=str(o["events"]), background_file=str(o.get("background") or "")))
+        kept = len(src.x)
+        summary["observations"].append({
+            "obsid": obsid, "input_events": src.n_input, "kept_events": kept,
+            "removed": src.removed, "exposure_s": src.exposure,
+            "flare_seconds": meta.get("flare_seconds", 0.0), "bkg_scale": bkg_scale,
+            "bkg_scale_area": meta.get("bkg_scale_area", ""),
+            "bkg_events": 0 if bkg is None else len(bkg.x)})
+    mask = in_crop & ~in_ps & (exposure > 0)
+    if not mask.any() or counts[mask].sum() == 0:
+        raise InputError("crop region holds no exposed pixels with counts (is it outside "
+                         "the observations' fields?)", path=cfg.prep.crop_region or cfg.path,
+                         field="prep.crop_region")
+    counts = np.where(mask, counts, 0.0)
+    background = np.where(mask, background, 0.0)
+    bundle = Bundle(grid=grid, counts=counts, background=background, exposure=exposure,
+                    mask=mask, observations=observations, config_hash=bundle_fp,
+                    energy_band=tuple(band), has_background=has_background)
+    summary["mapped_pixels"] = int(mask.sum())
+    summary["counts_in_band"] = float(counts.sum())
+    return bundle, summary
+
+
+def _write_images(wd: WorkDir, bundle: Bundle) -> None:
+    h = bundle.grid.header()
+    lo, hi = bundle.energy_band
+    extra = {"ENERG_LO": (lo, "keV"), "ENERG_HI": (hi, "keV"), "ORIGIN": "hpcxt"}
+    write_image(wd.prep_image("counts"), bundle.counts.astype(np.float32), h, "count", extra)
+    write_image(wd.prep_image("background"), bundle.background.astype(np.float32), h,
+                "count", extra)
+    write_image(wd.prep_image("exposure"), bundle.exposure.astype(np.float32), h, "cm**2 s",
+                extra)
+    write_image(wd.prep_image("mask"), bundle.mask.astype(np.uint8), h, "", extra)
+
+
+def _log_summary(summary: dict, bundle: Bundle, seconds: float) -> None:
+    ny, nx = bundle.grid.shape
+    log.info("bundle: %dx%d image pixels (%d mapped), %.0f counts in %.1f-%.1f keV, %.1f s",
+             nx, ny, summary["mapped_pixels"], summary["counts_in_band"],
+             bundle.energy_band[0], bundle.energy_band[1], seconds)
+    for o in summary["observations"]:
+        removed = ", ".join(f"{k} {v}" for k, v in o["removed"].items() if v)
+        log.info("  obs %s: %d of %d events kept (removed: %s); exposure %.0f s; "
+                 "background scale %.4f", o["obsid"], o["kept_events"], o["input_events"],
+                 removed or "none", o["exposure_s"], o["bkg_scale"])
