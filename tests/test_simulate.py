@@ -572,3 +572,36 @@ def test_expected_events_agree_with_the_small_simulation(truth):
         n = obs["events"]
         assert abs(n - expected[obs["obsid"]]) < 4 * math.sqrt(n), obs["obsid"]
 
+
+def test_large_preset_sizes():
+    """Declared sizes of the benchmark preset; nothing is drawn."""
+    P = sim.PRESETS["large"]
+    assert len(P.observations) >= 4
+    assert len({o.obsid for o in P.observations}) == len(P.observations)
+    pixels = [size / (sim.IMAGE_BIN * sim.SKY_PIXEL_ARCSEC) for size in P.crop_size]
+    assert min(pixels) >= 1024
+    expected = sim.expected_events("large")
+    assert sum(expected.values()) >= 30e6
+    # Every observation needs several chunks, so memory stays bounded.
+    assert min(expected.values()) > 3 * sim.CHUNK_PHOTONS
+
+
+def test_mosaic_tile_centres_the_chip_array_where_asked():
+    from hpcxt.prep.simulate._pointing import cluster_wcs, offset_to_focal, pointing
+    from hpcxt.prep.simulate._presets import mosaic_tile
+    cw = cluster_wcs()
+    for roll in (0.0, 37.0, 183.0):
+        spec = mosaic_tile("9", (300.0, -200.0), roll, nominal_offset=(5.0, -3.0),
+                           ontime=1e4, tstart=6e8, flare_start=100.0, flare_duration=10.0,
+                           flare_factor=2.0, contamination=1.0)
+        _, _, p, q = offset_to_focal(cw, pointing(spec, cw), np.array([300.0]),
+                                     np.array([-200.0]))
+        # Within a chip pixel (0.5"): the tile's north turns from the cluster's by
+        # about dRA sin(Dec) (1.2 mrad here), over the 216" from aim to centre.
+        assert math.hypot(p[0], q[0]) < 1.0, roll
+
+
+def test_command_line_offers_every_preset():
+    from hpcxt.cli import build_parser
+    for name in sim.PRESETS:
+        assert build_parser().parse_args(["simulate", "out", "--preset", name]).preset == name

@@ -55,6 +55,14 @@ file is made in the observation's own frame (as if ``reproject_events``
 had already run). Everything is deterministic for a
 given seed, headers included (no dates of writing).
 
+Presets
+-------
+``small`` (tests) and ``demo`` (``hpcxt demo``) are two overlapping
+pointings; ``large`` (benchmarks) is a 2 x 2 mosaic of four 150 ks
+pointings of a brighter, larger cluster: over 30 million events and a crop
+of 1024 x 1024 image pixels. Events are drawn and written a time slice at
+a time, so memory stays bounded whatever the preset.
+
 Modules
 -------
 ``_presets``  what is simulated: the cluster, its zones, the presets

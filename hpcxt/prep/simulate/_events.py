@@ -27,8 +27,9 @@ from ._presets import CLUSTER, PSF_SIGMA, SPECTRAL_MODEL, Preset
 from ._sky import Cells
 
 #: Largest expected number of photons drawn at once. It bounds the memory of
-#: a chunk (about 0.3 kB a photon at the peak); the small and demo presets
-#: fit in one chunk.
+#: a chunk (about 0.2 kB a photon at the peak, measured with tracemalloc,
+#: plus a few arrays of the size of the cell grid); the small and demo
+#: presets fit in one chunk.
 CHUNK_PHOTONS = 2_000_000
 _EVENT_KEYS = ("time", "ccd_id", "chipx", "chipy", "x", "y", "energy")
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
+from ._acis import AIM_PLANE, SKY_PIXEL_ARCSEC, rotation
+
 #: The simulated cluster (centre RA/Dec in degrees; nh in 1e22 cm^-2).
 CLUSTER = {"name": "sim_merger", "ra": 165.0, "dec": 40.0, "redshift": 0.1, "nh": 0.03,
            "abundance": 0.3, "beta": 2.0 / 3.0}
@@ -68,6 +72,29 @@ class Preset:
     cells_near_field: bool = False
 
 
+def mosaic_tile(obsid: str, centre: tuple, roll_deg: float, **spec) -> ObservationSpec:
+    """An observation whose ACIS-I array is centred on ``centre`` (arcsec from the cluster).
+
+    The aim point sits off the array centre (:data:`AIM_PLANE`), so it moves
+    with the roll: it is the array centre plus the rolled aim-point offset.
+    """
+    shift = rotation(roll_deg) @ np.asarray(AIM_PLANE, float) * SKY_PIXEL_ARCSEC
+    aim = (round(centre[0] + float(shift[0]), 3), round(centre[1] + float(shift[1]), 3))
+    return ObservationSpec(obsid=obsid, aim_offset=aim, roll_deg=roll_deg, **spec)
+
+
+def _large_observations() -> tuple:
+    """A 2 x 2 mosaic of 150 ks pointings, the arrays overlapping over the cluster centre."""
+    tiles = []
+    for k, (sx, sy) in enumerate(((-1, 1), (1, 1), (-1, -1), (1, -1))):
+        tiles.append(mosaic_tile(
+            f"{2001 + k}", centre=(470.0 * sx, 470.0 * sy), roll_deg=3.0 + 90.0 * k,
+            nominal_offset=((6.0, -4.0), (-5.0, 7.0), (4.0, 5.0), (-6.0, -3.0))[k],
+            ontime=150000.0, tstart=6.90e8 + 1.0e7 * k, flare_start=40000.0 + 20000.0 * k,
+            flare_duration=5000.0, flare_factor=6.0, contamination=1.0 + 0.05 * k))
+    return tuple(tiles)
+
+
 PRESETS = {
     "small": Preset(
         name="small",
@@ -102,4 +129,21 @@ PRESETS = {
                        (330.0, 260.0, 0.012, 1.7)),
         particle_rate=0.4, acis_s_events=80, out_of_band_events=80,
         bkg_exposure_factor=5.0, target_sn=40.0, resolution="low"),
+    # A bright, nearby merger in a 2 x 2 mosaic: a 2016" (33.6') square crop,
+    # 1024 x 1024 image pixels of 4 sky pixels, and over 30 million events.
+    # Cells of 4 sky pixels (one image pixel) keep the cluster model's grid
+    # at about 1.7 million cells.
+    "large": Preset(
+        name="large",
+        observations=_large_observations(),
+        cell_px=4.0, sim_radius=1450.0, core_radius_beta=150.0, core_radius=120.0,
+        shock_centre=(420.0, 60.0), shock_axes=(120.0, 260.0), shock_angle_deg=10.0,
+        transition=4.0, zone_margin=20.0, crop_centre=(0.0, 0.0),
+        crop_size=(2016.0, 2016.0), cluster_rate=230.0, shock_brightness=2.5,
+        point_sources=((-300.0, 350.0, 0.03, 1.7), (380.0, -420.0, 0.04, 1.5),
+                       (-150.0, -330.0, 0.02, 1.9), (250.0, 300.0, 0.05, 1.7),
+                       (-700.0, -650.0, 0.03, 1.7), (760.0, 620.0, 0.03, 1.8),
+                       (-820.0, 540.0, 0.02, 1.6), (640.0, -780.0, 0.03, 1.7)),
+        particle_rate=0.4, acis_s_events=200, out_of_band_events=200,
+        bkg_exposure_factor=5.0, target_sn=50.0, resolution="low", cells_near_field=True),
 }

@@ -89,10 +89,11 @@ def simulate(outdir, preset: str = "small", seed: int = 1,
     ----------
     outdir : path
         Folder to write into (created; existing files are overwritten).
-    preset : {'small', 'demo'}
+    preset : {'small', 'demo', 'large'}
         ``small``: two short observations and a compact crop (tests, a few
         seconds); ``demo``: 40 + 60 ks and a crop that gives about 2000 fit
-        regions.
+        regions; ``large``: a 2 x 2 mosaic of 150 ks pointings, over 30
+        million events and a 1024 x 1024 image (benchmarks, minutes).
     seed : int
         Random seed; the same seed writes the same files, bit for bit.
     chunk_photons : int
