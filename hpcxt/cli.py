@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("simulate", help="simulate Chandra ACIS-I observations of a merging cluster")
     s.add_argument("outdir")
-    s.add_argument("--preset", choices=("small", "demo"), default="small")
+    s.add_argument("--preset", choices=("small", "demo", "large"), default="small")
     s.add_argument("--seed", type=int, default=1)
     s.set_defaults(func=cmd_simulate)
 

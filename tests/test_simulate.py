@@ -466,3 +466,142 @@ def test_same_seed_same_files_other_seed_other_events(sim_dir, truth, tmp_path):
     a, _, _ = _events(_evt_path(d, "1001"))
     b, _, _ = _events(_evt_path(tmp_path / "other", "1001"))
     assert len(a) != len(b) or not np.array_equal(a["x"], b["x"])
+
+
+# --------------------------------------------------------------------------
+# chunks, the streamed event file, the large preset
+
+
+def test_time_chunks_split_whole_frames():
+    ptg = _pointing_of("small", 0)
+    exposure = ptg.exposure
+    for n in (1, 3, 7):
+        chunks = sim.time_chunks(ptg, n)
+        assert len(chunks) == n
+        assert chunks[0].t0 == ptg.spec.tstart and chunks[-1].t1 == ptg.tstop
+        for a, b in zip(chunks[:-1], chunks[1:]):
+            assert a.t1 == b.t0 and a.k1 == b.k0
+            # Boundaries fall between frames, so no frame is cut in two.
+            assert (a.t1 - ptg.spec.tstart) / sim.FRAME_TIME == pytest.approx(a.k1, abs=1e-6)
+        assert sum(c.live for c in chunks) == pytest.approx(exposure, rel=1e-12)
+        assert sum(c.share(41) for c in chunks) == 41
+    one = sim.time_chunks(ptg, 1)[0]
+    assert one.live == exposure and one.share(41) == 41
+
+
+def _pointing_of(preset, i):
+    from hpcxt.prep.simulate._pointing import cluster_wcs, pointing
+    return pointing(sim.PRESETS[preset].observations[i], cluster_wcs())
+
+
+def _some_events(n, rng):
+    return {"time": np.sort(rng.uniform(0, 100, n)), "ccd_id": rng.integers(0, 4, n),
+            "node_id": rng.integers(0, 4, n), "chipx": rng.integers(1, 1025, n),
+            "chipy": rng.integers(1, 1025, n), "x": rng.uniform(1, 8192, n),
+            "y": rng.uniform(1, 8192, n), "energy": rng.uniform(300, 11000, n),
+            "pi": rng.integers(1, 1025, n), "grade": rng.integers(0, 7, n),
+            "status": rng.random((n, 32)) < 0.1}
+
+
+def test_event_file_streamed_in_chunks_is_one_valid_table(tmp_path):
+    from hpcxt.io.fitsio import read_events
+    from hpcxt.prep.simulate._files import event_file
+    ptg = _pointing_of("small", 0)
+    ev = _some_events(5000, np.random.default_rng(4))
+    args = (ptg, "TEST", 0.0, 100.0, 98.7, 100.0, (0, 1, 2, 3))
+    with event_file(tmp_path / "one.fits", *args) as out:
+        out.write(ev)
+    with event_file(tmp_path / "three.fits", *args) as out:
+        for sl in (slice(0, 1234), slice(1234, 1234), slice(1234, 5000)):
+            out.write({k: v[sl] for k, v in ev.items()})
+    assert out.rows == 5000
+    assert (tmp_path / "one.fits").read_bytes() == (tmp_path / "three.fits").read_bytes()
+    with fits.open(tmp_path / "three.fits") as hdul:
+        hdul.verify("exception")
+        assert [h.name for h in hdul] == ["PRIMARY", "EVENTS"] + ["GTI"] * 4
+        data = hdul["EVENTS"].data
+        assert hdul["EVENTS"].header["NAXIS2"] == 5000
+        for name in ("time", "chipx", "pi", "grade"):
+            np.testing.assert_array_equal(data[name], ev[name])
+        np.testing.assert_array_equal(data["x"], ev["x"].astype(np.float32))
+        np.testing.assert_array_equal(data["status"], ev["status"])
+    read = read_events(tmp_path / "three.fits")
+    assert len(read) == 5000 and read.exposure == 98.7 and sorted(read.gti) == [0, 1, 2, 3]
+
+
+def test_event_file_left_unwritten_when_generation_fails(tmp_path):
+    from hpcxt.prep.simulate._files import event_file
+    ptg = _pointing_of("small", 0)
+    ev = _some_events(10, np.random.default_rng(5))
+    with pytest.raises(RuntimeError, match="generator failed"):
+        with event_file(tmp_path / "evt.fits", ptg, "T", 0.0, 100.0, 98.7, 100.0, (None,)) as out:
+            out.write(ev)
+            raise RuntimeError("generator failed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_chunked_simulation_matches_one_chunk_statistically(sim_dir, truth, tmp_path):
+    """The small preset drawn in chunks of at most 5000 expected photons (5 and 7)."""
+    P = sim.PRESETS["small"]
+    chunked = sim.simulate(tmp_path / "chunked", preset="small", seed=1, chunk_photons=5000)
+    for obs in truth["observations"]:
+        oid = obs["obsid"]
+        ev, h, headers = _events(_evt_path(tmp_path / "chunked", oid))
+        assert h["NAXIS2"] == len(ev) == chunked.events[oid]
+        assert np.all(np.diff(ev["time"]) >= 0)
+        assert ev["time"].min() >= h["TSTART"] and ev["time"].max() <= h["TSTOP"]
+        # Fixed numbers are shared out exactly; Poisson totals agree within noise.
+        assert np.count_nonzero(ev["ccd_id"] == 6) == P.acis_s_events
+        n1 = obs["events"]
+        assert abs(len(ev) - n1) < 4 * math.sqrt(n1)
+        assert len(ev) != n1 or not np.array_equal(ev["x"], _events(_evt_path(sim_dir, oid))[0]["x"])
+        f0, f1 = truth["flares"][oid]
+        hard = (ev["energy"] > 9000) & (ev["energy"] < 12000) & (ev["ccd_id"] < 4)
+        in_flare = (ev["time"] >= f0) & (ev["time"] < f1)
+        rate_in = np.count_nonzero(hard & in_flare) / (f1 - f0)
+        rate_out = np.count_nonzero(hard & ~in_flare) / (h["TSTOP"] - h["TSTART"] - (f1 - f0))
+        assert rate_in > 3 * rate_out
+        # The background file does not depend on the chunk size.
+        bkg = _evt_path(tmp_path / "chunked", oid, "bkg_evt2")
+        assert bkg.read_bytes() == _evt_path(sim_dir, oid, "bkg_evt2").read_bytes()
+
+
+def test_expected_events_agree_with_the_small_simulation(truth):
+    expected = sim.expected_events("small")
+    for obs in truth["observations"]:
+        n = obs["events"]
+        assert abs(n - expected[obs["obsid"]]) < 4 * math.sqrt(n), obs["obsid"]
+
+
+def test_large_preset_sizes():
+    """Declared sizes of the benchmark preset; nothing is drawn."""
+    P = sim.PRESETS["large"]
+    assert len(P.observations) >= 4
+    assert len({o.obsid for o in P.observations}) == len(P.observations)
+    pixels = [size / (sim.IMAGE_BIN * sim.SKY_PIXEL_ARCSEC) for size in P.crop_size]
+    assert min(pixels) >= 1024
+    expected = sim.expected_events("large")
+    assert sum(expected.values()) >= 30e6
+    # Every observation needs several chunks, so memory stays bounded.
+    assert min(expected.values()) > 3 * sim.CHUNK_PHOTONS
+
+
+def test_mosaic_tile_centres_the_chip_array_where_asked():
+    from hpcxt.prep.simulate._pointing import cluster_wcs, offset_to_focal, pointing
+    from hpcxt.prep.simulate._presets import mosaic_tile
+    cw = cluster_wcs()
+    for roll in (0.0, 37.0, 183.0):
+        spec = mosaic_tile("9", (300.0, -200.0), roll, nominal_offset=(5.0, -3.0),
+                           ontime=1e4, tstart=6e8, flare_start=100.0, flare_duration=10.0,
+                           flare_factor=2.0, contamination=1.0)
+        _, _, p, q = offset_to_focal(cw, pointing(spec, cw), np.array([300.0]),
+                                     np.array([-200.0]))
+        # Within a chip pixel (0.5"): the tile's north turns from the cluster's by
+        # about dRA sin(Dec) (1.2 mrad here), over the 216" from aim to centre.
+        assert math.hypot(p[0], q[0]) < 1.0, roll
+
+
+def test_command_line_offers_every_preset():
+    from hpcxt.cli import build_parser
+    for name in sim.PRESETS:
+        assert build_parser().parse_args(["simulate", "out", "--preset", name]).preset == name

@@ -59,6 +59,9 @@ _AREA_ANCHORS = np.array([
 
 #: Smallest redistribution probability kept in a matrix row.
 MATRIX_THRESHOLD = 1e-7
+#: ACIS PI channels: how many, and the width of one, keV (14.6 eV).
+ACIS_CHANNELS = 1024
+ACIS_CHANNEL_WIDTH_KEV = 0.0146
 
 
 def effective_area(energy_keV, contamination: float = 1.0) -> np.ndarray:
@@ -90,7 +93,8 @@ def fwhm_keV(energy_keV) -> np.ndarray:
     return 0.07 + 0.03 * np.asarray(energy_keV, dtype=float)
 
 
-def acis_i_response(n_channels: int = 1024, channel_width_keV: float = 0.0146,
+def acis_i_response(n_channels: int = ACIS_CHANNELS,
+                    channel_width_keV: float = ACIS_CHANNEL_WIDTH_KEV,
                     e_lo: float = 0.3, e_hi: float = 11.0, n_energy: int = 1070,
                     contamination: float = 1.0) -> Response:
     """An ACIS-I-like ARF and RMF on one energy grid.
