@@ -89,3 +89,39 @@ def test_rerun_does_no_work_again(finished_run):
     assert [p.stat().st_mtime_ns for p in outputs] == before
     for phrase in ("bundle: up to date", "up to date", "maps: up to date"):
         assert phrase in again.stderr
+
+
+def _copy_project(cfg_path, dest):
+    """A copy of the project folder with fresh mtimes (as cp without -a gives)."""
+    shutil.copytree(cfg_path.parent, dest, copy_function=shutil.copy)
+    return dest / cfg_path.name
+
+
+def test_a_copied_project_resumes_without_redoing_any_stage(finished_run, tmp_path):
+    cfg_path, _ = finished_run
+    copy = _copy_project(cfg_path, tmp_path / "copied")
+    work = copy.parent / "work"
+    outputs = [work / "prep" / "bundle.h5", work / "acb" / "regions.h5",
+               work / "fit" / "results.h5", work / "maps" / "temperature.fits"]
+    before = [p.stat().st_mtime_ns for p in outputs]
+    again = run_hpcxt("run", copy, "--np", "2", timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [p.stat().st_mtime_ns for p in outputs] == before
+    assert "bundle: up to date" in again.stderr and "maps: up to date" in again.stderr
+
+
+def test_fit_after_a_changed_scale_map_setting_is_refused(finished_run, tmp_path):
+    cfg_path, _ = finished_run
+    copy = _copy_project(cfg_path, tmp_path / "changed")
+    data = yaml.safe_load(copy.read_text())
+    old = data["acb"]["target_sn"]
+    data["acb"]["target_sn"] = old + 5
+    copy.write_text(yaml.safe_dump(data))
+    results = copy.parent / "work" / "fit" / "results.h5"
+    before = results.read_bytes()
+    proc = run_hpcxt("fit", copy, "--resume")
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("hpcxt: error: ") and "regions.h5" in last
+    assert f"acb.target_sn ({old!r} -> {old + 5!r}) changed since the scale map" in last
+    assert results.read_bytes() == before

@@ -52,7 +52,8 @@ def test_deflaring_removes_the_flare_and_keeps_quiet_time(prepped):
     cfg, _, summary, truth = prepped
     import h5py
     for tobs, sobs in zip(truth["observations"], summary["observations"]):
-        with h5py.File(cfg.stage_dir("prep") / "clean" / f"{tobs['obsid']}.h5") as f:
+        path, = (cfg.stage_dir("prep") / "clean").glob(f"{tobs['obsid']}.*.h5")
+        with h5py.File(path) as f:
             flare = f["source/flare_intervals"][()]
             good = f["source/good_time"][()]
         start, stop = tobs["flare"]["start"], tobs["flare"]["stop"]
@@ -186,13 +187,32 @@ def test_missing_column_names_file_and_column(finished_copy):
     assert bundle.read_bytes() == before
 
 
-def test_crop_outside_the_data_is_an_error(finished_copy):
+def test_crop_outside_the_data_is_an_error_that_keeps_the_finished_prep(finished_copy):
     cfg_path, bundle, before = finished_copy
+    prep = bundle.parent
+    kept = {p: p.read_bytes() for p in [prep / "stages.json", *(prep / "clean").glob("*.h5")]}
     crop = cfg_path.parent / "regions" / "crop.reg"
+    good = crop.read_text()
     crop.write_text("# Region file format: DS9 version 4.1\nfk5\nbox(10.0,-30.0,60\",60\",0)\n")
     proc = run_hpcxt("prep", cfg_path, timeout=300)
     _assert_one_line_error(proc, "prep.crop_region")
     assert bundle.read_bytes() == before
+    assert all(p.read_bytes() == data for p, data in kept.items())
+    # Back to the old crop: everything is up to date again, nothing redone.
+    crop.write_text(good)
+    again = run_hpcxt("prep", cfg_path, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "clean 1001: up to date" in again.stderr and "bundle: up to date" in again.stderr
+    assert sorted((prep / "clean").glob("*.h5")) == sorted(p for p in kept if p.suffix == ".h5")
+
+
+def test_a_truncated_bundle_is_made_again(finished_copy):
+    cfg_path, bundle, before = finished_copy
+    bundle.write_bytes(before[: len(before) // 3])
+    proc = run_hpcxt("prep", cfg_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "making it again" in proc.stderr and "bundle: up to date" not in proc.stderr
+    assert read_bundle(bundle, load_events=False).counts.sum() > 0
 
 
 def test_upper_case_columns_and_header_only_wcs_are_read(simulated_small, tmp_path):

@@ -3,8 +3,9 @@
 Layout of ``<workdir>/acb/regions.h5`` (format version 1)::
 
     /  attrs: format_version, config_hash (of the inputs that shape the
-              table), bundle_hash, table_hash (content hash of the datasets
-              below), resolution, step, target_sn, obsids (bytes array)
+              table), inputs (those config values, JSON), bundle_hash,
+              table_hash (content hash of the datasets below), resolution,
+              step, target_sn, obsids (bytes array)
     region_id          (n,)       int64    0..n-1, row-major over fitted pixels
     row, col           (n,)       int32    image pixel (0-based)
     x, y               (n,)       float64  sky pixels, centre of that pixel
@@ -25,6 +26,7 @@ region's pixel centre (pixels beyond the image edge do not exist).
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +61,7 @@ class RegionTable:
     target_sn: float = 50.0
     config_hash: str = ""
     bundle_hash: str = ""
+    inputs: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.region_id.shape[0])
@@ -83,7 +86,8 @@ def write_regions(path, table: RegionTable) -> Path:
         f.attrs.update(format_version=FORMAT_VERSION, config_hash=table.config_hash,
                        bundle_hash=table.bundle_hash, table_hash=table.content_hash(),
                        resolution=table.resolution, step=int(table.step),
-                       target_sn=float(table.target_sn))
+                       target_sn=float(table.target_sn),
+                       inputs=json.dumps(table.inputs, sort_keys=True, default=str))
         f.attrs["obsids"] = np.array(table.obsids, dtype="S")
         for name in ROW_FIELDS + OBS_FIELDS:
             f.create_dataset(name, data=getattr(table, name))
@@ -102,7 +106,8 @@ def read_regions(path) -> RegionTable:
                             resolution=str(f.attrs["resolution"]), step=int(f.attrs["step"]),
                             target_sn=float(f.attrs["target_sn"]),
                             config_hash=str(f.attrs["config_hash"]),
-                            bundle_hash=str(f.attrs["bundle_hash"]))
+                            bundle_hash=str(f.attrs["bundle_hash"]),
+                            inputs=json.loads(str(f.attrs.get("inputs", "{}"))))
         stored = str(f.attrs["table_hash"])
     if table.content_hash() != stored:
         raise InputError("content does not match its table_hash (corrupt or edited)",

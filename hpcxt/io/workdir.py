@@ -6,7 +6,8 @@ One place for the layout of ``<workdir>``::
     prep/stages.json        prep's stage record
     prep/file_hashes.json   cached content hashes of the input files
     prep/summary.json       what prep removed, by reason
-    prep/clean/<obsid>.h5   cleaned events of one observation
+    prep/clean/<obsid>.<fingerprint>.h5   cleaned events of one observation,
+                            named by the fingerprint of what made them
     prep/*.fits             counts, background, exposure, mask images for ds9
     obs/<obsid>/            CIAO products of one observation  (ciao backend)
     acb/scalemap.fits       radius reaching the target S/N   (hpcxt scalemap)
@@ -163,8 +164,15 @@ class WorkDir:
     def prep_summary(self) -> Path:
         return self.prep / "summary.json"
 
-    def clean_events(self, obsid: str) -> Path:
-        return self.prep / "clean" / f"{obsid}.h5"
+    def clean_events(self, obsid: str, fp: str) -> Path:
+        """Cleaned events of one observation made from inputs with fingerprint ``fp``.
+
+        Named by the fingerprint, so a run with new inputs never overwrites
+        the files an earlier, finished bundle was made from: a bad new input
+        found later leaves the old ones in place, and going back to the old
+        inputs finds them up to date.
+        """
+        return self.prep / "clean" / f"{obsid}.{fp}.h5"
 
     def prep_image(self, name: str) -> Path:
         return self.prep / f"{name}.fits"

@@ -87,6 +87,7 @@ def prepare_results(cfg, resume: bool, nranks: int = 1):
     path, table_path, bundle_path = wd.results, wd.regions, wd.bundle
     table = read_regions(table_path)
     bundle_obsids, bundle_config_hash = read_bundle_identity(bundle_path)
+    _check_table_is_current(cfg, table, table_path, bundle_config_hash)
     if list(table.obsids) != bundle_obsids:
         raise InputError(f"region table is for observations {', '.join(table.obsids)} but the "
                          f"bundle holds {', '.join(bundle_obsids)}; re-run 'hpcxt scalemap'",
@@ -128,6 +129,25 @@ def prepare_results(cfg, resume: bool, nranks: int = 1):
     res.seconds_at_run_start = res.run_seconds
     res.nranks = nranks
     return res, True
+
+
+def _check_table_is_current(cfg, table, table_path, bundle_config_hash: str) -> None:
+    """Refuse a region table made for other scale-map settings or another bundle.
+
+    Tables written before their settings were recorded (or by tests'
+    synthetic fixtures) carry none and are not checked.
+    """
+    from .scalemap import scalemap_inputs
+
+    if not table.inputs:
+        return
+    changed = changed_keys(table.inputs, scalemap_inputs(cfg))
+    if changed:
+        raise InputError(f"{', '.join(changed)} changed since the scale map was made; re-run "
+                         "'hpcxt scalemap' first", path=table_path, field="inputs")
+    if table.bundle_hash != bundle_config_hash:
+        raise InputError("the bundle (prep/bundle.h5) changed since the scale map was made; "
+                         "re-run 'hpcxt scalemap' first", path=table_path, field="bundle_hash")
 
 
 def run_fit(cfg, comm, resume: bool = False, fit_factory=None, hooks=None) -> int:

@@ -1,21 +1,25 @@
 """Serial prep driver: runs the prep stages in order, records which finished.
 
-Stages, each recorded in ``<workdir>/prep/stages.json`` with a fingerprint
-of what it read (config fields and the size and content hash of its input
-files, not their paths, so a copied or moved project keeps its records;
-see :class:`hpcxt.io.workdir.FileHashes`):
+Each stage is identified by a fingerprint of what it read (config fields
+and the size and content hash of its input files, not their paths, so a
+copied or moved project keeps its records; see
+:class:`hpcxt.io.workdir.FileHashes`):
 
-``products``         (``ciao`` backend only) CIAO tools make the products
-``clean:<obsid>``    filters and reprojects one observation's events
-                     -> ``prep/clean/<obsid>.h5``
-``bundle``           grid, crop, images, exposure maps, responses
-                     -> ``prep/bundle.h5`` and FITS images for ds9
+``products``  (``ciao`` backend only) CIAO tools make the products
+``clean``     filters and reprojects one observation's events
+              -> ``prep/clean/<obsid>.<fingerprint>.h5``
+``bundle``    grid, crop, images, exposure maps, responses
+              -> ``prep/bundle.h5`` (which stores its fingerprint) and FITS
+              images for ds9; recorded in ``prep/stages.json``
 
-Re-running skips a stage whose fingerprint is unchanged and whose output
-exists; a changed input or config field re-runs that stage and everything
-after it. Outputs are written aside and renamed, and a stage is recorded
-only after its output is complete, so an error or a kill never leaves a
-half-written file that a later run trusts.
+Re-running skips a stage whose output exists, reads, and was made from the
+same fingerprint; a changed input or config field re-runs that stage and
+everything after it. Outputs are written aside and renamed. A clean-event
+file is named by its fingerprint, so new inputs never overwrite the files
+of the last finished bundle: when a new input turns out bad (a crop off
+the data, say), the finished bundle and what it was made from stay as they
+were. Clean-event files of other inputs are removed once a new bundle is
+made.
 """
 
 from __future__ import annotations
@@ -116,6 +120,71 @@ def _progress(iterable, desc: str, total: int):
                 leave=False)
 
 
+def _clean_is_intact(path: Path) -> bool:
+    """A clean-event file exists and reads (a truncated one is made again)."""
+    if not path.exists():
+        return False
+    try:
+        _load_clean(path)
+    except (OSError, KeyError, ValueError):
+        log.warning("clean: %s is unreadable; making it again", path)
+        return False
+    return True
+
+
+def _bundle_is(path: Path, fp: str) -> bool:
+    """The bundle reads and was made from inputs with fingerprint ``fp``."""
+    from ..io.bundle import read_bundle_identity
+    try:
+        return read_bundle_identity(path)[1] == fp
+    except InputError as exc:
+        log.warning("bundle: %s; making it again", exc)
+        return False
+
+
+def _remove_stale_clean_files(wd: WorkDir, obs_products, clean_fps) -> None:
+    """Once a bundle is made, clean-event files of other inputs are not needed."""
+    keep = {wd.clean_events(o["obsid"], fp).name for o, fp in zip(obs_products, clean_fps)}
+    for path in (wd.prep / "clean").glob("*.h5"):
+        if path.name not in keep:
+            path.unlink(missing_ok=True)
+
+
+def _clean_observation(cfg, o: dict, out: Path, frame, crop, point_sources):
+    """Filter one observation's events (and background) and save them to ``out``.
+
+    Returns the sky frame of the bundle (the first observation's).
+    """
+    obsid = o["obsid"]
+    ev = read_events(o["events"], role=f"observation {obsid} events")
+    frame = frame or ev.frame
+    scale_band = cfg.prep.background_scale_band
+    src = P.clean_events(ev, cfg.prep.ccds, cfg.prep.deflare, point_sources, frame,
+                         scale_band=scale_band, scale_exclude=crop)
+    if len(src.x) == 0:
+        raise InputError("no events left after the ccd, energy, GTI and flare filters",
+                         path=o["events"], field="prep.ccds")
+    bkg = None
+    if o.get("background"):
+        bev = read_events(o["background"], role=f"observation {obsid} background",
+                          need_time=False)
+        # The blank-sky file is reprojected to this observation's pointing;
+        # its own column WCS says so, and clean_events reprojects with it.
+        bkg = P.clean_events(bev, cfg.prep.ccds, None, point_sources, frame,
+                             is_background=True, scale_band=scale_band, scale_exclude=crop)
+    meta = {"obsid": obsid, "header": {k: str(v) for k, v in ev.header.items()}}
+    if bkg is not None:
+        n_src, n_bkg, area = P.scale_counts(src, bkg)
+        meta["bkg_scale"] = P.background_scale(n_src, n_bkg, path=o["background"])
+        meta["bkg_scale_area"] = area
+    starts, stops = (np.asarray(v, dtype=float) for v in src.flare_intervals)
+    meta["flare_seconds"] = float(np.sum(stops - starts)) if starts.size else 0.0
+    _save_clean(out, src, bkg, frame, meta)
+    log.info("clean %s: %d of %d events kept, exposure %.0f s (%.0f s of flares removed)",
+             obsid, len(src.x), src.n_input, src.exposure, meta["flare_seconds"])
+    return frame
+
+
 def run_prep(cfg, force: bool = False) -> Path:
     """Run every prep stage that is not up to date; return the bundle path.
 
@@ -151,50 +220,18 @@ def _run_prep(cfg, wd: WorkDir, record: StageRecord, hashes: FileHashes, force: 
                       "point_sources": file_fp(cfg.prep.point_sources),
                       "reference": file_fp(obs_products[0]["events"])}
 
-    # ---- clean each observation
     frame = None
     clean_fps = []
     for o in _progress(obs_products, "clean", len(obs_products)):
-        obsid = o["obsid"]
-        out = wd.clean_events(obsid)
-        fp = fingerprint({"settings": clean_settings,
-                           "events": file_fp(o["events"]),
-                           "background": file_fp(o.get("background"))})
+        fp = fingerprint({"settings": clean_settings, "events": file_fp(o["events"]),
+                          "background": file_fp(o.get("background"))})
         clean_fps.append(fp)
-        if not force and record.is_done(f"clean:{obsid}", fp, out):
-            if frame is None:
-                frame = _load_clean(out)[0]
-            log.info("clean %s: up to date", obsid)
+        out = wd.clean_events(o["obsid"], fp)
+        if not force and _clean_is_intact(out):
+            frame = frame or _load_clean(out)[0]
+            log.info("clean %s: up to date", o["obsid"])
             continue
-        ev = read_events(o["events"], role=f"observation {obsid} events")
-        if frame is None:
-            frame = ev.frame
-        scale_band = cfg.prep.background_scale_band
-        src = P.clean_events(ev, cfg.prep.ccds, cfg.prep.deflare, point_sources, frame,
-                             scale_band=scale_band, scale_exclude=crop)
-        if len(src.x) == 0:
-            raise InputError("no events left after the ccd, energy, GTI and flare filters",
-                             path=o["events"], field="prep.ccds")
-        bkg = None
-        if o.get("background"):
-            bev = read_events(o["background"], role=f"observation {obsid} background",
-                              need_time=False)
-            bkg = P.clean_events(bev, cfg.prep.ccds, None, point_sources, frame,
-                                 is_background=True, scale_band=scale_band, scale_exclude=crop)
-            # The blank-sky file is reprojected to this observation's pointing;
-            # its own column WCS says so, and reprojection above used it.
-        meta = {"obsid": obsid, "header": {k: str(v) for k, v in ev.header.items()}}
-        if bkg is not None:
-            n_src, n_bkg, area = P.scale_counts(src, bkg)
-            meta["bkg_scale"] = P.background_scale(n_src, n_bkg, path=o["background"])
-            meta["bkg_scale_area"] = area
-        flare_s = float(np.sum(np.asarray(src.flare_intervals[1]) -
-                               np.asarray(src.flare_intervals[0]))) if len(src.flare_intervals[0]) else 0.0
-        meta["flare_seconds"] = flare_s
-        _save_clean(out, src, bkg, frame, meta)
-        record.mark(f"clean:{obsid}", fp)
-        log.info("clean %s: %d of %d events kept, exposure %.0f s (%.0f s of flares removed)",
-                 obsid, len(src.x), src.n_input, src.exposure, flare_s)
+        frame = _clean_observation(cfg, o, out, frame, crop, point_sources)
 
     # ---- bundle
     bundle_path = wd.bundle
@@ -203,23 +240,27 @@ def _run_prep(cfg, wd: WorkDir, record: StageRecord, hashes: FileHashes, force: 
                         "crop": file_fp(cfg.prep.crop_region),
                         "obs": [[file_fp(o[k]) for k in ("exposure_map", "arf", "rmf")]
                                 for o in obs_products]})
-    if not force and record.is_done("bundle", bfp, bundle_path):
+    if not force and record.is_done("bundle", bfp, bundle_path) and _bundle_is(bundle_path, bfp):
         log.info("bundle: up to date (%s)", bundle_path)
         return bundle_path
-    bundle, summary = _make_bundle(cfg, obs_products, wd, frame, crop, point_sources, bfp)
+    bundle, summary = _make_bundle(cfg, obs_products, clean_fps, wd, frame, crop,
+                                   point_sources, bfp)
     write_bundle(bundle_path, bundle)
     _write_images(wd, bundle)
     write_json_atomic(wd.prep_summary, summary)
     record.mark("bundle", bfp)
+    _remove_stale_clean_files(wd, obs_products, clean_fps)
     _log_summary(summary, bundle, time.perf_counter() - t_start)
     return bundle_path
 
 
-def _make_bundle(cfg, obs_products, wd: WorkDir, frame, crop, point_sources, bundle_fp):
+def _make_bundle(cfg, obs_products, clean_fps, wd: WorkDir, frame, crop, point_sources,
+                 bundle_fp):
     from ..prep.response import read_response
 
     bin_ = cfg.prep.bin
-    cleaned = [_load_clean(wd.clean_events(o["obsid"])) for o in obs_products]
+    cleaned = [_load_clean(wd.clean_events(o["obsid"], fp))
+               for o, fp in zip(obs_products, clean_fps)]
     if crop is not None:
         xmin, xmax, ymin, ymax = crop.include_bbox(frame)
     else:

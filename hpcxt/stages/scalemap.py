@@ -237,7 +237,8 @@ def run_scalemap(cfg, comm, tile_size: int | None = None, hooks=None) -> None:
                                          inputs.exposure_refs),
         used=fraction >= float(cfg.fit.min_obs_fraction), obsids=list(inputs.obsids),
         resolution=cfg.fit.resolution, step=step, target_sn=float(params.target_sn),
-        config_hash=inputs.config_hash, bundle_hash=inputs.bundle_hash)
+        config_hash=inputs.config_hash, bundle_hash=inputs.bundle_hash,
+        inputs=scalemap_inputs(cfg))
     write_regions(regions_path, regions)
     write_scalemap_fits(fits_path, radius_map, grid, params, inputs.config_hash)
     got = radius_map[np.isfinite(radius_map)]
