@@ -101,7 +101,23 @@ def cmd_maps(args) -> int:
     from .stages.maps import run_maps
     from .io.config import load_config
     cfg = load_config(args.config, check_files=False)
-    run_maps(cfg)
+    run_maps(cfg, coords=args.coords)
+    return 0
+
+
+def cmd_regions(args) -> int:
+    from .stages.export import describe_region
+    from .io.config import load_config
+    cfg = load_config(args.config, check_files=False)
+    print(describe_region(cfg, args.id))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .stages.export import run_export
+    from .io.config import load_config
+    cfg = load_config(args.config, check_files=False)
+    print(f"wrote {run_export(cfg, args.format, args.output)}")
     return 0
 
 
@@ -206,9 +222,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("config")
     s.set_defaults(func=cmd_status)
 
-    s = sub.add_parser("maps", help="temperature, pressure, density and entropy maps")
+    s = sub.add_parser("maps", help="temperature, pressure, density and entropy maps, "
+                                    "flux images, coverage and a ds9 region file")
     s.add_argument("config")
+    s.add_argument("--coords", choices=("fk5", "physical"), default="fk5",
+                   help="coordinates of maps/regions.reg: fk5 (sexagesimal, default) or "
+                        "physical (sky pixels)")
     s.set_defaults(func=cmd_maps)
+
+    s = sub.add_parser("regions", help="every number of one fitted region")
+    s.add_argument("config")
+    s.add_argument("--id", type=int, required=True, help="region id (as in regions.reg)")
+    s.set_defaults(func=cmd_regions)
+
+    s = sub.add_parser("export", help="the fit results as a table, one row per region")
+    s.add_argument("config")
+    s.add_argument("--format", choices=("fits", "csv", "ecsv"), default="fits",
+                   help="fits (default), csv (comma-separated ECSV) or ecsv")
+    s.add_argument("--output", help="file to write (default: <workdir>/export/results.<format>)")
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("jobs", help="Slurm/PBS job scripts that checkpoint and resubmit themselves")
     s.add_argument("config")

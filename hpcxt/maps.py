@@ -14,16 +14,64 @@ Thermodynamic maps follow ClusterPyXT's pseudo quantities, without its
   pixel) averaged over the region's circle;
 * pressure ``P = n kT``;
 * entropy ``K = kT n^(-2/3)``.
+
+Which region a pixel shows, and why a pixel is blank, is decided once by
+:func:`assign_pixels` and :func:`coverage_map` (codes :class:`Coverage`,
+written as ``coverage.fits``): every map and the summary use that answer.
+The exposure-corrected images (:func:`flux_image`) follow CIAO's
+``fluximage``: counts over the exposure map, photon cm^-2 s^-1 per image
+pixel, with the exposure map thresholded at a fraction of its peak.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .schema import Status
 
+#: CIAO fluximage's default ``expmapthresh``: pixels whose exposure is below
+#: this fraction of the exposure map's peak are left out of the flux image.
+FLUXIMAGE_THRESHOLD = 0.015
+
+
+class Coverage(enum.IntEnum):
+    """The codes of ``coverage.fits``: what each image pixel of the maps shows.
+
+    0 and 1 carry a value; every other code is a blank (NaN) pixel of a
+    different kind.
+    """
+
+    MAPPED = 0       #: the value of the region whose block holds the pixel
+    FILLED = 1       #: edge strip missed by the blocks: the nearest region's value
+    FIT_FAILED = 2   #: the region's fit failed (no usable kT)
+    LOW_SN = 3       #: the block's centre never reached the target S/N: no region
+    NO_REGION = 4    #: outside every region's block and too far from any to fill
+    MASKED = 5       #: point source, outside the crop, or unexposed
+    PENDING = 6      #: the region is not fitted yet
+    DROPPED = 7      #: fitted, but dropped by maps.max_frac_error
+
+    @property
+    def meaning(self) -> str:
+        return _COVERAGE_MEANING[self]
+
+    @property
+    def has_value(self) -> bool:
+        return self in (Coverage.MAPPED, Coverage.FILLED)
+
+
+_COVERAGE_MEANING = {
+    Coverage.MAPPED: "value of the region whose block holds the pixel",
+    Coverage.FILLED: "edge strip outside every block: nearest region's value",
+    Coverage.FIT_FAILED: "blank: the region's fit failed",
+    Coverage.LOW_SN: "blank: never reached the target S/N (no region)",
+    Coverage.NO_REGION: "blank: outside every region's block",
+    Coverage.MASKED: "blank: point source, outside the crop or unexposed",
+    Coverage.PENDING: "blank: the region is not fitted yet",
+    Coverage.DROPPED: "blank: dropped by maps.max_frac_error",
+}
 
 
 # --------------------------------------------------------------------------
@@ -38,30 +86,130 @@ def block_slices(row: int, col: int, step: int, shape):
     return slice(r0, r1), slice(c0, c1)
 
 
-def paint_blocks(values, rows, cols, step: int, mask) -> np.ndarray:
-    """Image with each region's value filling its block, clipped to the mask.
+def assign_pixels(rows, cols, step: int, mask) -> tuple[np.ndarray, np.ndarray]:
+    """Which region each image pixel shows, and why where none.
+
+    A region owns the ``step x step`` block centred on its fitted pixel
+    (clipped to the image and the mask), as in ClusterPyXT. At low and
+    medium resolution the blocks miss pixels: strips along the image edges
+    beyond the last block, and pixels of blocks whose centre is masked (a
+    point source, the crop edge). Those take the outcome of the nearest
+    block centre in the mask when it lies within one and a half blocks
+    (``step + step//2`` image pixels, chessboard distance): its region's
+    value, or no value if that centre never reached the target S/N.
+
+    Parameters
+    ----------
+    rows, cols : ndarray (n,) int
+        Fitted pixel of each region (0-based image pixels); every ``step``-th
+        row and column, as :func:`hpcxt.acb.region_pixels` picks them.
+    step : int
+        1, 3 or 5 (resolution high, medium, low), image pixels.
+    mask : ndarray (ny, nx) bool
+        Mapped pixels.
+
+    Returns
+    -------
+    owner : ndarray (ny, nx) int64
+        Index of the region each pixel shows; -1 for none.
+    how : ndarray (ny, nx) uint8
+        :class:`Coverage` code: ``MAPPED`` (in a block), ``FILLED`` (from the
+        nearest region), ``LOW_SN``, ``NO_REGION`` or ``MASKED``.
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    mask = np.asarray(mask, dtype=bool)
+    rows = np.asarray(rows, dtype=np.int64)
+    cols = np.asarray(cols, dtype=np.int64)
+    ny, nx = mask.shape
+    half = step // 2
+    owner = np.full(mask.shape, -1, dtype=np.int64)
+    for i, (r, c) in enumerate(zip(rows, cols)):
+        rs, cs = block_slices(int(r), int(c), step, mask.shape)
+        owner[rs, cs] = i
+    owner[~mask] = -1
+    how = np.full(mask.shape, Coverage.MASKED, dtype=np.uint8)
+    how[owner >= 0] = Coverage.MAPPED
+    todo = mask & (owner < 0)
+    if not todo.any():
+        return owner, how
+    # Block centres in the mask; those without a region never reached the
+    # target S/N (region_pixels keeps every mapped centre with a radius).
+    centre = np.zeros(mask.shape, dtype=bool)
+    centre[::step, ::step] = True
+    centre &= mask
+    region_at = np.full(mask.shape, -1, dtype=np.int64)
+    region_at[rows, cols] = np.arange(rows.size)
+    rr, cc = np.nonzero(todo)
+    own_r = (rr + half) // step * step
+    own_c = (cc + half) // step * step
+    in_image = (own_r < ny) & (own_c < nx)
+    low = np.zeros(rr.size, dtype=bool)
+    low[in_image] = centre[own_r[in_image], own_c[in_image]]
+    how[rr[low], cc[low]] = Coverage.LOW_SN
+    rr, cc = rr[~low], cc[~low]
+    how[rr, cc] = Coverage.NO_REGION
+    if rr.size == 0 or not centre.any():
+        return owner, how
+    _, (near_r, near_c) = distance_transform_edt(~centre, return_indices=True)
+    nr, nc = near_r[rr, cc], near_c[rr, cc]
+    close = np.maximum(np.abs(rr - nr), np.abs(cc - nc)) <= step + half
+    region = region_at[nr, nc]
+    fill = close & (region >= 0)
+    owner[rr[fill], cc[fill]] = region[fill]
+    how[rr[fill], cc[fill]] = Coverage.FILLED
+    how[rr[close & (region < 0)], cc[close & (region < 0)]] = Coverage.LOW_SN
+    return owner, how
+
+
+def coverage_map(owner, how, region_codes) -> np.ndarray:
+    """The coverage code of every pixel: the pixel's geometry and its region's outcome.
+
+    Parameters
+    ----------
+    owner, how : ndarray (ny, nx)
+        From :func:`assign_pixels`.
+    region_codes : ndarray (n,) uint8
+        :class:`Coverage` code of each region: ``MAPPED`` for a region with a
+        value, else ``FIT_FAILED``, ``PENDING`` or ``DROPPED``
+        (:attr:`Selection.codes`).
+
+    Returns
+    -------
+    ndarray (ny, nx) uint8
+    """
+    out = np.asarray(how, dtype=np.uint8).copy()
+    owned = owner >= 0
+    outcome = np.asarray(region_codes, dtype=np.uint8)[owner[owned]]
+    out[owned] = np.where(outcome == Coverage.MAPPED, out[owned], outcome)
+    return out
+
+
+def paint(values, owner, coverage) -> np.ndarray:
+    """Image of each pixel's region value where the coverage has a value, NaN elsewhere.
 
     Parameters
     ----------
     values : ndarray (n,)
-        One value per region (NaN for no value).
-    rows, cols : ndarray (n,) int
-        Fitted pixel of each region (0-based image pixels).
-    step : int
-        1, 3 or 5 (resolution high, medium, low): block side, image pixels.
-    mask : ndarray (ny, nx) bool
-        Mapped pixels; everything else is NaN.
+        One value per region.
+    owner, coverage : ndarray (ny, nx)
+        From :func:`assign_pixels` and :func:`coverage_map`.
 
     Returns
     -------
     ndarray (ny, nx) float64
     """
-    img = np.full(mask.shape, np.nan)
-    for v, r, c in zip(np.asarray(values, float), rows, cols):
-        rs, cs = block_slices(int(r), int(c), step, mask.shape)
-        img[rs, cs] = v
-    img[~mask] = np.nan
+    img = np.full(owner.shape, np.nan)
+    show = (coverage == Coverage.MAPPED) | (coverage == Coverage.FILLED)
+    img[show] = np.asarray(values, dtype=float)[owner[show]]
     return img
+
+
+def count_coverage(coverage) -> dict[str, int]:
+    """Pixels of each coverage code, by lower-case name (every code listed)."""
+    counts = np.bincount(np.asarray(coverage, dtype=np.int64).ravel(),
+                         minlength=len(Coverage))
+    return {c.name.lower(): int(counts[c]) for c in Coverage}
 
 
 def _disk(radius: float) -> tuple[np.ndarray, np.ndarray]:
@@ -102,16 +250,56 @@ def circle_mean(image, mask, rows, cols, radii) -> np.ndarray:
     return out
 
 
+def flux_image(counts, exposure, mask, threshold: float = FLUXIMAGE_THRESHOLD,
+               background=None) -> np.ndarray:
+    """Exposure-corrected image, as CIAO's ``fluximage`` makes it.
+
+    ``(counts - background) / exposure`` per image pixel, where pixels whose
+    exposure is below ``threshold`` times the exposure map's peak are left
+    out (fluximage's ``expmapthresh``, default 1.5%: at chip edges the steep
+    exposure gradient would otherwise dominate the image). With the
+    exposure map in cm**2 s count/photon, as ``fluximage`` and ``mkexpmap``
+    write it, the result is photon cm^-2 s^-1 per image pixel. For several
+    observations, counts and exposure maps are sums, as in ``merge_obs``.
+
+    Parameters
+    ----------
+    counts : ndarray (ny, nx)
+        Counts per image pixel (point sources already removed).
+    exposure : ndarray (ny, nx)
+        Exposure map, cm**2 s count/photon.
+    mask : ndarray (ny, nx) bool
+        Mapped pixels.
+    threshold : float
+        Fraction of the peak exposure below which a pixel is left out; 0
+        keeps every exposed pixel.
+    background : ndarray (ny, nx), optional
+        Scaled background counts per image pixel, subtracted.
+
+    Returns
+    -------
+    ndarray (ny, nx) float64
+        NaN where masked, unexposed or below the threshold (``fluximage``
+        writes 0 there; NaN cannot be mistaken for a measurement).
+    """
+    exposure = np.asarray(exposure, dtype=float)
+    counts = np.asarray(counts, dtype=float)
+    out = np.full(counts.shape, np.nan)
+    peak = float(exposure.max()) if exposure.size else 0.0
+    ok = np.asarray(mask, dtype=bool) & (exposure > 0) & (exposure >= threshold * peak)
+    num = counts if background is None else counts - np.asarray(background, dtype=float)
+    out[ok] = num[ok] / exposure[ok]
+    return out
+
+
 def surface_brightness(counts, background, exposure, mask) -> np.ndarray:
-    """Background-subtracted surface brightness, counts cm^-2 s^-1 per pixel.
+    """Background-subtracted surface brightness, photon cm^-2 s^-1 per pixel.
 
     ``counts`` and ``background`` are counts per image pixel (the background
     already scaled), ``exposure`` cm**2 s; NaN where unexposed or masked.
+    :func:`flux_image` with no exposure threshold.
     """
-    sb = np.full(counts.shape, np.nan)
-    ok = mask & (exposure > 0)
-    sb[ok] = (counts[ok] - background[ok]) / exposure[ok]
-    return sb
+    return flux_image(counts, exposure, mask, threshold=0.0, background=background)
 
 
 def thermodynamics(kT, sb_mean):
@@ -119,7 +307,7 @@ def thermodynamics(kT, sb_mean):
 
     Returns
     -------
-    density : sqrt(SB), (counts cm^-2 s^-1 pixel^-1)^(1/2); NaN where SB <= 0
+    density : sqrt(SB), (photon cm^-2 s^-1 pixel^-1)^(1/2); NaN where SB <= 0
     pressure : density * kT
     entropy : kT * density^(-2/3)
     """
@@ -136,10 +324,15 @@ def thermodynamics(kT, sb_mean):
 
 @dataclass
 class Selection:
-    """Which regions make it into the maps, and why the others did not."""
+    """Which regions make it into the maps, and why the others did not.
+
+    ``codes`` is each region's :class:`Coverage` outcome: ``MAPPED`` when
+    kept, else ``PENDING``, ``FIT_FAILED`` or ``DROPPED``.
+    """
 
     keep: np.ndarray
     dropped: dict = field(default_factory=dict)
+    codes: np.ndarray | None = None
 
 
 def select_regions(status, kT, frac_err, drop_failed: bool = True,
@@ -162,35 +355,108 @@ def select_regions(status, kT, frac_err, drop_failed: bool = True,
     else:
         dropped["failed"] = int(np.count_nonzero(failed & ~np.isfinite(kT)))
         keep &= ~pending
+    codes = np.full(status.shape, Coverage.FIT_FAILED, dtype=np.uint8)
+    codes[pending] = Coverage.PENDING
     if max_frac_error is not None:
         too_big = keep & ~(np.asarray(frac_err, float) <= max_frac_error)
         dropped["frac_error_above_%g" % max_frac_error] = int(np.count_nonzero(too_big))
         keep &= ~too_big
-    return Selection(keep=keep, dropped=dropped)
+        codes[too_big] = Coverage.DROPPED
+    codes[keep] = Coverage.MAPPED
+    return Selection(keep=keep, dropped=dropped, codes=codes)
 
 
 # --------------------------------------------------------------------------
-# files
+# what each map is
 
 
-#: name -> (BUNIT, description) of every map written.
+@dataclass(frozen=True)
+class MapSpec:
+    """One map: its unit and what a user needs to read it.
+
+    Attributes
+    ----------
+    bunit : str
+        FITS unit string (``BUNIT``), parseable by ``astropy.units``.
+    title : str
+        One line (FITS ``MAPTITLE``).
+    value_of : str
+        What one value describes: ``"region circle"`` (the fit or a mean over
+        the region's circle, shown on every pixel the region owns) or
+        ``"image pixel"``.
+    detail : str
+        How it is made, for the header's COMMENT cards and the README.
+    """
+
+    bunit: str
+    title: str
+    value_of: str
+    detail: str
+
+
+#: Units of the exposure-corrected surface brightness and what derives from it.
+SB_UNIT = "photon cm**-2 s**-1 pixel**-1"
+DENSITY_UNIT = "photon**(1/2) cm**-1 s**(-1/2) pixel**(-1/2)"
+PRESSURE_UNIT = "keV photon**(1/2) cm**-1 s**(-1/2) pixel**(-1/2)"
+ENTROPY_UNIT = "keV photon**(-1/3) cm**(2/3) s**(1/3) pixel**(1/3)"
+
+_PSEUDO = ("<SB> is the mean of flux_bkgsub.fits (background-subtracted, "
+           "point-source-masked, exposure-corrected surface brightness per image "
+           "pixel) over the region's circle.")
+
+#: name -> :class:`MapSpec` of every region map (painted by region).
 MAPS = {
-    "temperature": ("keV", "kT"),
-    "temperature_lo": ("keV", "kT lower bound (1 sigma)"),
-    "temperature_hi": ("keV", "kT upper bound (1 sigma)"),
-    "temperature_err": ("keV", "symmetric kT error, (hi - lo)/2"),
-    "temperature_frac_err": ("", "kT error / kT"),
-    "norm": ("cm**-5", "XSPEC normalisation"),
-    "fit_stat": ("", "fit statistic / degrees of freedom"),
-    "counts": ("count", "source counts in the fit band, all observations"),
-    "density": ("(count cm**-2 s**-1)**(1/2)", "pseudo density sqrt(SB)"),
-    "pressure": ("keV (count cm**-2 s**-1)**(1/2)", "pseudo pressure n kT"),
-    "entropy": ("keV (count cm**-2 s**-1)**(-1/3)", "pseudo entropy kT n**(-2/3)"),
+    "temperature": MapSpec("keV", "kT of the region's fit", "region circle",
+                           "Best-fit kT of the absorbed thermal model fitted jointly to "
+                           "the spectra of the region's circle in every observation."),
+    "temperature_lo": MapSpec("keV", "kT lower bound", "region circle",
+                              "Lower bound of kT at fit.error_sigma (ERRSIGMA)."),
+    "temperature_hi": MapSpec("keV", "kT upper bound", "region circle",
+                              "Upper bound of kT at fit.error_sigma (ERRSIGMA)."),
+    "temperature_err": MapSpec("keV", "symmetric kT error (hi - lo)/2", "region circle",
+                               "(kT_hi - kT_lo) / 2 at fit.error_sigma."),
+    "temperature_frac_err": MapSpec("", "fractional kT error", "region circle",
+                                    "(kT_hi - kT_lo) / 2 / kT."),
+    "norm": MapSpec("cm**-5", "XSPEC norm of the whole region circle", "region circle",
+                    "XSPEC normalisation of the whole circle, not per pixel: "
+                    "1e-14 / (4 pi (D_A (1+z))**2) * integral of n_e n_H dV over "
+                    "the circle's column."),
+    "fit_stat": MapSpec("", "fit statistic / dof", "region circle",
+                        "Fit statistic (STATISTC) at the best fit over the degrees of "
+                        "freedom."),
+    "counts": MapSpec("count", "source counts in the circle, all observations",
+                      "region circle",
+                      "Source counts in the fit band (FITBAND) in the region's circle, "
+                      "summed over observations; not per pixel."),
+    "density": MapSpec(DENSITY_UNIT, "pseudo density sqrt(<SB>)", "region circle",
+                       "Pseudo density sqrt(<SB>). " + _PSEUDO),
+    "pressure": MapSpec(PRESSURE_UNIT, "pseudo pressure kT sqrt(<SB>)", "region circle",
+                        "Pseudo pressure kT * sqrt(<SB>). " + _PSEUDO),
+    "entropy": MapSpec(ENTROPY_UNIT, "pseudo entropy kT <SB>**(-1/3)", "region circle",
+                       "Pseudo entropy kT * sqrt(<SB>)**(-2/3). " + _PSEUDO),
+}
+
+#: name -> :class:`MapSpec` of the per-pixel images written beside the maps.
+IMAGES = {
+    "flux": MapSpec(SB_UNIT, "exposure-corrected image (fluximage)", "image pixel",
+                    "Counts / exposure map per image pixel in the image band (IMGBAND), "
+                    "as CIAO fluximage makes it: pixels below EXPTHRSH of the peak "
+                    "exposure, point sources and pixels outside the crop are NaN."),
+    "flux_bkgsub": MapSpec(SB_UNIT, "background-subtracted exposure-corrected image",
+                           "image pixel",
+                           "(counts - scaled blank-sky background) / exposure map per "
+                           "image pixel; same blanks as flux.fits. The <SB> of the "
+                           "pseudo density, pressure and entropy maps."),
 }
 
 
-def region_values(res, table, bundle, selection: Selection) -> dict:
-    """Per-region values of every map (NaN where not kept)."""
+def region_values(res, table, bundle, selection: Selection, sb=None) -> dict:
+    """Per-region values of every map (NaN where not kept).
+
+    ``sb`` is the background-subtracted flux image (:func:`flux_image`)
+    whose circle means make the pseudo density; default: no exposure
+    threshold.
+    """
     kT = np.asarray(res.kT, float)
     lo = np.asarray(res.kT_lo, float)
     hi = np.asarray(res.kT_hi, float)
@@ -201,7 +467,8 @@ def region_values(res, table, bundle, selection: Selection) -> dict:
     counts = np.asarray(res.counts, float)
     if counts.ndim == 2:
         counts = counts.sum(axis=1)
-    sb = surface_brightness(bundle.counts, bundle.background, bundle.exposure, bundle.mask)
+    if sb is None:
+        sb = surface_brightness(bundle.counts, bundle.background, bundle.exposure, bundle.mask)
     sb_mean = circle_mean(sb, bundle.mask & np.isfinite(sb), table.row, table.col, table.radius)
     density, pressure, entropy = thermodynamics(kT, sb_mean)
     values = {"temperature": kT, "temperature_lo": lo, "temperature_hi": hi,

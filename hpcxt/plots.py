@@ -9,9 +9,12 @@ import numpy as np
 QUICKLOOKS = (
     ("temperature", "kT [keV]", "magma"),
     ("temperature_frac_err", "fractional kT error", "viridis"),
-    ("pressure", "pseudo pressure [keV (cts cm$^{-2}$ s$^{-1}$)$^{1/2}$]", "cividis"),
-    ("entropy", "pseudo entropy [keV (cts cm$^{-2}$ s$^{-1}$)$^{-1/3}$]", "plasma"),
+    ("pressure", "pseudo pressure [keV (ph cm$^{-2}$ s$^{-1}$ pix$^{-1}$)$^{1/2}$]", "cividis"),
+    ("entropy", "pseudo entropy [keV (ph cm$^{-2}$ s$^{-1}$ pix$^{-1}$)$^{-1/3}$]", "plasma"),
 )
+
+
+FLUX_LABEL = "photon cm$^{-2}$ s$^{-1}$ pixel$^{-1}$"
 
 
 def _smoothed_brightness(bundle) -> np.ndarray:
@@ -36,15 +39,24 @@ def _contour_levels(sb) -> np.ndarray | None:
     return np.geomspace(lo, hi, 6)
 
 
-def _panel(ax, image, label, cmap, sb, levels, fig):
+def _panel(ax, image, label, cmap, sb, levels, fig, log: bool = False):
     finite = image[np.isfinite(image)]
-    if finite.size:
+    norm = None
+    if log and np.any(finite > 0):
+        from matplotlib.colors import LogNorm
+        pos = finite[finite > 0]
+        lo, hi = np.percentile(pos, [5, 99.8])
+        norm = LogNorm(vmin=lo, vmax=max(hi, lo * 1.01))
+        vmin = vmax = None
+        # pixels without counts show the lowest colour, not the NaN colour
+        image = np.where(np.isfinite(image), np.maximum(image, lo), np.nan)
+    elif finite.size:
         vmin, vmax = np.percentile(finite, [2, 98])
         if vmin == vmax:
             vmin, vmax = vmin - 0.5, vmax + 0.5
     else:
         vmin, vmax = 0, 1
-    im = ax.imshow(image, origin="lower", cmap=cmap, vmin=vmin, vmax=vmax,
+    im = ax.imshow(image, origin="lower", cmap=cmap, vmin=vmin, vmax=vmax, norm=norm,
                    interpolation="nearest")
     if levels is not None:
         ax.contour(sb, levels=levels, colors="white", linewidths=0.6, alpha=0.7)
@@ -85,6 +97,26 @@ def write_quicklooks(outdir, images: dict, bundle, title: str) -> list[str]:
         fig.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(fig)
         written.append(path.name)
+    if "flux" in images:
+        fig = plt.figure(figsize=(6.4, 5.4))
+        ax = fig.add_subplot(projection=wcs)
+        _panel(ax, images["flux"], FLUX_LABEL, "inferno", sb, None, fig, log=True)
+        ax.set_title(f"{title}: flux (counts / exposure)")
+        fig.savefig(outdir / "flux.png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        written.append("flux.png")
+        fig = plt.figure(figsize=(13, 5.4))
+        ax = fig.add_subplot(1, 2, 1, projection=wcs)
+        fig.subplots_adjust(wspace=0.55)
+        _panel(ax, images["flux"], FLUX_LABEL, "inferno", sb, None, fig, log=True)
+        ax.set_title("exposure-corrected image (flux.fits)")
+        ax = fig.add_subplot(1, 2, 2, projection=wcs)
+        _panel(ax, images["temperature"], "kT [keV]", "magma", sb, levels, fig)
+        ax.set_title("temperature (temperature.fits)")
+        fig.suptitle(f"{title}: hpcxt flux image and temperature map")
+        fig.savefig(outdir / "flux_temperature.png", dpi=90, bbox_inches="tight")
+        plt.close(fig)
+        written.append("flux_temperature.png")
     fig = plt.figure(figsize=(13, 10))
     for i, (name, label, cmap) in enumerate(QUICKLOOKS, start=1):
         ax = fig.add_subplot(2, 2, i, projection=wcs)

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-KERNELS = ("hpcxt.acb", "hpcxt.fit", "hpcxt.spectra", "hpcxt.maps", "hpcxt.schema",
-           "hpcxt.rmf", "hpcxt.data", "hpcxt.models", "hpcxt.prep.products",
+KERNELS = ("hpcxt.acb", "hpcxt.fit", "hpcxt.spectra", "hpcxt.maps", "hpcxt.export",
+           "hpcxt.schema", "hpcxt.rmf", "hpcxt.data", "hpcxt.models", "hpcxt.prep.products",
            "hpcxt.prep.intervals", "hpcxt.prep.regionfile", "hpcxt.prep.response")
 
 

@@ -12,7 +12,7 @@ from astropy.io import fits
 
 from hpcxt.io.checkpoint import read_results
 from hpcxt.io.regions_table import read_regions
-from hpcxt.maps import MAPS
+from hpcxt.maps import IMAGES, MAPS
 
 from conftest import run_hpcxt
 
@@ -38,16 +38,17 @@ def test_run_writes_every_map_with_the_bundle_wcs(finished_run):
     with fits.open(work / "prep" / "counts.fits") as h:
         ref = h[0].header
         shape = h[0].data.shape
-    for name, (bunit, _) in MAPS.items():
+    for name, spec in {**MAPS, **IMAGES, "coverage": None}.items():
         with fits.open(work / "maps" / f"{name}.fits") as h:
             hdr, data = h[0].header, h[0].data
         assert data.shape == shape, name
         for key in ("CTYPE1", "CTYPE2", "CRPIX1", "CRPIX2", "CRVAL1", "CRVAL2", "CDELT1",
                     "CDELT2", "LTV1", "LTV2", "LTM1_1"):
             assert hdr[key] == ref[key], (name, key)
-        assert hdr.get("BUNIT", "") == bunit
+        assert hdr.get("BUNIT", "") == (spec.bunit if spec else "")
+    assert (work / "maps" / "regions.reg").stat().st_size > 1000
     for png in ("temperature.png", "temperature_frac_err.png", "pressure.png", "entropy.png",
-                "overview.png"):
+                "overview.png", "flux.png", "flux_temperature.png"):
         assert (work / "maps" / png).stat().st_size > 10_000
 
 

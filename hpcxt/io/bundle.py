@@ -123,6 +123,18 @@ def read_bundle_identity(path) -> tuple[list[str], str]:
                              field=str(exc).strip("'")) from None
 
 
+def _grid(img) -> ImageGrid:
+    return ImageGrid(shape=tuple(img["counts"].shape), x0=float(img.attrs["x0"]),
+                     y0=float(img.attrs["y0"]), bin=int(img.attrs["bin"]),
+                     wcs_header=str(img.attrs["wcs_header"]))
+
+
+def read_bundle_grid(path) -> ImageGrid:
+    """The bundle's image grid and WCS, without reading any image or event."""
+    with _open(path) as f:
+        return _grid(f["image"])
+
+
 def read_bundle(path, load_events: bool = True) -> Bundle:
     """Read a bundle written by :func:`write_bundle`.
 
@@ -133,9 +145,7 @@ def read_bundle(path, load_events: bool = True) -> Bundle:
     """
     with _open(path) as f:
         img = f["image"]
-        grid = ImageGrid(shape=tuple(img["counts"].shape), x0=float(img.attrs["x0"]),
-                         y0=float(img.attrs["y0"]), bin=int(img.attrs["bin"]),
-                         wcs_header=str(img.attrs["wcs_header"]))
+        grid = _grid(img)
         obsids = [s.decode() for s in f.attrs["obsids"]]
         observations = []
         for oid in obsids:

@@ -141,6 +141,9 @@ SCHEMA: dict[str, Spec] = {
         "max_frac_error": _s("float_or_null", None, min=0.0, exclusive_min=True),
         "drop_failed": _s("bool", True),
         "png": _s("bool", True),
+        "expmap_threshold": _s("float", 0.015, min=0.0, max=1.0,
+                               doc="flux images leave out pixels whose exposure is below "
+                                   "this fraction of the peak (fluximage's expmapthresh)"),
     }),
 }
 
@@ -503,6 +506,7 @@ maps:
   max_frac_error: null   # drop fits whose fractional kT error is above this
   drop_failed: true
   png: true
+  expmap_threshold: 0.015  # flux.fits: leave out pixels below 1.5% of the peak exposure (fluximage)
 """
 
 

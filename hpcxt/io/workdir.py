@@ -15,6 +15,8 @@ One place for the layout of ``<workdir>``::
     fit/results.h5          one row per region, checkpointed  (hpcxt fit)
     maps/*.fits, *.png      the maps                          (hpcxt maps)
     maps/summary.json       the maps' stage record and summary
+    maps/regions.reg        the fitted regions for ds9
+    export/results.<fmt>    one row per region                (hpcxt export)
     jobs/                   rendered Slurm/PBS scripts
 
 and the two helpers every writer shares: :func:`atomic_write` (write aside
@@ -218,6 +220,15 @@ class WorkDir:
 
     def map_file(self, name: str, suffix: str = ".fits") -> Path:
         return self.maps / f"{name}{suffix}"
+
+    @property
+    def region_file(self) -> Path:
+        return self.maps / "regions.reg"
+
+    # export
+    def export_table(self, suffix: str) -> Path:
+        """``<workdir>/export/results.<suffix>``."""
+        return self.root / "export" / f"results.{suffix}"
 
     # jobs
     @property

@@ -1,43 +1,119 @@
-"""The maps stage: fit results and region table in, FITS maps and PNGs out."""
+"""The maps stage: fit results and region table in, FITS maps, region file and PNGs out.
+
+Writes to ``<workdir>/maps/``:
+
+* one FITS image per map of :data:`hpcxt.maps.MAPS` (painted by region)
+  and per image of :data:`hpcxt.maps.IMAGES` (``flux``, ``flux_bkgsub``),
+  each with the image WCS, ``BUNIT``, what the map is (COMMENT cards,
+  ``MAPVALUE``) and how the fit was made (model, statistic, error level,
+  z, nH, abundance: :func:`hpcxt.export.provenance_cards`);
+* ``coverage.fits``: the :class:`hpcxt.maps.Coverage` code of every pixel
+  (``COVERn`` cards say what code n means), so the blank pixels of the
+  maps are told apart;
+* ``regions.reg``: the regions' circles for ds9 (fk5 or physical);
+* PNG quick-looks and ``summary.json`` (regions mapped and dropped,
+  pixels per coverage code).
+"""
 
 from __future__ import annotations
 
 import logging
+import textwrap
 import time
 
 import numpy as np
 
 from ..errors import InputError
+from ..export import ds9_regions, provenance_cards
 from ..io.bundle import read_bundle
-from ..io.checkpoint import read_results
+from ..io.checkpoint import fit_inputs, read_results
 from ..io.fitsio import write_image
 from ..io.regions_table import read_regions
-from ..io.workdir import StageRecord, WorkDir, fingerprint
-from ..maps import MAPS, paint_blocks, region_values, select_regions
+from ..io.workdir import StageRecord, WorkDir, fingerprint, write_text_atomic
+from ..maps import (IMAGES, MAPS, Coverage, assign_pixels, count_coverage, coverage_map,
+                    flux_image, paint, region_values, select_regions)
 
 log = logging.getLogger("hpcxt.maps")
 
+#: Region-file coordinate systems (``hpcxt maps --coords``).
+REGION_COORDS = ("fk5", "physical")
 
-def run_maps(cfg) -> dict:
-    """Write ``<workdir>/maps/*.fits`` (and PNGs); return a summary dict."""
 
-    t0 = time.perf_counter()
+def load_fit(cfg, res=None):
+    """The fit results (``res`` if already read) and the region table they were made for.
+
+    Returns
+    -------
+    (WorkDir, FitResults, RegionTable)
+
+    Raises
+    ------
+    InputError
+        A missing file, or results made for another region table.
+    """
     wd = WorkDir.of(cfg)
-    outdir = wd.maps
-    results_path = wd.results
-    res = read_results(results_path)
-    fp = fingerprint({"results": [res.config_hash, res.region_table_hash, res.updated,
-                                  res.n_final], "maps": cfg.maps.to_dict(),
-                      "cluster": cfg.cluster.to_dict()})
-    record = StageRecord(wd.maps_summary)
-    if record.is_done("fingerprint", fp, *(wd.map_file(n) for n in MAPS)):
-        log.info("maps: up to date (%s)", outdir)
-        return record.done
-    bundle = read_bundle(wd.bundle, load_events=False)
+    res = read_results(wd.results) if res is None else res
     table = read_regions(wd.regions)
     if res.region_table_hash != table.content_hash():
         raise InputError("was made for another region table; re-run 'hpcxt fit'",
-                         path=results_path, field="region_table_hash")
+                         path=wd.results, field="region_table_hash")
+    return wd, res, table
+
+
+def _comment_cards(text: str) -> list[tuple]:
+    return [("COMMENT", line, None) for line in textwrap.wrap(text, 70)]
+
+
+def _map_cards(name: str, spec, provenance: list[tuple]) -> list[tuple]:
+    cards = [("HDUNAME", name.upper(), None),
+             ("MAPTITLE", spec.title, None),
+             ("MAPVALUE", spec.value_of, "one value per region circle or image pixel")]
+    cards += provenance
+    cards += _comment_cards(spec.detail)
+    if spec.value_of == "region circle":
+        cards += _comment_cards(
+            "Each pixel shows the region whose block (BLOCK x BLOCK image pixels around "
+            "the fitted pixel) holds it; edge strips the blocks miss show the nearest "
+            "region. NaN pixels: the code in coverage.fits says why.")
+    return cards
+
+
+def _write(path, data, header, bunit, cards) -> None:
+    h = header.copy()
+    for key, value, comment in cards:
+        if key == "COMMENT":
+            h.add_comment(value)
+        else:
+            h[key] = (value, comment) if comment else value
+    write_image(path, data, h, bunit)
+
+
+def run_maps(cfg, coords: str = "fk5") -> dict:
+    """Write ``<workdir>/maps/`` (see the module docstring); return a summary dict.
+
+    Parameters
+    ----------
+    cfg : Config
+    coords : {"fk5", "physical"}
+        Coordinates of ``regions.reg``.
+    """
+    if coords not in REGION_COORDS:
+        raise InputError(f"--coords must be one of {', '.join(REGION_COORDS)}, not {coords!r}",
+                         field="coords")
+    t0 = time.perf_counter()
+    wd = WorkDir.of(cfg)
+    outdir = wd.maps
+    res = read_results(wd.results)
+    fp = fingerprint({"results": [res.config_hash, res.region_table_hash, res.updated,
+                                  res.n_final], "maps": cfg.maps.to_dict(),
+                      "cluster": cfg.cluster.to_dict(), "coords": coords})
+    record = StageRecord(wd.maps_summary)
+    outputs = [wd.map_file(n) for n in (*MAPS, *IMAGES, "coverage")] + [wd.region_file]
+    if record.is_done("fingerprint", fp, *outputs):
+        log.info("maps: up to date (%s)", outdir)
+        return record.done
+    wd, res, table = load_fit(cfg, res)
+    bundle = read_bundle(wd.bundle, load_events=False)
     if not res.complete:
         log.warning("maps: the fit is not finished: %d of %d regions pending stay blank",
                     res.n_pending, len(res))
@@ -45,21 +121,49 @@ def run_maps(cfg) -> dict:
     with np.errstate(divide="ignore", invalid="ignore"):
         frac = (np.asarray(res.kT_hi, float) - np.asarray(res.kT_lo, float)) / 2.0 / kT
     sel = select_regions(res.status, kT, frac, cfg.maps.drop_failed, cfg.maps.max_frac_error)
-    values = region_values(res, table, bundle, sel)
+    threshold = float(cfg.maps.expmap_threshold)
+    flux = {"flux": flux_image(bundle.counts, bundle.exposure, bundle.mask, threshold),
+            "flux_bkgsub": flux_image(bundle.counts, bundle.exposure, bundle.mask, threshold,
+                                      background=bundle.background)}
+    values = region_values(res, table, bundle, sel, sb=flux["flux_bkgsub"])
+    owner, how = assign_pixels(table.row, table.col, table.step, bundle.mask)
+    coverage = coverage_map(owner, how, sel.codes)
+    provenance = provenance_cards(res.fit_inputs or fit_inputs(cfg), table, cfg.cluster.name)
     header = bundle.grid.header()
     images = {}
-    for name, (bunit, desc) in MAPS.items():
-        img = paint_blocks(values[name], table.row, table.col, table.step, bundle.mask)
-        images[name] = img
-        write_image(wd.map_file(name), img.astype(np.float32), header, bunit,
-                    {"HDUNAME": name.upper(), "COMMENT": desc, "OBJECT": cfg.cluster.name,
-                     "RESOLUT": table.resolution, "ORIGIN": "hpcxt"})
+    for name, spec in MAPS.items():
+        images[name] = paint(values[name], owner, coverage)
+        _write(wd.map_file(name), images[name].astype(np.float32), header, spec.bunit,
+               _map_cards(name, spec, provenance))
+    band = [("IMGELO", float(bundle.energy_band[0]), "image band, lower edge, keV"),
+            ("IMGEHI", float(bundle.energy_band[1]), "image band, upper edge, keV"),
+            ("EXPTHRSH", threshold, "fraction of the peak exposure left out")]
+    for name, spec in IMAGES.items():
+        images[name] = flux[name]
+        _write(wd.map_file(name), flux[name].astype(np.float32), header, spec.bunit,
+               _map_cards(name, spec, band + [("OBJECT", cfg.cluster.name, "cluster")]))
+    legend = [(f"COVER{int(c)}", f"{c.name.lower()}: {c.meaning}", None) for c in Coverage]
+    _write(wd.map_file("coverage"), coverage, header, "",
+           [("HDUNAME", "COVERAGE", None),
+            ("MAPTITLE", "what each pixel of the maps shows", None)] + legend + provenance
+           + _comment_cards("Codes 0 and 1 carry a value in the maps; every other code is "
+                            "a NaN pixel, and the code says why (COVERn cards)."))
+    write_text_atomic(wd.region_file, ds9_regions(
+        table, res.status, np.where(sel.keep, kT, np.nan), bundle.grid.wcs(), coords,
+        header=(f"hpcxt regions of {cfg.cluster.name}: the circle each spectrum was "
+                "extracted from",
+                "text = region id and kT, tag = region id, colour = status "
+                "(green ok, red failed, yellow pending)")), fsync=False)
+    pixels = count_coverage(coverage)
     summary = {
         "regions": len(table),
         "mapped_regions": int(sel.keep.sum()),
         "dropped": sel.dropped,
+        "coverage_pixels": pixels,
         "median_kT_keV": float(np.nanmedian(values["temperature"])) if sel.keep.any() else None,
-        "files": sorted(f"{n}.fits" for n in MAPS),
+        "files": sorted([f"{n}.fits" for n in (*MAPS, *IMAGES, "coverage")]
+                        + [wd.region_file.name]),
+        "region_coords": coords,
     }
     if cfg.maps.png and sel.keep.any():
         from ..plots import write_quicklooks
@@ -67,7 +171,11 @@ def run_maps(cfg) -> dict:
     record.done = summary
     record.mark("fingerprint", fp)
     dropped = ", ".join(f"{k} {v}" for k, v in sel.dropped.items() if v) or "none"
+    blank = ", ".join(f"{k} {v}" for k, v in pixels.items()
+                      if v and not Coverage[k.upper()].has_value) or "none"
     log.info("maps: %d of %d regions mapped (dropped: %s), median kT %.2f keV, %.1f s -> %s",
              summary["mapped_regions"], len(table), dropped,
              summary["median_kT_keV"] or float("nan"), time.perf_counter() - t0, outdir)
+    log.info("maps: %d pixels with a value (%d filled at the edges); blank pixels: %s",
+             pixels["mapped"] + pixels["filled"], pixels["filled"], blank)
     return summary
