@@ -216,7 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--nodes", type=int, default=1, help="nodes per job (default: 1)")
     s.add_argument("--ntasks-per-node", type=int, default=None,
                    help="MPI ranks per node (default: this machine's CPU count)")
-    s.add_argument("--time", default="24:00:00", help="wall time per job, [D-]HH:MM:SS (default: 24:00:00)")
+    s.add_argument("--time", default="24:00:00",
+                   help="wall time per job in Slurm's formats, with Slurm's meaning for both "
+                        "schedulers: minutes, minutes:seconds, hours:minutes:seconds, days-hours, "
+                        "days-hours:minutes, days-hours:minutes:seconds (10:00 is ten minutes; "
+                        "default: 24:00:00)")
     s.add_argument("--account", help="account to charge")
     s.add_argument("--partition", "--queue", dest="partition", help="Slurm partition or PBS queue")
     s.add_argument("--module", action="append", default=[], metavar="NAME",
@@ -228,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint this many s before the wall time (default: a tenth of it, 60-600)")
     s.add_argument("--max-resubmits", type=int, default=20,
                    help="cap on automatic resubmissions (HPCXT_MAX_RESUBMITS, default: 20)")
-    s.add_argument("--mpi", help="srun --mpi= plugin, e.g. pmi2 for the MPICH wheel (default: the site's)")
+    s.add_argument("--mpi", help="srun --mpi= plugin (default: pmi2 when mpi4py runs on the "
+                                 "MPICH wheel, else the site's MpiDefault)")
     s.add_argument("--mpiexec", help="PBS launcher (default: the environment's mpiexec)")
     s.add_argument("--mpiexec-flags", default="", help="extra flags for the PBS launcher")
     s.add_argument("--pbs-resources", choices=("select", "nodes"), default="select",
