@@ -36,14 +36,17 @@ def _setup_logging(verbose: bool, rank: int | None = None) -> None:
 
 
 def cmd_init(args) -> int:
-    from .io.config import render_template
-    outdir = Path(args.dir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    path = outdir / f"{args.name}.yaml"
+    from .io.config import PLACEHOLDER, render_template
+    from .io.workdir import write_text_atomic
+    path = Path(args.dir) / f"{args.name}.yaml"
     if path.exists() and not args.force:
         raise HpcxtError(f"{path}: exists; use --force to overwrite")
-    path.write_text(render_template(args.name))
-    print(f"wrote {path}: edit the observations and region files, then run 'hpcxt prep {path}'")
+    write_text_atomic(path, render_template(args.name, redshift=args.redshift, nh=args.nh))
+    todo = [k for k, v in (("cluster.redshift", args.redshift), ("cluster.nh", args.nh))
+            if v is None]
+    fill = f"fill in {' and '.join(todo)} (now {PLACEHOLDER}), " if todo else ""
+    print(f"wrote {path}: {fill}edit the observations and region files, then run "
+          f"'hpcxt prep {path}'")
     return 0
 
 
@@ -180,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("name", help="cluster name; writes NAME.yaml")
     s.add_argument("--dir", default=".", help="folder to write into (default: .)")
     s.add_argument("--force", action="store_true", help="overwrite an existing file")
+    s.add_argument("--redshift", type=float, help="cluster.redshift (else left to fill in)")
+    s.add_argument("--nh", type=float, help="cluster.nh, 1e22 cm^-2 (else left to fill in)")
     s.set_defaults(func=cmd_init)
 
     s = sub.add_parser("simulate", help="simulate Chandra ACIS-I observations of a merging cluster")

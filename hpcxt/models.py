@@ -18,6 +18,12 @@ import numpy as np
 
 from .errors import ModelUnavailable
 
+#: XSPEC's solar abundance tables (its ``abund`` command, Sherpa's ``set_xsabund``).
+ABUNDANCE_TABLES = ("angr", "aspl", "feld", "aneb", "grsa", "wilm", "lodd", "lpgp", "lpgs",
+                    "felc")
+#: XSPEC's own default (Anders & Grevesse 1989), used when a config names none.
+DEFAULT_ABUNDANCE_TABLE = "angr"
+
 #: Model components that take the plasma's abundance and redshift.
 _HAS_ABUNDANCE = {"xsapec": "Abundanc", "xsmekal": "Abundanc"}
 _HAS_REDSHIFT = {"xsapec": "redshift", "xsmekal": "redshift", "xsbremss": None}
@@ -85,7 +91,7 @@ def _quiet_sherpa_logging() -> None:
 
 def make_model(expr: str, nh: float, abundance: float, redshift: float,
                kT: float = 8.0, norm: float = 1e-3, apec_root: str | None = None,
-               name: str = "src"):
+               name: str = "src", abundance_table: str = DEFAULT_ABUNDANCE_TABLE):
     """Build ``absorption*emission`` with nH, abundance and redshift frozen.
 
     Parameters
@@ -102,6 +108,9 @@ def make_model(expr: str, nh: float, abundance: float, redshift: float,
         Initial temperature, keV (free).
     norm : float
         Initial normalisation, XSPEC units (free).
+    abundance_table : str
+        XSPEC's solar abundance table (one of :data:`ABUNDANCE_TABLES`), set
+        for the whole process: it applies to the absorption too.
 
     Returns
     -------
@@ -110,6 +119,8 @@ def make_model(expr: str, nh: float, abundance: float, redshift: float,
     """
     xspec = load_xspec(apec_root)
     _quiet_sherpa_logging()
+    with native_output_silenced(1):
+        xspec.set_xsabund(abundance_table)
     absname, emname = (p.strip() for p in expr.split("*"))
     absorb = getattr(xspec, absname.replace("xs", "XS", 1))(f"{name}_abs")
     emit = getattr(xspec, emname.replace("xs", "XS", 1))(f"{name}_{emname}")

@@ -33,7 +33,7 @@ BASH = shutil.which("bash")
 @pytest.fixture
 def config(tmp_path) -> Path:
     path = tmp_path / "A2142.yaml"
-    path.write_text(render_template("A2142"))
+    path.write_text(render_template("A2142", redshift=0.0909, nh=0.0381))
     return path
 
 
