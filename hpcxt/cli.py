@@ -120,7 +120,11 @@ def cmd_demo(args) -> int:
 
 def cmd_doctor(args) -> int:
     from .doctor import doctor_report
-    text, ok = doctor_report()
+    config = None
+    if args.config:
+        from .io.config import load_config
+        config = load_config(args.config, check_files=False)
+    text, ok = doctor_report(config)
     print(text)
     return 0 if ok else 1
 
@@ -263,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("doctor", help="what is installed: MPI, Sherpa, XSPEC models, CIAO")
+    s.add_argument("config", nargs="?", help="also check this config's fit.model")
     s.set_defaults(func=cmd_doctor)
     return p
 

@@ -12,6 +12,7 @@ One place for the layout of ``<workdir>``::
     acb/scalemap.fits       radius reaching the target S/N   (hpcxt scalemap)
     acb/regions.h5          the region table
     fit/results.h5          one row per region, checkpointed  (hpcxt fit)
+    fit/model_check.json    the model evaluated here before: environment fingerprint
     maps/*.fits, *.png      the maps                          (hpcxt maps)
     maps/summary.json       the maps' stage record and summary
     jobs/                   rendered Slurm/PBS scripts
@@ -198,6 +199,10 @@ class WorkDir:
     @property
     def results(self) -> Path:
         return self.fit / "results.h5"
+
+    @property
+    def model_check(self) -> Path:
+        return self.fit / "model_check.json"
 
     # maps
     @property
