@@ -158,8 +158,8 @@ def parse_walltime(text: str, field_name: str = "--time") -> int:
         if s.upper() in ("-1", "UNLIMITED", "INFINITE"):
             raise InputError(f"the fit needs a finite wall time to checkpoint before it, "
                              f"got {text!r}", field=field_name)
-        raise InputError(f"wall time must be one of Slurm's formats ({', '.join(WALLTIME_FORMATS)}), "
-                         f"got {text!r}", field=field_name)
+        raise InputError(f"wall time must be one of Slurm's formats "
+                         f"({', '.join(WALLTIME_FORMATS)}), got {text!r}", field=field_name)
     parts = [int(p) for p in m.group("rest").split(":")]
     if m.group("days") is not None:
         hours, minutes, secs = (parts + [0, 0])[:3]

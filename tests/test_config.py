@@ -188,7 +188,8 @@ def test_every_key_of_the_schema_is_commented_in_the_template():
                 "fit.method", "fit.checkpoint_seconds"):
         assert keys[key], key
     assert "background_subtracted when prep made a background" in keys["acb.sn"]
-    assert "angr" in keys["fit.abundance_table"] and "XSPEC's default" in keys["fit.abundance_table"]
+    table = keys["fit.abundance_table"]
+    assert "angr" in table and "XSPEC's default" in table
 
 
 def test_template_shows_every_default():
