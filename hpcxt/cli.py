@@ -100,17 +100,41 @@ def cmd_status(args) -> int:
     return 0
 
 
+def _print_truth_comparison(cfg) -> None:
+    """After maps of a simulated project: the per-zone table (never fails the command)."""
+    from .stages.compare import compare_project, has_truth
+    if not has_truth(cfg):
+        return
+    try:
+        print(compare_project(cfg).describe("hpcxt maps"))
+    except HpcxtError as exc:
+        log.warning("no comparison with the simulator's truth: %s", exc)
+
+
 def cmd_maps(args) -> int:
     from .stages.maps import run_maps
     from .io.config import load_config
     cfg = load_config(args.config, check_files=False)
     run_maps(cfg)
+    _print_truth_comparison(cfg)
     return 0
+
+
+def cmd_compare(args) -> int:
+    from .stages.compare import compare_project
+    from .io.config import load_config
+    result = compare_project(load_config(args.config, check_files=False))
+    print(result.describe("hpcxt compare"))
+    return 0 if result.ok else 1
 
 
 def cmd_run(args) -> int:
     from .pipeline import run_pipeline
-    return run_pipeline(args.config, nprocs=args.np)
+    from .io.config import load_config
+    status = run_pipeline(args.config, nprocs=args.np)
+    if status == 0:
+        _print_truth_comparison(load_config(args.config, check_files=False))
+    return status
 
 
 def cmd_demo(args) -> int:
@@ -218,6 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("maps", help="temperature, pressure, density and entropy maps")
     s.add_argument("config")
     s.set_defaults(func=cmd_maps)
+
+    s = sub.add_parser("compare", help="a simulated project's temperature map against its truth, "
+                                       "per zone (exit 1 when a zone is off by more than 10%%)")
+    s.add_argument("config")
+    s.set_defaults(func=cmd_compare)
 
     s = sub.add_parser("jobs", help="Slurm/PBS job scripts that checkpoint and resubmit themselves")
     s.add_argument("config")

@@ -17,6 +17,9 @@ One place for the layout of ``<workdir>``::
     maps/summary.json       the maps' stage record and summary
     jobs/                   rendered Slurm/PBS scripts
 
+and, beside a simulated project's config (not in the workdir), the truth of
+``hpcxt simulate``: :class:`SimulationTruth`.
+
 and the two helpers every writer shares: :func:`atomic_write` (write aside
 under a name unique to this writer, fsync, rename, fsync the folder) and
 :func:`fingerprint` (a short SHA-256 of a JSON-able value).
@@ -220,6 +223,45 @@ class WorkDir:
     @property
     def jobs(self) -> Path:
         return self.root / "jobs"
+
+
+class SimulationTruth:
+    """Paths of the truth that ``hpcxt simulate`` writes beside its config.
+
+    ``<project>/truth/truth.yaml`` (zones: id and kT, everything injected),
+    ``truth/zones.fits`` (zone interiors: 0 none, else the zone's id) and
+    ``truth/temperature.fits`` (kT, keV), where ``<project>`` is the folder
+    of the simulated config.yaml.
+
+    Parameters
+    ----------
+    project_dir : str or Path
+        The folder that holds config.yaml.
+    """
+
+    def __init__(self, project_dir):
+        self.root = Path(project_dir) / "truth"
+
+    @classmethod
+    def of(cls, cfg) -> "SimulationTruth":
+        """The truth beside a loaded config's file (which need not exist)."""
+        return cls(Path(cfg.path).resolve().parent)
+
+    @property
+    def document(self) -> Path:
+        return self.root / "truth.yaml"
+
+    @property
+    def zones(self) -> Path:
+        return self.root / "zones.fits"
+
+    @property
+    def temperature(self) -> Path:
+        return self.root / "temperature.fits"
+
+    def exists(self) -> bool:
+        """Whether a comparison can be made: truth.yaml and zones.fits are there."""
+        return self.document.exists() and self.zones.exists()
 
 
 class StageRecord:
