@@ -66,9 +66,8 @@ def run_pipeline(config_path, nprocs: int | None = None) -> int:
     """
     from .stages.prep import run_prep
     from .io.config import load_config
-    from .stages.maps import run_maps
-
     from .stages.fit import check_fit_model
+    from .stages.maps import run_maps
 
     nprocs = nprocs or available_cores()
     cfg = load_config(config_path)
