@@ -36,14 +36,17 @@ def _setup_logging(verbose: bool, rank: int | None = None) -> None:
 
 
 def cmd_init(args) -> int:
-    from .io.config import render_template
-    outdir = Path(args.dir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    path = outdir / f"{args.name}.yaml"
+    from .io.config import PLACEHOLDER, render_template
+    from .io.workdir import write_text_atomic
+    path = Path(args.dir) / f"{args.name}.yaml"
     if path.exists() and not args.force:
         raise HpcxtError(f"{path}: exists; use --force to overwrite")
-    path.write_text(render_template(args.name))
-    print(f"wrote {path}: edit the observations and region files, then run 'hpcxt prep {path}'")
+    write_text_atomic(path, render_template(args.name, redshift=args.redshift, nh=args.nh))
+    todo = [k for k, v in (("cluster.redshift", args.redshift), ("cluster.nh", args.nh))
+            if v is None]
+    fill = f"fill in {' and '.join(todo)} (now {PLACEHOLDER}), " if todo else ""
+    print(f"wrote {path}: {fill}edit the observations and region files, then run "
+          f"'hpcxt prep {path}'")
     return 0
 
 
@@ -97,11 +100,23 @@ def cmd_status(args) -> int:
     return 0
 
 
+def _print_truth_comparison(cfg) -> None:
+    """After maps of a simulated project: the per-zone table (never fails the command)."""
+    from .stages.compare import compare_project, has_truth
+    if not has_truth(cfg):
+        return
+    try:
+        print(compare_project(cfg).describe("hpcxt maps"))
+    except HpcxtError as exc:
+        log.warning("no comparison with the simulator's truth: %s", exc)
+
+
 def cmd_maps(args) -> int:
     from .stages.maps import run_maps
     from .io.config import load_config
     cfg = load_config(args.config, check_files=False)
     run_maps(cfg, coords=args.coords)
+    _print_truth_comparison(cfg)
     return 0
 
 
@@ -121,9 +136,21 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from .stages.compare import compare_project
+    from .io.config import load_config
+    result = compare_project(load_config(args.config, check_files=False))
+    print(result.describe("hpcxt compare"))
+    return 0 if result.ok else 1
+
+
 def cmd_run(args) -> int:
     from .pipeline import run_pipeline
-    return run_pipeline(args.config, nprocs=args.np)
+    from .io.config import load_config
+    status = run_pipeline(args.config, nprocs=args.np)
+    if status == 0:
+        _print_truth_comparison(load_config(args.config, check_files=False))
+    return status
 
 
 def cmd_demo(args) -> int:
@@ -133,7 +160,11 @@ def cmd_demo(args) -> int:
 
 def cmd_doctor(args) -> int:
     from .doctor import doctor_report
-    text, ok = doctor_report()
+    config = None
+    if args.config:
+        from .io.config import load_config
+        config = load_config(args.config, check_files=False)
+    text, ok = doctor_report(config)
     print(text)
     return 0 if ok else 1
 
@@ -196,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("name", help="cluster name; writes NAME.yaml")
     s.add_argument("--dir", default=".", help="folder to write into (default: .)")
     s.add_argument("--force", action="store_true", help="overwrite an existing file")
+    s.add_argument("--redshift", type=float, help="cluster.redshift (else left to fill in)")
+    s.add_argument("--nh", type=float, help="cluster.nh, 1e22 cm^-2 (else left to fill in)")
     s.set_defaults(func=cmd_init)
 
     s = sub.add_parser("simulate", help="simulate Chandra ACIS-I observations of a merging cluster")
@@ -242,13 +275,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", help="file to write (default: <workdir>/export/results.<format>)")
     s.set_defaults(func=cmd_export)
 
+    s = sub.add_parser("compare", help="a simulated project's temperature map against its truth, "
+                                       "per zone (exit 1 when a zone is off by more than 10%%)")
+    s.add_argument("config")
+    s.set_defaults(func=cmd_compare)
+
     s = sub.add_parser("jobs", help="Slurm/PBS job scripts that checkpoint and resubmit themselves")
     s.add_argument("config")
     s.add_argument("--scheduler", choices=("slurm", "pbs"), required=True)
     s.add_argument("--nodes", type=int, default=1, help="nodes per job (default: 1)")
     s.add_argument("--ntasks-per-node", type=int, default=None,
                    help="MPI ranks per node (default: this machine's CPU count)")
-    s.add_argument("--time", default="24:00:00", help="wall time per job, [D-]HH:MM:SS (default: 24:00:00)")
+    s.add_argument("--time", default="24:00:00",
+                   help="wall time per job in Slurm's formats, with Slurm's meaning for both "
+                        "schedulers: minutes, minutes:seconds, hours:minutes:seconds, days-hours, "
+                        "days-hours:minutes, days-hours:minutes:seconds (10:00 is ten minutes; "
+                        "default: 24:00:00)")
     s.add_argument("--account", help="account to charge")
     s.add_argument("--partition", "--queue", dest="partition", help="Slurm partition or PBS queue")
     s.add_argument("--module", action="append", default=[], metavar="NAME",
@@ -260,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint this many s before the wall time (default: a tenth of it, 60-600)")
     s.add_argument("--max-resubmits", type=int, default=20,
                    help="cap on automatic resubmissions (HPCXT_MAX_RESUBMITS, default: 20)")
-    s.add_argument("--mpi", help="srun --mpi= plugin, e.g. pmi2 for the MPICH wheel (default: the site's)")
+    s.add_argument("--mpi", help="srun --mpi= plugin (default: pmi2 when mpi4py runs on the "
+                                 "MPICH wheel, else the site's MpiDefault)")
     s.add_argument("--mpiexec", help="PBS launcher (default: the environment's mpiexec)")
     s.add_argument("--mpiexec-flags", default="", help="extra flags for the PBS launcher")
     s.add_argument("--pbs-resources", choices=("select", "nodes"), default="select",
@@ -285,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("doctor", help="what is installed: MPI, Sherpa, XSPEC models, CIAO")
+    s.add_argument("config", nargs="?", help="also check this config's fit.model")
     s.set_defaults(func=cmd_doctor)
     return p
 

@@ -1,8 +1,11 @@
 """``hpcxt doctor``: what this machine can run.
 
 Reports the MPI library behind mpi4py and the mpiexec that goes with it,
-Sherpa and its XSPEC models (which of them evaluate: xsapec needs AtomDB),
-and CIAO when its tools are on PATH.
+Sherpa and its XSPEC models (which of them evaluate, each checked in a
+child process: xsapec needs AtomDB), and CIAO when its tools are on PATH.
+The last line says which models are usable here; the exit status is not 0
+when the model that counts (the config's ``fit.model``, else the default)
+is not.
 """
 
 from __future__ import annotations
@@ -40,33 +43,62 @@ def _mpi_lines():
     return lines, ok
 
 
-def _sherpa_lines():
-    lines, ok = [], True
+def _model_lines(config=None):
+    """Sherpa, XSPEC, and which models evaluate here (each checked in a child process).
+
+    Returns
+    -------
+    lines : list of str
+    verdicts : dict
+        ``{"default": ModelVerdict, "configured": ModelVerdict or None}``
+        (None when Sherpa's XSPEC models are missing altogether).
+    usable : list of str
+        The models that evaluate here.
+    """
     try:
         import sherpa
-        lines.append(_line(True, "Sherpa", sherpa.__version__))
     except ImportError as exc:
-        return [_line(False, "Sherpa", f"cannot import: {exc}")], False
-    from .models import load_xspec, model_evaluates
+        return [_line(False, "Sherpa", f"cannot import: {exc}")], None, []
+    lines = [_line(True, "Sherpa", sherpa.__version__)]
     from .errors import ModelUnavailable
+    from .io.config import SCHEMA
+    from .models import OFFLINE_MODEL, check_model, load_xspec
     try:
-        xspec = load_xspec()
-        version = xspec.get_xsversion()
+        version = load_xspec().get_xsversion()
         lines.append(_line(True, "XSPEC models", f"XSPEC {version}"))
     except ModelUnavailable as exc:
         lines.append(_line(False, "XSPEC models", str(exc)))
-        return lines, False
-    for expr in ("xsphabs*xsbremss", "xsphabs*xsapec"):
-        works = model_evaluates(expr)
-        if works:
-            lines.append(_line(True, expr, "evaluates"))
-        else:
-            hint = (" (needs AtomDB: set fit.apec_root, or use CIAO's Sherpa)"
-                    if "apec" in expr else "")
-            lines.append(_line(None if "apec" in expr else False, expr,
-                               "evaluates to zero here" + hint))
-            ok = ok and "apec" in expr
-    return lines, ok
+        return lines, None, []
+    default = SCHEMA["fit"].children["model"].default
+    rows = [("needs no data files", check_model(OFFLINE_MODEL)),
+            ("the default fit.model", check_model(default))]
+    if config is not None:
+        f = config.fit
+        rows.append((f"fit.model of {config.path}",
+                     check_model(f.model, f.apec_root, f.abundance_table)))
+    for role, v in rows:
+        detail = "evaluates" if v.usable else f"{v.problem}; {v.advice}"
+        lines.append(_line(v.usable, v.model, f"{role}: {detail}"))
+    usable = sorted({v.model for _, v in rows if v.usable})
+    return lines, {"default": rows[1][1], "configured": rows[2][1] if config else None}, usable
+
+
+def _model_verdict(verdicts, usable, config) -> tuple[str, bool]:
+    """The last line: which models are usable, and whether the one that counts is."""
+    if verdicts is None:
+        return "no spectral model can be evaluated here: Sherpa with XSPEC models is missing", False
+    listed = ", ".join(usable) if usable else "none"
+    default, configured = verdicts["default"], verdicts["configured"]
+    if configured is not None:
+        text = (f"fit.model {configured.model} of {config.path} is "
+                f"{'usable' if configured.usable else 'NOT usable'} here; ")
+        if not configured.usable:
+            text += f"{configured.advice}; "
+        return text + f"models usable here: {listed}", configured.usable
+    if default.usable:
+        return f"everything hpcxt needs is usable; models usable here: {listed}", True
+    return (f"the default model {default.model} is NOT usable here: {default.advice}; "
+            f"models usable here: {listed}"), False
 
 
 def _ciao_lines():
@@ -86,15 +118,31 @@ def _ciao_lines():
     return [_line(None, "CIAO", "not on PATH (prep.backend: products works without it)")]
 
 
-def doctor_report() -> tuple[str, bool]:
-    """Text report and whether everything hpcxt needs is usable."""
+def doctor_report(config=None) -> tuple[str, bool]:
+    """Text report and whether hpcxt can run here.
+
+    Parameters
+    ----------
+    config : hpcxt.io.config.Config, optional
+        Also check its ``fit.model`` (with its ``apec_root`` and abundance
+        table); that model then decides the verdict instead of the default.
+
+    Returns
+    -------
+    text : str
+        One line per component; the last says which models are usable here.
+    ok : bool
+        MPI works and the model that counts (the configured one, else the
+        default ``fit.model``) evaluates here.
+    """
     from . import __version__
     lines = [f"hpcxt {__version__} on Python {sys.version.split()[0]} ({sys.executable})"]
-    ok = True
-    for part in (_mpi_lines, _sherpa_lines):
-        more, good = part()
-        lines += more
-        ok = ok and good
-    lines += _ciao_lines()
-    lines.append("everything hpcxt needs is usable" if ok else "something hpcxt needs is missing")
-    return "\n".join(lines), ok
+    mpi, mpi_ok = _mpi_lines()
+    models, verdicts, usable = _model_lines(config)
+    lines += mpi + models + _ciao_lines()
+    verdict, model_ok = _model_verdict(verdicts, usable, config)
+    if not mpi_ok:
+        verdict = "MPI is missing (see above); " + verdict.replace(
+            "everything hpcxt needs is usable; ", "")
+    lines.append(verdict)
+    return "\n".join(lines), mpi_ok and model_ok

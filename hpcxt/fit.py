@@ -125,6 +125,8 @@ class FitSettings:
         Only used in the reason text of regions with no usable observation.
     apec_root : str, optional
         AtomDB folder for xsapec.
+    abundance_table : str
+        XSPEC's solar abundance table (``angr``, XSPEC's default).
     wstat_min_src, wstat_min_bkg : int
         With ``wstat``, channels in the energy range are grouped so that each
         group holds at least this many source and background counts (0 and
@@ -149,6 +151,7 @@ class FitSettings:
     min_counts: int = 100
     min_obs_fraction: float = 0.09
     apec_root: str | None = None
+    abundance_table: str = "angr"
     wstat_min_src: int = 10
     wstat_min_bkg: int = 2
     conf_norm: bool = False
@@ -165,6 +168,7 @@ class FitSettings:
                    statistic=f.statistic, method=f.method, errors=f.errors,
                    error_sigma=float(f.error_sigma), min_counts=int(f.min_counts),
                    min_obs_fraction=float(f.min_obs_fraction), apec_root=f.apec_root,
+                   abundance_table=f.abundance_table,
                    wstat_min_src=int(f.group_min_source),
                    wstat_min_bkg=int(f.group_min_background))
 
@@ -364,7 +368,8 @@ class RegionFitter:
             self.statistic = "cstat"
         self.model, self.kT_par, self.norm_par = make_model(
             settings.model, settings.nh, settings.abundance, settings.redshift,
-            kT=settings.kT_init, norm=1.0, apec_root=settings.apec_root)
+            kT=settings.kT_init, norm=1.0, apec_root=settings.apec_root,
+            abundance_table=settings.abundance_table)
         lo_kT, hi_kT = settings.kT_range
         self.kT_par.set(min=lo_kT, max=hi_kT)
         self.norm_par.set(min=0.0)

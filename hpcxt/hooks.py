@@ -16,6 +16,11 @@ class RunHooks:
     Every ``nth`` counts from 1 within the current run.
     """
 
+    # fit: before it starts
+    def model_probe_command(self, command: list) -> list:
+        """The child process that checks the configured model (argv list)."""
+        return command
+
     # fit: workers
     def wrap_fit_batch(self, fit_batch, rank: int):
         """The batch fitter a worker (or a serial run) uses: ``ids -> RecordBatch``."""

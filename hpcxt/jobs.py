@@ -30,6 +30,9 @@ with a final status, all regions) for the scripts' chain decisions.
 
 from __future__ import annotations
 
+import functools
+import json
+import logging
 import os
 import re
 import shlex
@@ -44,6 +47,7 @@ from . import __version__
 from .errors import HpcxtError, InputError
 from .io.workdir import WorkDir, atomic_write
 
+log = logging.getLogger("hpcxt.jobs")
 SCHEDULERS = ("slurm", "pbs")
 STAGES = ("scalemap", "fit", "run")
 SUFFIX = {"slurm": "sbatch", "pbs": "pbs"}
@@ -71,7 +75,8 @@ class JobOptions:
     ntasks_per_node : int
         MPI ranks per node (one core each). Default: this machine's CPUs.
     time : str
-        Wall time per job, ``[D-]HH:MM:SS`` or ``HH:MM``.
+        Wall time per job in one of Slurm's formats (:data:`WALLTIME_FORMATS`),
+        with Slurm's meaning for both schedulers: ``10:00`` is ten minutes.
     account, partition : str, optional
         Charged account; Slurm partition or PBS queue.
     modules : tuple of str
@@ -88,8 +93,9 @@ class JobOptions:
     max_resubmits : int
         Cap on resubmissions of one chain (``HPCXT_MAX_RESUBMITS``).
     srun_mpi : str, optional
-        ``srun --mpi=`` plugin (``pmi2`` for the MPICH wheel where the site's
-        default is not); default: the site's ``MpiDefault``.
+        ``srun --mpi=`` plugin. Default: ``pmi2`` when the scripts' python
+        runs mpi4py on the MPICH wheel (:func:`uses_mpich_wheel`), which
+        ``srun`` cannot start otherwise; else the site's ``MpiDefault``.
     mpiexec : str, optional
         PBS launcher. Default: the venv's ``mpiexec`` if it has one.
     mpiexec_flags : str
@@ -123,31 +129,54 @@ class JobOptions:
 # wall time
 
 
+#: Slurm's wall-time formats (sbatch(1) ``--time``), with Slurm's meaning:
+#: ``minutes``, ``minutes:seconds``, ``hours:minutes:seconds``, ``days-hours``,
+#: ``days-hours:minutes``, ``days-hours:minutes:seconds``. As in Slurm's
+#: ``time_str2secs``, no field has an upper bound (``90:00`` is 90 minutes).
+_WALLTIME = re.compile(r"(?:(?P<days>\d+)-)?(?P<rest>\d+(?::\d+){0,2})")
+WALLTIME_FORMATS = ("minutes", "minutes:seconds", "hours:minutes:seconds", "days-hours",
+                    "days-hours:minutes", "days-hours:minutes:seconds")
+
+
 def parse_walltime(text: str, field_name: str = "--time") -> int:
-    """Seconds in a wall time ``[D-]HH:MM:SS``, ``HH:MM`` or ``MM`` (minutes).
+    """Seconds in a wall time written in one of Slurm's formats.
+
+    ``10:00`` is ten minutes (``minutes:seconds``), as ``sbatch --time``
+    reads it, not ten hours; ``10:00:00`` is ten hours. The same meaning
+    is used for PBS, whose script gets ``walltime=hh:mm:ss``.
 
     Raises
     ------
     InputError
-        Not one of those forms, or not positive.
+        Not one of :data:`WALLTIME_FORMATS`, or not positive (Slurm's ``0``,
+        ``-1``, ``UNLIMITED`` and ``INFINITE`` mean no limit, and the fit
+        needs one to checkpoint before it).
     """
     s = str(text).strip()
-    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d{1,2}))?(?::(\d{1,2}))?", s)
+    m = _WALLTIME.fullmatch(s)
     if not m:
-        raise InputError(f"wall time must be [D-]HH:MM:SS, got {text!r}", field=field_name)
-    days, a, b, c = m.groups()
-    if b is None and c is None:
-        seconds = int(a) * 60 if days is None else int(a) * 3600
-    elif c is None:
-        seconds = int(a) * 3600 + int(b) * 60
+        if s.upper() in ("-1", "UNLIMITED", "INFINITE"):
+            raise InputError(f"the fit needs a finite wall time to checkpoint before it, "
+                             f"got {text!r}", field=field_name)
+        raise InputError(f"wall time must be one of Slurm's formats "
+                         f"({', '.join(WALLTIME_FORMATS)}), got {text!r}", field=field_name)
+    parts = [int(p) for p in m.group("rest").split(":")]
+    if m.group("days") is not None:
+        hours, minutes, secs = (parts + [0, 0])[:3]
+        seconds = int(m.group("days")) * 86400 + hours * 3600 + minutes * 60 + secs
+    elif len(parts) == 3:
+        seconds = parts[0] * 3600 + parts[1] * 60 + parts[2]
     else:
-        seconds = int(a) * 3600 + int(b) * 60 + int(c)
-    if (b is not None and int(b) > 59) or (c is not None and int(c) > 59):
-        raise InputError(f"minutes and seconds must be below 60, got {text!r}", field=field_name)
-    seconds += int(days or 0) * 86400
+        seconds = parts[0] * 60 + (parts[1] if len(parts) == 2 else 0)
     if seconds <= 0:
-        raise InputError(f"wall time must be positive, got {text!r}", field=field_name)
+        raise InputError(f"the fit needs a finite wall time to checkpoint before it, "
+                         f"got {text!r}", field=field_name)
     return seconds
+
+
+def slurm_granted_seconds(seconds: int) -> int:
+    """The wall time Slurm grants for ``seconds``: whole minutes, rounded up."""
+    return -(-int(seconds) // 60) * 60
 
 
 def format_walltime(seconds: int) -> str:
@@ -250,6 +279,97 @@ def _current_venv() -> str | None:
     return sys.prefix if sys.prefix != getattr(sys, "base_prefix", sys.prefix) else None
 
 
+#: Run by the scripts' python: which MPI library its mpi4py loads (without
+#: MPI_Init) and which libmpi files the ``mpich`` wheel installed.
+_MPI_PROBE = r"""
+import importlib.metadata as md, json, os
+import mpi4py
+mpi4py.rc.initialize = False
+mpi4py.rc.finalize = False
+from mpi4py import MPI
+loaded = set()
+try:
+    with open("/proc/self/maps") as fh:
+        for line in fh:
+            path = line.split(None, 5)[-1].strip()
+            if os.path.basename(path).startswith("libmpi"):
+                loaded.add(os.path.realpath(path))
+except OSError:
+    loaded = None
+try:
+    dist = md.distribution("mpich")
+    wheel = {os.path.realpath(dist.locate_file(f)) for f in dist.files or ()
+             if os.path.basename(str(f)).startswith("libmpi")}
+except md.PackageNotFoundError:
+    wheel = set()
+print(json.dumps({"library": MPI.Get_library_version().strip().splitlines()[0],
+                  "loaded": None if loaded is None else sorted(loaded),
+                  "mpich_wheel": sorted(wheel)}))
+"""
+
+
+@functools.lru_cache(maxsize=8)
+def mpi_library_of(python: str) -> dict | None:
+    """What MPI library ``python``'s mpi4py uses, or None if that cannot be told here.
+
+    ``python`` must be a path (a bare ``python`` of a conda environment that
+    is not active here would name another interpreter).
+
+    Returns
+    -------
+    dict or None
+        ``library`` (first line of ``MPI.Get_library_version()``), ``loaded``
+        (resolved paths of the libmpi files mapped into the process, None
+        where /proc is missing) and ``mpich_wheel`` (libmpi files of the
+        installed ``mpich`` wheel, empty without it).
+    """
+    if os.sep not in python or not os.access(python, os.X_OK):
+        return None
+    try:
+        proc = subprocess.run([python, "-c", _MPI_PROBE], capture_output=True, text=True,
+                              timeout=60, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        info = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def uses_mpich_wheel(info: dict | None) -> bool:
+    """Whether mpi4py runs on the MPICH of the ``mpich`` wheel (see :func:`mpi_library_of`).
+
+    The library must say MPICH and, where the loaded files are known, be one
+    of the wheel's: a site's MPICH (Cray MPICH says MPICH too) talks to
+    ``srun`` through the site's own plugin.
+    """
+    if not info or "MPICH" not in str(info.get("library", "")).upper():
+        return False
+    wheel = set(info.get("mpich_wheel") or ())
+    if not wheel:
+        return False
+    loaded = info.get("loaded")
+    return loaded is None or bool(wheel.intersection(loaded))
+
+
+def _srun_mpi(requested: str | None, python: str) -> str | None:
+    """The ``srun --mpi=`` plugin: as asked, else pmi2 for the MPICH wheel.
+
+    MPICH's wheel brings hydra's ``mpiexec`` and no Slurm plugin: under a
+    bare ``srun`` every rank would start as a separate one-rank job.
+    """
+    info = mpi_library_of(python)
+    if not uses_mpich_wheel(info):
+        return requested
+    if requested is None:
+        log.info("jobs: %s runs mpi4py on the MPICH wheel (%s): srun gets --mpi=pmi2 "
+                 "(choose another with --mpi)", python, info["library"])
+        return "pmi2"
+    if requested not in ("pmi2", "pmix") and not requested.startswith("pmix"):
+        log.warning("jobs: %s runs mpi4py on the MPICH wheel, which srun starts only with "
+                    "--mpi=pmi2 or pmix; with --mpi=%s every rank may run alone",
+                    python, requested)
+    return requested
+
+
 def job_name(cluster_name: str) -> str:
     """Cluster name as a scheduler job name: letters, digits, ``-``, ``_``."""
     name = re.sub(r"[^A-Za-z0-9_-]+", "_", str(cluster_name)).strip("_") or "hpcxt"
@@ -268,6 +388,8 @@ def build_context(cfg, options: JobOptions, jobs_dir: Path) -> dict:
     if isinstance(ntpn, bool) or not isinstance(ntpn, int) or ntpn < 1:
         raise InputError(f"must be a positive integer, got {ntpn!r}", field="--ntasks-per-node")
     seconds = parse_walltime(o.time)
+    if o.scheduler == "slurm":
+        seconds = slurm_granted_seconds(seconds)
     signal = default_signal_seconds(seconds) if o.signal_seconds is None else o.signal_seconds
     if isinstance(signal, bool) or not isinstance(signal, int) or not 0 < signal < seconds:
         raise InputError(f"must be between 1 s and the wall time ({seconds} s), got {signal!r}",
@@ -296,6 +418,7 @@ def build_context(cfg, options: JobOptions, jobs_dir: Path) -> dict:
         setup.append(f"source {shlex.quote(venv + '/bin/activate')}")
         python = python or f"{venv}/bin/python"
     python = python or sys.executable
+    srun_mpi = _srun_mpi(o.srun_mpi, python) if o.scheduler == "slurm" else o.srun_mpi
     mpiexec = o.mpiexec
     if mpiexec is None:
         candidate = Path(venv) / "bin" / "mpiexec" if venv else None
@@ -331,7 +454,7 @@ def build_context(cfg, options: JobOptions, jobs_dir: Path) -> dict:
         "env_setup": tuple(setup) or "# (no modules or environment to load)",
         "python": python,
         "max_resubmits": o.max_resubmits,
-        "srun_flags": f"--mpi={o.srun_mpi}" if o.srun_mpi else "",
+        "srun_flags": f"--mpi={srun_mpi}" if srun_mpi else "",
         "mpiexec": mpiexec,
         "mpiexec_flags": o.mpiexec_flags,
         "pbs_resources": pbs_resources,

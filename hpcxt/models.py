@@ -3,20 +3,36 @@
 Outside CIAO, Sherpa is built against the XSPEC model library packaged as
 ``xspectrampoline``; that library must be imported (or ``HEADAS`` set) before
 ``sherpa.astro.xspec``. APEC and MEKAL additionally need AtomDB data files,
-which only CIAO ships; without them they evaluate to zeros, so
-:func:`model_evaluates` tells callers whether a model is usable here.
+which only CIAO ships; without them they evaluate to zeros, and some
+(xsmeka, or xsapec inside a fit) take their process down, so
+:func:`check_model` evaluates a model once in a child process and says
+whether it is usable here, and if not, why and what to do.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import logging
 import os
+import signal
+import subprocess
 import sys
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
 from .errors import ModelUnavailable
+
+log = logging.getLogger("hpcxt.models")
+
+#: XSPEC's solar abundance tables (its ``abund`` command, Sherpa's ``set_xsabund``).
+ABUNDANCE_TABLES = ("angr", "aspl", "feld", "aneb", "grsa", "wilm", "lodd", "lpgp", "lpgs",
+                    "felc")
+#: XSPEC's own default (Anders & Grevesse 1989), used when a config names none.
+DEFAULT_ABUNDANCE_TABLE = "angr"
 
 #: Model components that take the plasma's abundance and redshift.
 _HAS_ABUNDANCE = {"xsapec": "Abundanc", "xsmekal": "Abundanc"}
@@ -85,7 +101,7 @@ def _quiet_sherpa_logging() -> None:
 
 def make_model(expr: str, nh: float, abundance: float, redshift: float,
                kT: float = 8.0, norm: float = 1e-3, apec_root: str | None = None,
-               name: str = "src"):
+               name: str = "src", abundance_table: str = DEFAULT_ABUNDANCE_TABLE):
     """Build ``absorption*emission`` with nH, abundance and redshift frozen.
 
     Parameters
@@ -102,6 +118,9 @@ def make_model(expr: str, nh: float, abundance: float, redshift: float,
         Initial temperature, keV (free).
     norm : float
         Initial normalisation, XSPEC units (free).
+    abundance_table : str
+        XSPEC's solar abundance table (one of :data:`ABUNDANCE_TABLES`), set
+        for the whole process: it applies to the absorption too.
 
     Returns
     -------
@@ -110,6 +129,8 @@ def make_model(expr: str, nh: float, abundance: float, redshift: float,
     """
     xspec = load_xspec(apec_root)
     _quiet_sherpa_logging()
+    with native_output_silenced(1):
+        xspec.set_xsabund(abundance_table)
     absname, emname = (p.strip() for p in expr.split("*"))
     absorb = getattr(xspec, absname.replace("xs", "XS", 1))(f"{name}_abs")
     emit = getattr(xspec, emname.replace("xs", "XS", 1))(f"{name}_{emname}")
@@ -128,14 +149,210 @@ def make_model(expr: str, nh: float, abundance: float, redshift: float,
     return absorb * emit, emit.kT, emit.norm
 
 
+def _probe_spectrum(expr: str, apec_root: str | None = None,
+                    abundance_table: str = DEFAULT_ABUNDANCE_TABLE) -> np.ndarray:
+    """``expr`` at kT 5 keV, norm 1 on 0.5-8 keV (75 bins): photons/cm^2/s per bin."""
+    model, _, _ = make_model(expr, nh=0.03, abundance=0.3, redshift=0.1, kT=5.0, norm=1.0,
+                             apec_root=apec_root, abundance_table=abundance_table)
+    edges = np.linspace(0.5, 8.0, 76)
+    return np.asarray(model(edges[:-1], edges[1:]), dtype=float)
+
+
 def model_evaluates(expr: str, apec_root: str | None = None) -> bool:
-    """Whether ``expr`` gives a non-zero spectrum here (xsapec needs AtomDB)."""
+    """Whether ``expr`` gives a non-zero spectrum, evaluated in this process.
+
+    Only for models known not to crash (``xsbremss``); a model that may
+    take its process down (xsapec without AtomDB, xsmeka) is checked with
+    :func:`check_model`.
+    """
     try:
-        model, _, _ = make_model(expr, nh=0.03, abundance=0.3, redshift=0.1,
-                                 kT=5.0, norm=1.0, apec_root=apec_root)
+        with native_output_silenced(1, 2):
+            flux = _probe_spectrum(expr, apec_root)
     except ModelUnavailable:
         return False
-    edges = np.linspace(0.5, 8.0, 101)
-    with native_output_silenced(1, 2):
-        flux = np.asarray(model(edges[:-1], edges[1:]))
     return bool(np.all(np.isfinite(flux)) and flux.sum() > 0)
+
+
+# --------------------------------------------------------------------------
+# the check of a model in a child process
+
+#: The line of the child's stdout that carries its result.
+_PROBE_MARK = "hpcxt-model-probe: "
+#: Longest a child may take to import Sherpa and evaluate the model, s.
+PROBE_TIMEOUT = 300.0
+
+#: The model that needs no data files (the demo's and the tests').
+OFFLINE_MODEL = "xsphabs*xsbremss"
+
+#: What to do when a model cannot be evaluated here, by emission component.
+_ADVICE = {
+    "xsapec": "point fit.apec_root at AtomDB's folder, use CIAO's Sherpa (it has AtomDB), "
+              "or use {absorption}*xsbremss (no data files)",
+    "xsmekal": "use CIAO's Sherpa (XSPEC's model data files), or use {absorption}*xsbremss "
+               "(no data files)",
+}
+_DEFAULT_ADVICE = ("use CIAO's Sherpa, or Sherpa built against XSPEC's model library "
+                   "('make setup')")
+
+
+@dataclass(frozen=True)
+class ModelVerdict:
+    """Whether a model can be used here and, if not, why and what to do.
+
+    Attributes
+    ----------
+    model : str
+    usable : bool
+    problem : str
+        ``""`` when usable, else what happened ("evaluates to zero",
+        "crashed the process that evaluated it (signal 11, SIGSEGV)", ...).
+    advice : str
+        What the user can do ("" when usable).
+    """
+
+    model: str
+    usable: bool
+    problem: str = ""
+    advice: str = ""
+
+    def __str__(self) -> str:
+        if self.usable:
+            return f"{self.model} evaluates here"
+        return f"{self.model} {self.problem}; {self.advice}"
+
+
+def _advice(expr: str) -> str:
+    absorption, _, emission = (p.strip() for p in expr.partition("*"))
+    return _ADVICE.get(emission, _DEFAULT_ADVICE).format(absorption=absorption or "xsphabs")
+
+
+def probe_command(expr: str, apec_root: str | None = None,
+                  abundance_table: str = DEFAULT_ABUNDANCE_TABLE) -> list[str]:
+    """The child process that evaluates ``expr`` once and prints the outcome.
+
+    Any XSPEC ``absorption*emission`` pair is accepted here (the config
+    allows fewer), so tests can probe a model that is known to crash.
+    """
+    request = json.dumps({"model": expr, "apec_root": apec_root,
+                          "abundance_table": abundance_table})
+    return [sys.executable, "-c",
+            "import sys; from hpcxt.models import probe_main; sys.exit(probe_main(sys.argv[1]))",
+            request]
+
+
+def probe_main(request: str) -> int:
+    """The child's side of :func:`check_model`: evaluate, print one marked JSON line."""
+    req = json.loads(request)
+    try:
+        flux = _probe_spectrum(req["model"], req.get("apec_root"),
+                               req.get("abundance_table") or DEFAULT_ABUNDANCE_TABLE)
+        out = {"sum": float(np.nansum(flux)), "finite": bool(np.all(np.isfinite(flux)))}
+    except ModelUnavailable as exc:
+        out = {"unavailable": str(exc)}
+    except Exception as exc:  # a model Sherpa cannot build: reported, not a crash
+        out = {"error": f"{type(exc).__name__}: {exc}"}
+    sys.stdout.flush()
+    print(_PROBE_MARK + json.dumps(out), flush=True)
+    return 0
+
+
+def _crash_text(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = "unknown signal"
+        return f"crashed the process that evaluated it (signal {-returncode}, {name})"
+    if returncode == 0:
+        # XSPEC's "Fatal error" handler exits with status 0 (xsmeka without its data)
+        return "ended the process that evaluated it without a result (an XSPEC fatal error)"
+    return f"crashed the process that evaluated it (exit status {returncode})"
+
+
+def check_model(expr: str, apec_root: str | None = None,
+                abundance_table: str = DEFAULT_ABUNDANCE_TABLE,
+                timeout: float = PROBE_TIMEOUT, command: list | None = None) -> ModelVerdict:
+    """Evaluate ``expr`` once in a child process: usable, zeros, or a crash.
+
+    XSPEC models without their data files either return zeros (xsapec,
+    xsmekal) or take their process down (a segmentation fault, or XSPEC's
+    fatal-error exit): a child process is the only safe place to find out.
+
+    Parameters
+    ----------
+    expr : str
+        ``absorption*emission``.
+    apec_root : str, optional
+        AtomDB folder (``fit.apec_root``).
+    abundance_table : str
+        XSPEC abundance table (``fit.abundance_table``).
+    timeout : float
+        Longest the child may take, s.
+    command : list of str, optional
+        The child's command line; default :func:`probe_command` (tests pass
+        another through :meth:`hpcxt.hooks.RunHooks.model_probe_command`).
+
+    Returns
+    -------
+    ModelVerdict
+    """
+    cmd = command or probe_command(expr, apec_root, abundance_table)
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    advice = _advice(expr)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return ModelVerdict(expr, False, f"did not finish evaluating within {timeout:.0f} s",
+                            advice)
+    except OSError as exc:
+        return ModelVerdict(expr, False, f"could not be evaluated: {exc}", advice)
+    marked = [ln[len(_PROBE_MARK):] for ln in proc.stdout.splitlines()
+              if ln.startswith(_PROBE_MARK)]
+    if proc.returncode != 0 or not marked:
+        tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
+        log.debug("model check of %s: status %s, last output: %s", expr, proc.returncode,
+                  " | ".join(tail))
+        return ModelVerdict(expr, False, _crash_text(proc.returncode), advice)
+    out = json.loads(marked[-1])
+    if "unavailable" in out:
+        return ModelVerdict(expr, False, "cannot be evaluated here: " + out["unavailable"],
+                            _DEFAULT_ADVICE)
+    if "error" in out:
+        return ModelVerdict(expr, False, "cannot be built: " + out["error"], advice)
+    if not out["finite"]:
+        return ModelVerdict(expr, False, "evaluates to NaN or infinity here", advice)
+    if not out["sum"] > 0:
+        return ModelVerdict(expr, False, "evaluates to zero here (its data files are missing)",
+                            advice)
+    return ModelVerdict(expr, True)
+
+
+def model_environment(apec_root: str | None = None) -> dict:
+    """What decides whether a model evaluates here, read without importing Sherpa.
+
+    The interpreter, the installs of Sherpa and of the XSPEC model library
+    (version and a hash of their RECORD, which changes with every rebuild),
+    ``HEADAS`` and ``ASCDS_INSTALL`` (CIAO), and the AtomDB folder's identity.
+    A cached verdict is reused only while all of these are unchanged. The
+    host name is left out on purpose: the nodes of one cluster share one
+    installation, and a resumed job runs on other nodes.
+    """
+    import importlib.metadata as md
+
+    env = {"python": sys.executable, "HEADAS": os.environ.get("HEADAS"),
+           "ASCDS_INSTALL": os.environ.get("ASCDS_INSTALL")}
+    for dist in ("sherpa", "xspectrampoline"):
+        try:
+            d = md.distribution(dist)
+            record = d.read_text("RECORD") or ""
+            env[dist] = [d.version, hashlib.sha256(record.encode()).hexdigest()[:16]]
+        except md.PackageNotFoundError:
+            env[dist] = None
+    if apec_root:
+        try:
+            st = os.stat(apec_root)
+            env["apec_root"] = [str(apec_root), st.st_ino, st.st_mtime_ns]
+        except OSError:
+            env["apec_root"] = [str(apec_root), "missing"]
+    return env

@@ -66,11 +66,15 @@ def run_pipeline(config_path, nprocs: int | None = None) -> int:
     """
     from .stages.prep import run_prep
     from .io.config import load_config
+    from .stages.fit import check_fit_model
     from .stages.maps import run_maps
 
     nprocs = nprocs or available_cores()
     cfg = load_config(config_path)
     t0 = time.perf_counter()
+    # A model that cannot be evaluated here is refused before prep and the
+    # scale map, not after them; the fit then reuses the verdict.
+    check_fit_model(cfg)
     run_prep(cfg)
     status = _run_mpi(nprocs, "scalemap", config_path)
     if status != 0:

@@ -14,6 +14,10 @@ FAULTS_JSON, an object with any of these keys:
 ``kill_after_batches``   ... after recording its n-th batch
 ``kill_worker``          that rank SIGKILLs itself on its first batch
 ``fail_rank``            that rank raises once the scale map's inputs are loaded
+``model_probe``          the fit's model check evaluates this XSPEC model instead
+                         of the configured one (``"xsphabs*xsmeka"``: XSPEC's
+                         fatal-error exit), or ``"segfault"``: its child dies
+                         of SIGSEGV
 
 Never shipped: production code has no switch that reads these.
 """
@@ -41,7 +45,7 @@ class FaultHooks(RunHooks):
     def __init__(self, faults: dict):
         unknown = set(faults) - {"fail_regions", "fit_delay", "kill_in_checkpoint",
                                  "kill_after_checkpoint", "kill_after_batches", "kill_worker",
-                                 "fail_rank"}
+                                 "fail_rank", "model_probe"}
         if unknown:
             raise SystemExit(f"fault_launcher: unknown faults {sorted(unknown)}")
         self.f = faults
@@ -85,6 +89,15 @@ class FaultHooks(RunHooks):
     def checkpoint_written(self, nth):
         if self._is("kill_after_checkpoint", nth):
             _kill_self()
+
+    def model_probe_command(self, command):
+        probe = self.f.get("model_probe")
+        if probe is None:
+            return command
+        if probe == "segfault":
+            return [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"]
+        from hpcxt.models import probe_command
+        return probe_command(probe)
 
     def scalemap_inputs_loaded(self, rank):
         if self._is("fail_rank", rank):

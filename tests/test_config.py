@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
 from hpcxt.errors import ConfigError, InputError
-from hpcxt.io.config import load_config, render_template
+from hpcxt.io.config import SCHEMA, load_config, render_template
 from conftest import run_hpcxt
 
 
@@ -103,14 +105,118 @@ def test_section_hash_tracks_only_named_fields(tmp_path):
     assert b.section_hash("fit.resolution") == c.section_hash("fit.resolution")
 
 
-def test_template_is_a_valid_config(tmp_path):
+def test_template_is_a_valid_config_once_redshift_and_nh_are_given(tmp_path):
     p = tmp_path / "t.yaml"
-    p.write_text(render_template("A2142"))
+    p.write_text(render_template("A2142", redshift=0.0909, nh=0.0381))
     cfg = load_config(p, check_files=False)
     assert cfg.cluster.name == "A2142"
+    assert (cfg.cluster.redshift, cfg.cluster.nh) == (0.0909, 0.0381)
     assert cfg.fit.checkpoint_seconds == 60.0
+    assert cfg.fit.abundance_table == "angr"
     with pytest.raises(ConfigError, match=r"observations\[0\].events: file not found"):
         load_config(p)
+
+
+def test_template_placeholders_are_refused_naming_the_key(tmp_path):
+    p = tmp_path / "t.yaml"
+    p.write_text(render_template("A2142"))
+    assert "  redshift: REQUIRED " in p.read_text() and "  nh: REQUIRED " in p.read_text()
+    with pytest.raises(ConfigError) as info:
+        load_config(p, check_files=False)
+    problems = info.value.problems
+    assert len(problems) == 2, problems
+    assert problems[0].startswith("cluster.redshift: still the template's placeholder REQUIRED")
+    assert problems[1].startswith("cluster.nh: still the template's placeholder REQUIRED")
+    assert "1e22 cm^-2" in problems[1]
+    # one given, one kept: only the kept one is named
+    p.write_text(render_template("A2142", redshift=0.0909))
+    with pytest.raises(ConfigError) as info:
+        load_config(p, check_files=False)
+    assert [q.split(":")[0] for q in info.value.problems] == ["cluster.nh"]
+    # on the command line: one line, exit 2, before any work
+    p.write_text(render_template("A2142"))
+    proc = run_hpcxt("prep", p, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"hpcxt: error: {p}: cluster.redshift: still the template's")
+    assert "; cluster.nh: still the template's placeholder" in lines[0]
+    assert not (tmp_path / "work").exists()
+
+
+def _schema_keys(children, where=""):
+    for key, spec in children.items():
+        yield f"{where}{key}", spec
+        if spec.kind in ("section", "list"):
+            yield from _schema_keys(spec.children, f"{where}{key}.")
+
+
+def _template_keys(text: str) -> dict:
+    """Dotted key -> its comment (inline, or the comment lines just above it)."""
+    out, stack, above = {}, [], []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped:
+            above = []
+            continue
+        if stripped.startswith("#"):
+            above.append(stripped.lstrip("# "))
+            continue
+        m = re.match(r"^(\s*)(- )?([A-Za-z_]\w*):([^#]*)(?:#(.*))?$", line)
+        assert m, f"not a key line: {line!r}"
+        indent = len(m.group(1)) + (2 if m.group(2) else 0)
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        key = m.group(3)
+        out[".".join([k for _, k in stack] + [key])] = " ".join(
+            above + [(m.group(5) or "").strip()]).strip()
+        stack.append((indent, key))
+        above = []
+    return out
+
+
+def test_every_key_of_the_schema_is_commented_in_the_template():
+    keys = _template_keys(render_template("A2142"))
+    schema = dict(_schema_keys(SCHEMA))
+    assert set(keys) == set(schema)
+    for key, comment in keys.items():
+        assert len(comment) >= 10, f"{key} has no comment in the template"
+        if schema[key].required and schema[key].kind not in ("section", "list"):
+            assert comment.startswith("REQUIRED: "), key
+    # the keys the issue found uncommented, and what auto picks
+    for key in ("fit.error_sigma", "fit.kT_init", "prep.ciao.data_dir", "maps.drop_failed",
+                "fit.method", "fit.checkpoint_seconds"):
+        assert keys[key], key
+    assert "background_subtracted when prep made a background" in keys["acb.sn"]
+    table = keys["fit.abundance_table"]
+    assert "angr" in table and "XSPEC's default" in table
+
+
+def test_template_shows_every_default():
+    raw = yaml.safe_load(render_template("A2142", redshift=0.1, nh=0.03))
+    for key, spec in _schema_keys(SCHEMA):
+        if spec.kind in ("section", "list") or spec.required or spec.example is not None:
+            continue
+        node = raw
+        for part in key.split("."):
+            node = node[0][part] if isinstance(node, list) else node[part]
+        assert node == spec.default, (key, node, spec.default)
+
+
+def test_abundance_table_is_checked_and_part_of_the_fit_inputs(tmp_path):
+    from hpcxt.io.checkpoint import fit_inputs, inputs_hash
+
+    data = _minimal(tmp_path)
+    default = load_config(_write(tmp_path, data))
+    data["fit"] = {"abundance_table": "wilm"}
+    wilm = load_config(_write(tmp_path, data))
+    assert (default.fit.abundance_table, wilm.fit.abundance_table) == ("angr", "wilm")
+    assert inputs_hash(fit_inputs(default)) != inputs_hash(fit_inputs(wilm))
+    data["fit"] = {"abundance_table": "wlim"}
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, data))
+    assert info.value.problems[0].startswith("fit.abundance_table: must be one of angr,")
+    assert "did you mean 'wilm'" in info.value.problems[0]
 
 
 def test_cli_reports_config_errors_in_one_line_with_exit_2(tmp_path):
@@ -130,7 +236,8 @@ def test_cli_init_writes_template_and_refuses_overwrite(tmp_path):
     proc = run_hpcxt("init", "A1795", "--dir", tmp_path, timeout=60)
     assert proc.returncode == 0, proc.stderr
     text = (tmp_path / "A1795.yaml").read_text()
-    assert "name: A1795" in text and "target_sn: 50" in text
+    assert "name: A1795" in text and "target_sn: 50.0" in text
+    assert "fill in cluster.redshift and cluster.nh" in proc.stdout
     again = run_hpcxt("init", "A1795", "--dir", tmp_path, timeout=60)
     assert again.returncode != 0
     assert "exists" in again.stderr

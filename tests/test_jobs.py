@@ -33,7 +33,7 @@ BASH = shutil.which("bash")
 @pytest.fixture
 def config(tmp_path) -> Path:
     path = tmp_path / "A2142.yaml"
-    path.write_text(render_template("A2142"))
+    path.write_text(render_template("A2142", redshift=0.0909, nh=0.0381))
     return path
 
 
@@ -55,19 +55,49 @@ def directives(text: str, prefix: str) -> list[str]:
 # wall time and defaults
 
 
+# sbatch(1), --time: "Acceptable time formats include "minutes", "minutes:seconds",
+# "hours:minutes:seconds", "days-hours", "days-hours:minutes" and
+# "days-hours:minutes:seconds"." Slurm's time_str2secs bounds no field.
 @pytest.mark.parametrize("text,seconds", [
-    ("00:01:00", 60), ("1:30:00", 5400), ("48:00:00", 172800), ("2-03:00:00", 183600),
-    ("10:30", 37800), ("90", 5400), ("0:00:05", 5),
+    ("10", 600),                 # minutes
+    ("90", 5400),
+    ("10:00", 600),              # minutes:seconds: ten minutes, not ten hours
+    ("10:30", 630),
+    ("90:00", 5400),
+    ("10:00:00", 36000),         # hours:minutes:seconds
+    ("0:00:05", 5),
+    ("00:61:00", 3660),
+    ("48:00:00", 172800),
+    ("2-3", 183600),             # days-hours
+    ("2-03:30", 185400),         # days-hours:minutes
+    ("2-03:30:15", 185415),      # days-hours:minutes:seconds
+    (" 1-0 ", 86400),
 ])
-def test_parse_walltime(text, seconds):
+def test_parse_walltime_reads_slurm_formats_as_slurm_does(text, seconds):
     assert jobs.parse_walltime(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "1h", "00:61:00", "0:00:00", "-1", "1:2:3:4"])
+@pytest.mark.parametrize("text", ["", "1h", "soon", "0", "0:00:00", "0-0", "-1", "UNLIMITED",
+                                  "infinite", "1:2:3:4", "1-2-3", "1:2-3", "1-2:3:4:5", "1.5"])
 def test_parse_walltime_rejects(text):
     with pytest.raises(InputError) as err:
         jobs.parse_walltime(text)
     assert err.value.field == "--time"
+
+
+def test_slurm_gets_whole_minutes_rounded_up_pbs_gets_hh_mm_ss(cfg, tmp_path):
+    fit = directives(render(cfg, tmp_path, scheduler="slurm", time="10:30")["fit"].read_text(),
+                     "#SBATCH")
+    assert "--time=00:11:00" in fit          # Slurm's resolution is a minute, rounded up
+    assert "--signal=B:USR1@66" in fit      # a tenth of the 660 s Slurm grants
+    fit = directives(render(cfg, tmp_path, scheduler="slurm", time="10:00")["fit"].read_text(),
+                     "#SBATCH")
+    assert "--time=00:10:00" in fit
+    for text, walltime in (("10:00", "00:10:00"), ("10:30", "00:10:30"), ("2-03:30", "51:30:00"),
+                           ("45", "00:45:00")):
+        pbs = directives(render(cfg, tmp_path, scheduler="pbs", time=text)["fit"].read_text(),
+                         "#PBS")
+        assert f"-l walltime={walltime}" in pbs, (text, pbs)
 
 
 def test_format_walltime_round_trip():
@@ -185,6 +215,40 @@ def test_environment_setup_venv_modules_conda(cfg, tmp_path):
     assert "bin/activate" not in text
 
 
+MPICH_WHEEL = "MPICH Version:      5.0.2"
+
+
+@pytest.mark.parametrize("info,expected", [
+    ({"library": MPICH_WHEEL, "loaded": ["/v/lib/libmpi.so.12"],
+      "mpich_wheel": ["/v/lib/libmpi.so.12"]}, True),
+    ({"library": MPICH_WHEEL, "loaded": None, "mpich_wheel": ["/v/lib/libmpi.so.12"]}, True),
+    # the wheel is installed, but mpi4py was built against the site's MPICH
+    ({"library": MPICH_WHEEL, "loaded": ["/opt/mpich/lib/libmpi.so.12"],
+      "mpich_wheel": ["/v/lib/libmpi.so.12"]}, False),
+    ({"library": "MPI VERSION    : CRAY MPICH version 8.1.28", "loaded": ["/opt/cray/libmpi.so.12"],
+      "mpich_wheel": []}, False),
+    ({"library": "Open MPI v5.0.6", "loaded": ["/v/lib/libmpi.so.40"],
+      "mpich_wheel": []}, False),
+    (None, False),
+])
+def test_mpich_wheel_is_told_from_a_site_mpi(info, expected):
+    assert jobs.uses_mpich_wheel(info) is expected
+
+
+def test_srun_gets_pmi2_by_default_with_the_mpich_wheel(cfg, tmp_path):
+    if not jobs.uses_mpich_wheel(jobs.mpi_library_of(sys.executable)):
+        pytest.skip("needs mpi4py running on the mpich wheel (pip install mpich)")
+    text = render(cfg, tmp_path, scheduler="slurm", python=sys.executable)["fit"].read_text()
+    assert "exec srun --kill-on-bad-exit=1 --mpi=pmi2 " in text
+    text = render(cfg, tmp_path, scheduler="slurm", python=sys.executable,
+                  srun_mpi="pmix")["fit"].read_text()
+    assert "exec srun --kill-on-bad-exit=1 --mpi=pmix " in text and "--mpi=pmi2" not in text
+    # a conda environment's bare `python` is not this one: nothing is guessed
+    text = render(cfg, tmp_path, scheduler="slurm", conda_env="other")["fit"].read_text()
+    assert "--mpi=" not in text
+    assert "--mpi=" not in render(cfg, tmp_path, scheduler="pbs")["fit"].read_text()
+
+
 def test_current_venv_is_the_default(cfg, tmp_path):
     if sys.prefix == sys.base_prefix:
         pytest.skip("needs to run inside a virtual environment")
@@ -223,7 +287,9 @@ def test_cli_renders_and_reports_bad_input(config, tmp_path):
     proc = run_hpcxt("jobs", config, "--scheduler", "slurm", "--time", "soon")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "hpcxt: error: --time: wall time must be [D-]HH:MM:SS, got 'soon'"]
+        "hpcxt: error: --time: wall time must be one of Slurm's formats (minutes, "
+        "minutes:seconds, hours:minutes:seconds, days-hours, days-hours:minutes, "
+        "days-hours:minutes:seconds), got 'soon'"]
 
 
 # --------------------------------------------------------------------------

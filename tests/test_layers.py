@@ -7,9 +7,10 @@ import sys
 
 import pytest
 
-KERNELS = ("hpcxt.acb", "hpcxt.fit", "hpcxt.spectra", "hpcxt.maps", "hpcxt.export",
-           "hpcxt.schema", "hpcxt.rmf", "hpcxt.data", "hpcxt.models", "hpcxt.prep.products",
-           "hpcxt.prep.intervals", "hpcxt.prep.regionfile", "hpcxt.prep.response")
+KERNELS = ("hpcxt.acb", "hpcxt.fit", "hpcxt.spectra", "hpcxt.maps", "hpcxt.schema",
+           "hpcxt.rmf", "hpcxt.data", "hpcxt.models", "hpcxt.prep.products",
+           "hpcxt.prep.intervals", "hpcxt.prep.regionfile", "hpcxt.prep.response",
+           "hpcxt.compare")
 
 
 @pytest.mark.parametrize("module", KERNELS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -126,3 +127,53 @@ def test_fit_after_a_changed_scale_map_setting_is_refused(finished_run, tmp_path
     assert last.startswith("hpcxt: error: ") and "regions.h5" in last
     assert f"acb.target_sn ({old!r} -> {old + 5!r}) changed since the scale map" in last
     assert results.read_bytes() == before
+
+
+def _zone_rows(text: str) -> dict:
+    """Zone name -> (true kT, median kT, pixels, verdict) from a comparison table."""
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r"^(\w+)\s+([\d.]+) keV\s+([\d.]+|nan) keV\s+([\d.]+|nan)\s+(\d+)\s+"
+                     r"(yes|NO) ", line)
+        if m:
+            out[m.group(1)] = (float(m.group(2)), float(m.group(3)), int(m.group(5)),
+                               m.group(6))
+    return out
+
+
+def test_compare_reports_every_truth_zone_of_the_simulation(finished_run):
+    """hpcxt compare on the small preset: every zone of truth.yaml, against the map."""
+    from hpcxt.compare import compare_with_truth
+    from astropy.wcs import WCS
+
+    cfg_path, run = finished_run
+    truth = yaml.safe_load((cfg_path.parent / "truth" / "truth.yaml").read_text())
+    proc = run_hpcxt("compare", cfg_path, timeout=120)
+    assert proc.returncode in (0, 1), proc.stderr
+    rows = _zone_rows(proc.stdout)
+    assert set(rows) == set(truth["zones"])
+    # the same numbers as the kernel on the files themselves
+    with fits.open(cfg_path.parent / "work" / "maps" / "temperature.fits") as h:
+        kT, map_wcs = h[0].data.astype(float), WCS(h[0].header)
+    with fits.open(cfg_path.parent / "truth" / "zones.fits") as h:
+        zones, zones_wcs = h[0].data.astype(int), WCS(h[0].header)
+    expected = compare_with_truth(kT, map_wcs, zones, zones_wcs,
+                                  {k: v["kT"] for k, v in truth["zones"].items()},
+                                  {k: v["id"] for k, v in truth["zones"].items()})
+    for r in expected:
+        true_kT, median, pixels, verdict = rows[r.zone]
+        assert true_kT == r.true_kT and pixels == r.n_pixels > 0
+        assert median == pytest.approx(r.median_kT, abs=0.006)
+        assert verdict == ("yes" if r.ok else "NO")
+        # at S/N 25 circles straddle zones and hot gas is poorly constrained,
+        # but no zone is lost or swapped for another
+        assert 0.5 < r.median_kT / r.true_kT < 2.0, r
+    # the ambient gas, which fills most of the map, is recovered within 10%
+    assert rows["ambient"][3] == "yes"
+    assert proc.returncode == (0 if all(r.ok for r in expected) else 1)
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last == "every zone within 10% of the truth" if proc.returncode == 0 else "off by" in last
+    # hpcxt run (and hpcxt maps) printed the same table at its end
+    assert "hpcxt maps: recovered kT against the simulator's truth (xsphabs*xsbremss spectra, " \
+           "preset small)" in run.stdout
+    assert _zone_rows(run.stdout) == rows

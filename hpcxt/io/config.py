@@ -18,6 +18,7 @@ import copy
 import difflib
 import json
 import os
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,19 +26,27 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError, InputError
+from ..models import ABUNDANCE_TABLES, DEFAULT_ABUNDANCE_TABLE
 from .workdir import WorkDir, fingerprint
 
 # --------------------------------------------------------------------------
 # schema
 
 
+#: What the template writes for a key the user must fill in. Loading refuses
+#: it wherever it is left, so nobody fits at a made-up redshift or nH.
+PLACEHOLDER = "REQUIRED"
+
+
 @dataclass(frozen=True)
 class Spec:
-    """One config field: its kind, default and checks.
+    """One config field: its kind, default, checks and documentation.
 
     kind: 'str', 'int', 'float', 'bool', 'path', 'band', 'intlist', 'choice',
     'section' (nested dict of Specs), 'list' (list of sections), 'int_or_auto',
-    'float_or_null'.
+    'float_or_null'. ``doc`` is the field's comment in the template (every
+    field has one); ``example`` is what the template shows instead of the
+    default (``{name}`` and ``{obsid}`` are filled in).
     """
 
     kind: str
@@ -50,6 +59,7 @@ class Spec:
     must_exist: bool = False
     children: dict = field(default_factory=dict)
     doc: str = ""
+    example: Any = None
 
 
 def _s(kind, default=None, **kw) -> Spec:
@@ -59,88 +69,154 @@ def _s(kind, default=None, **kw) -> Spec:
 MODEL_ABSORPTION = ("xsphabs", "xswabs", "xstbabs")
 MODEL_EMISSION = ("xsapec", "xsbremss", "xsmekal")
 
+_PRODUCT = "required with prep.backend: products"
+
 OBSERVATION = {
-    "obsid": _s("str", required=True, doc="Chandra observation id"),
-    "events": _s("path", must_exist=True, doc="level-2 event file (reprocessed, cleaned)"),
-    "background": _s("path", must_exist=True, doc="blank-sky background events reprojected to this observation"),
-    "exposure_map": _s("path", must_exist=True, doc="exposure map (cm**2 s) with sky WCS"),
-    "arf": _s("path", must_exist=True, doc="global ARF of this observation"),
-    "rmf": _s("path", must_exist=True, doc="global RMF of this observation"),
+    "obsid": _s("str", required=True, doc="Chandra observation id", example="{obsid}"),
+    "events": _s("path", must_exist=True,
+                 doc=f"level-2 event file, reprocessed and cleaned ({_PRODUCT})",
+                 example="obs{obsid}/acisf{obsid}_repro_evt2.fits"),
+    "background": _s("path", must_exist=True,
+                     doc="blank-sky background events reprojected to this observation "
+                         "(none: S/N sqrt(C) and cstat)",
+                     example="obs{obsid}/acisf{obsid}_bkg_evt2.fits"),
+    "exposure_map": _s("path", must_exist=True,
+                       doc=f"exposure map, cm**2 s, with sky WCS ({_PRODUCT})",
+                       example="obs{obsid}/acisf{obsid}_expmap.fits"),
+    "arf": _s("path", must_exist=True, doc=f"global ARF of this observation ({_PRODUCT})",
+              example="obs{obsid}/acisf{obsid}.arf"),
+    "rmf": _s("path", must_exist=True, doc=f"global RMF of this observation ({_PRODUCT})",
+              example="obs{obsid}/acisf{obsid}.rmf"),
 }
 
 SCHEMA: dict[str, Spec] = {
-    "cluster": _s("section", required=True, children={
-        "name": _s("str", required=True, doc="cluster name, used in file names and titles"),
-        "redshift": _s("float", required=True, min=0.0, max=10.0),
-        "nh": _s("float", required=True, min=0.0, max=100.0, doc="Galactic column, 1e22 cm^-2"),
-        "abundance": _s("float", 0.3, min=0.0, max=10.0, doc="metallicity, solar units"),
+    "cluster": _s("section", required=True, doc="The cluster: nH, redshift and abundance are "
+                  "frozen in every region's fit.", children={
+        "name": _s("str", required=True, doc="cluster name, used in file names and titles",
+                   example="{name}"),
+        "redshift": _s("float", required=True, min=0.0, max=10.0,
+                       doc="redshift z of the cluster (e.g. from NED); xsbremss ignores it"),
+        "nh": _s("float", required=True, min=0.0, max=100.0,
+                 doc="Galactic absorbing column, 1e22 cm^-2 (e.g. HEASARC's nH tool)"),
+        "abundance": _s("float", 0.3, min=0.0, max=10.0,
+                        doc="metallicity, solar units of fit.abundance_table (xsapec, xsmekal)"),
     }),
-    "workdir": _s("path", "work", doc="where every stage writes; relative to the config file"),
-    "observations": _s("list", required=True, children=OBSERVATION),
-    "prep": _s("section", {}, children={
-        "backend": _s("choice", "auto", choices=("auto", "products", "ciao")),
-        "energy_band": _s("band", [0.7, 8.0], min=0.1, max=15.0, doc="keV, images and scale map"),
-        "ccds": _s("intlist", [0, 1, 2, 3], min=0, max=9, doc="ACIS-I is 0-3"),
+    "workdir": _s("path", "work", doc="where every stage writes; relative to this file's folder"),
+    "observations": _s("list", required=True, children=OBSERVATION, doc=(
+        "One entry per Chandra observation. With prep.backend: products these are "
+        "the products of CIAO (chandra_repro, deflare, blanksky + reproject_events, "
+        "fluximage, specextract) or of ClusterPyXT stages 1-3. With backend ciao "
+        "only obsid is needed.")),
+    "prep": _s("section", {}, doc="Prep: events, images and responses into the bundle.",
+               children={
+        "backend": _s("choice", "auto", choices=("auto", "products", "ciao"),
+                      doc="auto (ciao when its tools are on PATH) | products | ciao"),
+        "energy_band": _s("band", [0.7, 8.0], min=0.1, max=15.0,
+                          doc="keV, band of the images and the scale map"),
+        "ccds": _s("intlist", [0, 1, 2, 3], min=0, max=9, doc="ACIS chips kept (ACIS-I is 0-3)"),
         "bin": _s("int", 4, min=1, max=64, doc="sky pixels per image pixel (4 = 1.968 arcsec)"),
-        "crop_region": _s("path", None, must_exist=True, doc="DS9 region file: the area to map"),
-        "point_sources": _s("path", None, must_exist=True, doc="DS9 region file: sources to exclude"),
-        "deflare": _s("section", {}, children={
-            "enabled": _s("bool", True),
-            "band": _s("band", [9.0, 12.0], min=0.1, max=15.0, doc="keV, light-curve band"),
-            "bin_seconds": _s("float", 259.28, min=1.0, exclusive_min=False),
-            "nsigma": _s("float", 3.0, min=1.0),
-            "max_iterations": _s("int", 20, min=1),
+        "crop_region": _s("path", None, must_exist=True,
+                          doc="DS9 region file (box/circle/polygon): the area to map "
+                              "(null: all)"),
+        "point_sources": _s("path", None, must_exist=True,
+                            doc="DS9 region file: point sources to exclude (null: none)"),
+        "deflare": _s("section", {}, doc="Flares: cleaning of each observation's light curve.",
+                      children={
+            "enabled": _s("bool", True, doc="remove the time bins of flares"),
+            "band": _s("band", [9.0, 12.0], min=0.1, max=15.0,
+                       doc="keV, light curve of the particle background"),
+            "bin_seconds": _s("float", 259.28, min=1.0, exclusive_min=False,
+                              doc="s, light-curve bin"),
+            "nsigma": _s("float", 3.0, min=1.0,
+                         doc="iterative sigma clipping: bins this many sigma from the mean go"),
+            "max_iterations": _s("int", 20, min=1, doc="most rounds of sigma clipping"),
         }),
         "background_scale_band": _s("band", [9.5, 12.0], min=0.1, max=15.0,
-                                    doc="keV, band of the source/background count ratio"),
-        "ciao": _s("section", {}, children={
-            "download": _s("bool", True),
-            "check_vf_pha": _s("bool", False),
-            "nproc": _s("int", 1, min=1),
-            "data_dir": _s("path", None),
-            "spectrum_region": _s("path", None, must_exist=True),
+                                    doc="keV, band of the source/background count ratio "
+                                        "that scales the background"),
+        "ciao": _s("section", {}, doc="Only with prep.backend: ciao.", children={
+            "download": _s("bool", True,
+                           doc="download_chandra_obsid when the data are not in data_dir"),
+            "check_vf_pha": _s("bool", False,
+                               doc="chandra_repro check_vf_pha (VFAINT background cleaning)"),
+            "nproc": _s("int", 1, min=1, doc="observations processed in parallel"),
+            "data_dir": _s("path", None,
+                           doc="folder of the downloaded observations (null: <workdir>/obs)"),
+            "spectrum_region": _s("path", None, must_exist=True,
+                                  doc="region of the global ARF/RMF (null: the crop region)"),
             "download_timeout": _s("float", 3600.0, min=1.0,
-                                   doc="s; a download_chandra_obsid run that takes longer is stopped"),
+                                   doc="s, stop a download_chandra_obsid that takes longer"),
             "tool_timeout": _s("float_or_null", None, min=1.0, exclusive_min=False,
-                               doc="s; limit for any other CIAO tool (null: none)"),
+                               doc="s, limit for every other CIAO tool (null: none)"),
             "background_method": _s("choice", "blanksky", choices=("blanksky", "lookup"),
-                                    doc="blanksky, or acis_bkgrnd_lookup + dmmerge + reproject_events"),
+                                    doc="blanksky | lookup (acis_bkgrnd_lookup + dmmerge + "
+                                        "reproject_events)"),
             "expmap_energy": _s("float", 2.3, min=0.1, max=15.0,
                                 doc="keV, monochromatic energy of the fluximage exposure maps"),
             "merged_image": _s("bool", True,
-                               doc="merge_obs image of all observations, to draw region files on"),
+                               doc="merge_obs image of all observations to draw regions on"),
         }),
     }),
-    "acb": _s("section", {}, children={
-        "target_sn": _s("float", 50.0, min=0.0, exclusive_min=True),
-        "max_radius": _s("float", 100.0, min=0.125, doc="image pixels"),
-        "radius_step": _s("float", 0.125, min=0.0, exclusive_min=True, doc="image pixels"),
-        "sn": _s("choice", "auto", choices=("auto", "counts", "background_subtracted")),
+    "acb": _s("section", {}, doc="Scale map: adaptive circular binning.", children={
+        "target_sn": _s("float", 50.0, min=0.0, exclusive_min=True,
+                        doc="signal-to-noise each circle must reach"),
+        "max_radius": _s("float", 100.0, min=0.125,
+                         doc="image pixels; a pixel not reaching target_sn within it "
+                             "gets no region"),
+        "radius_step": _s("float", 0.125, min=0.0, exclusive_min=True,
+                          doc="image pixels, step of the radius grid"),
+        "sn": _s("choice", "auto", choices=("auto", "counts", "background_subtracted"),
+                 doc="auto: background_subtracted when prep made a background image, else "
+                     "counts | counts: sqrt(C), ClusterPyXT's | background_subtracted: "
+                     "(C-B)/sqrt(C+B)"),
     }),
-    "fit": _s("section", {}, children={
-        "resolution": _s("choice", "high", choices=("high", "medium", "low")),
-        "model": _s("str", "xsphabs*xsapec"),
-        "kT_init": _s("float", 8.0, min=0.0, exclusive_min=True, doc="keV"),
-        "kT_range": _s("band", [0.08, 64.0], min=0.01, max=100.0, doc="keV"),
-        "energy_range": _s("band", [0.7, 8.0], min=0.1, max=15.0, doc="keV"),
-        "statistic": _s("choice", "wstat", choices=("wstat", "cstat", "chi2gehrels")),
-        "method": _s("choice", "levmar", choices=("levmar", "neldermead", "moncar")),
-        "errors": _s("choice", "conf", choices=("conf", "covar", "none")),
-        "error_sigma": _s("float", 1.0, min=0.0, exclusive_min=True),
-        "min_obs_fraction": _s("float", 0.09, min=0.0, max=1.0),
-        "min_counts": _s("int", 100, min=1, doc="source counts below which a region is not fitted"),
+    "fit": _s("section", {}, doc="Fit: one absorbed thermal model per region, kT and norm free.",
+              children={
+        "resolution": _s("choice", "high", choices=("high", "medium", "low"),
+                         doc="high | medium | low: fit every 1st | 3rd | 5th pixel"),
+        "model": _s("str", "xsphabs*xsapec",
+                    doc="xsapec needs AtomDB (apec_root, or CIAO's Sherpa); "
+                        "xsphabs*xsbremss needs no data files"),
+        "abundance_table": _s("choice", DEFAULT_ABUNDANCE_TABLE, choices=ABUNDANCE_TABLES,
+                              doc="solar abundances of the model and the absorption (XSPEC "
+                                  "abund): angr, Anders & Grevesse 1989, is XSPEC's default; "
+                                  "aspl, wilm, lodd, ..."),
+        "kT_init": _s("float", 8.0, min=0.0, exclusive_min=True,
+                      doc="keV, start of every region's fit"),
+        "kT_range": _s("band", [0.08, 64.0], min=0.01, max=100.0, doc="keV, bounds of kT"),
+        "energy_range": _s("band", [0.7, 8.0], min=0.1, max=15.0, doc="keV, band fitted"),
+        "statistic": _s("choice", "wstat", choices=("wstat", "cstat", "chi2gehrels"),
+                        doc="wstat (Poisson background) | cstat | chi2gehrels (subtracted)"),
+        "method": _s("choice", "levmar", choices=("levmar", "neldermead", "moncar"),
+                     doc="Sherpa optimiser: levmar | neldermead | moncar"),
+        "errors": _s("choice", "conf", choices=("conf", "covar", "none"),
+                     doc="conf | covar | none: how kT's error bounds are found"),
+        "error_sigma": _s("float", 1.0, min=0.0, exclusive_min=True,
+                          doc="confidence of the error bounds, sigma (1: 68%)"),
+        "min_obs_fraction": _s("float", 0.09, min=0.0, max=1.0,
+                               doc="leave an observation out of a region's fit below this "
+                                   "coverage"),
+        "min_counts": _s("int", 100, min=1, doc="regions with fewer source counts are not fitted"),
         "group_min_source": _s("int", 10, min=0,
                                doc="wstat: group channels to at least this many source counts"),
         "group_min_background": _s("int", 2, min=0,
-                                   doc="wstat: ... and at least this many background counts"),
-        "batch_size": _s("int_or_auto", "auto", min=1),
-        "checkpoint_seconds": _s("float", 60.0, min=0.0),
-        "apec_root": _s("path", None, must_exist=True, doc="AtomDB folder for xsapec (APECROOT)"),
+                                   doc="... and background counts (W-stat is biased otherwise)"),
+        "batch_size": _s("int_or_auto", "auto", min=1,
+                         doc="regions handed to a worker at a time (auto: about 1 s of work)"),
+        "checkpoint_seconds": _s("float", 60.0, min=0.0,
+                                 doc="s, least time between checkpoints of results.h5 "
+                                     "(0: after every batch)"),
+        "apec_root": _s("path", None, must_exist=True,
+                        doc="AtomDB folder for xsapec outside CIAO (XSPEC's APECROOT)"),
     }),
-    "maps": _s("section", {}, children={
-        "max_frac_error": _s("float_or_null", None, min=0.0, exclusive_min=True),
-        "drop_failed": _s("bool", True),
-        "png": _s("bool", True),
+    "maps": _s("section", {}, doc="Maps: FITS images and PNG quick-looks.", children={
+        "max_frac_error": _s("float_or_null", None, min=0.0, exclusive_min=True,
+                             doc="blank fits whose fractional kT error is above this "
+                                 "(null: keep all)"),
+        "drop_failed": _s("bool", True,
+                          doc="blank failed fits (false: keep the kT of a fit whose error "
+                              "search failed)"),
+        "png": _s("bool", True, doc="PNG quick-looks beside the FITS maps"),
         "expmap_threshold": _s("float", 0.015, min=0.0, max=1.0,
                                doc="flux images leave out pixels whose exposure is below "
                                    "this fraction of the peak (fluximage's expmapthresh)"),
@@ -264,7 +340,11 @@ class _Validator:
                              "unknown key" + _did_you_mean(str(key), children))
         for key, spec in children.items():
             path = f"{where}{key}"
-            if key in raw and raw[key] is not None:
+            if isinstance(raw.get(key), str) and raw[key].strip() == PLACEHOLDER:
+                self.problem(path, f"still the template's placeholder {PLACEHOLDER}: "
+                             f"write the value ({spec.doc})")
+                out[key] = None
+            elif key in raw and raw[key] is not None:
                 out[key] = self.value(raw[key], spec, path)
             elif spec.required:
                 self.problem(path, "required but missing")
@@ -428,91 +508,93 @@ def load_config(path, check_files: bool = True) -> Config:
 # template
 
 
-TEMPLATE = """\
+#: Column of the comments in the template, and its width.
+_COMMENT_COLUMN = 28
+_TEMPLATE_WIDTH = 100
+_TEMPLATE_HEADER = """\
 # hpcxt config for {name}. Paths are relative to this file's folder.
-# Every key below shows its default; delete what you do not change.
-
-cluster:
-  name: {name}
-  redshift: 0.1          # z, frozen in the fit (xsapec)
-  nh: 0.03               # Galactic column density, 1e22 cm^-2, frozen
-  abundance: 0.3         # solar units, frozen (xsapec)
-
-workdir: work            # every stage writes below here
-
-# One entry per Chandra observation. With prep.backend: products these are
-# the products of CIAO (chandra_repro, deflare, blanksky + reproject_events,
-# fluximage, specextract) or ClusterPyXT stages 1-3. With backend ciao only
-# obsid is needed.
-observations:
-  - obsid: "{obsid}"
-    events: obs{obsid}/acisf{obsid}_repro_evt2.fits   # level-2 events
-    background: obs{obsid}/acisf{obsid}_bkg_evt2.fits # blank-sky background, reprojected
-    exposure_map: obs{obsid}/acisf{obsid}_expmap.fits # cm**2 s, sky WCS
-    arf: obs{obsid}/acisf{obsid}.arf
-    rmf: obs{obsid}/acisf{obsid}.rmf
-
-prep:
-  backend: auto          # auto (ciao when its tools are on PATH) | products | ciao
-  energy_band: [0.7, 8.0]  # keV, for images and the scale map
-  ccds: [0, 1, 2, 3]     # ACIS-I
-  bin: 4                 # sky pixels per image pixel (4 = 1.968 arcsec)
-  crop_region: null      # DS9 region file (box/circle/polygon): the area to map
-  point_sources: null    # DS9 region file: point sources to exclude
-  deflare:
-    enabled: true
-    band: [9.0, 12.0]    # keV, light curve of the particle background
-    bin_seconds: 259.28  # light-curve bin, s
-    nsigma: 3.0          # iterative sigma clipping
-    max_iterations: 20
-  background_scale_band: [9.5, 12.0]  # keV, source/background count ratio
-  ciao:                  # only with backend ciao
-    download: true
-    check_vf_pha: false
-    nproc: 1             # observations processed in parallel
-    data_dir: null
-    spectrum_region: null  # region for the global ARF/RMF (default: crop region)
-    download_timeout: 3600 # s, stop a download_chandra_obsid that hangs
-    tool_timeout: null     # s, limit for every other CIAO tool (null: none)
-    background_method: blanksky  # blanksky | lookup (acis_bkgrnd_lookup + reproject_events)
-    expmap_energy: 2.3     # keV, energy of the fluximage exposure maps
-    merged_image: true     # merge_obs image of all observations to draw regions on
-
-acb:
-  target_sn: 50          # signal-to-noise each circle must reach
-  max_radius: 100        # image pixels
-  radius_step: 0.125     # image pixels
-  sn: auto               # auto | counts (sqrt(C)) | background_subtracted ((C-B)/sqrt(C+B))
-
-fit:
-  resolution: high       # high | medium | low: fit every 1st | 3rd | 5th pixel
-  model: xsphabs*xsapec  # xsapec needs AtomDB; xsphabs*xsbremss needs no data files
-  kT_init: 8.0           # keV, start of every fit
-  kT_range: [0.08, 64.0] # keV
-  energy_range: [0.7, 8.0]  # keV
-  statistic: wstat       # wstat (Poisson background) | cstat | chi2gehrels (subtracted)
-  method: levmar         # levmar | neldermead | moncar
-  errors: conf           # conf | covar | none
-  error_sigma: 1.0
-  min_obs_fraction: 0.09 # leave an observation out of a region's fit below this coverage
-  min_counts: 100        # regions with fewer source counts are not fitted
-  group_min_source: 10   # wstat: group channels to >= 10 source counts
-  group_min_background: 2  # ... and >= 2 background counts (W-stat is biased otherwise)
-  batch_size: auto       # regions handed to a worker at a time
-  checkpoint_seconds: 60
-  apec_root: null        # AtomDB folder for xsapec outside CIAO
-
-maps:
-  max_frac_error: null   # drop fits whose fractional kT error is above this
-  drop_failed: true
-  png: true
-  expmap_threshold: 0.015  # flux.fits: leave out pixels below 1.5% of the peak exposure (fluximage)
+# Keys marked REQUIRED have no default: replace every value REQUIRED
+# (hpcxt refuses to run with one left). Every other key shows its default;
+# delete what you do not change.
 """
 
 
-def render_template(name: str, obsid: str = "12345") -> str:
-    """Commented config template for ``hpcxt init``."""
-    return TEMPLATE.format(name=name, obsid=obsid)
+def _template_value(value) -> str:
+    """A default or example as the YAML the template shows."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_template_value(v) for v in value) + "]"
+    if isinstance(value, float):
+        return repr(value)
+    text = str(value)
+    return text if yaml.safe_load(text) == value else json.dumps(text)
+
+
+def _template_lines(children: dict, indent: int, fill: dict, overrides: dict,
+                    where: str = "", list_item: bool = False) -> list[str]:
+    lines = []
+    for i, (key, spec) in enumerate(children.items()):
+        lead = " " * indent
+        if list_item and i == 0:
+            lead = " " * (indent - 2) + "- "
+        if indent == 0 and lines:
+            lines.append("")
+        if spec.kind in ("section", "list"):
+            wrapped = textwrap.wrap(spec.doc, 76 - indent)
+            lines += [f"{' ' * indent}# {text}" for text in wrapped]
+            lines.append(f"{lead}{key}:")
+            if spec.kind == "list":
+                lines += _template_lines(spec.children, indent + 4, fill, overrides,
+                                         f"{where}{key}[0].", list_item=True)
+            else:
+                lines += _template_lines(spec.children, indent + 2, fill, overrides,
+                                         f"{where}{key}.")
+            continue
+        path = f"{where}{key}"
+        if path in overrides:
+            value = _template_value(overrides[path])
+        elif spec.example is not None:
+            value = _template_value(str(spec.example).format(**fill))
+        elif spec.required:
+            value = PLACEHOLDER
+        else:
+            value = _template_value(spec.default)
+        entry = f"{lead}{key}: {value}"
+        note = f"REQUIRED: {spec.doc}" if spec.required else spec.doc
+        if len(entry) < _COMMENT_COLUMN - 1 and _COMMENT_COLUMN + len(note) <= _TEMPLATE_WIDTH:
+            lines.append(f"{entry:<{_COMMENT_COLUMN - 1}} # {note}")
+        else:  # a long line: the comment goes above the key
+            lines += [f"{' ' * indent}# {text}" for text in
+                      textwrap.wrap(note, _TEMPLATE_WIDTH - indent - 2)]
+            lines.append(entry)
+    return lines
+
+
+def render_template(name: str, obsid: str = "12345", redshift: float | None = None,
+                    nh: float | None = None) -> str:
+    """Commented config template for ``hpcxt init``, made from :data:`SCHEMA`.
+
+    Every key is shown with its default and its ``doc`` as a comment;
+    required keys say REQUIRED and, unless given here, hold the
+    :data:`PLACEHOLDER` that loading refuses.
+
+    Parameters
+    ----------
+    name : str
+        Cluster name (``cluster.name``, the example paths).
+    obsid : str
+        Observation id of the example entry.
+    redshift, nh : float, optional
+        ``cluster.redshift`` and ``cluster.nh`` (1e22 cm^-2), if known.
+    """
+    overrides = {k: v for k, v in (("cluster.redshift", redshift), ("cluster.nh", nh))
+                 if v is not None}
+    fill = {"name": name, "obsid": obsid}
+    body = _template_lines(SCHEMA, 0, fill, overrides)
+    return _TEMPLATE_HEADER.format(name=name) + "\n" + "\n".join(body) + "\n"
 
 
 def dump_config(data: dict) -> str:

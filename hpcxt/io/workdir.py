@@ -13,11 +13,15 @@ One place for the layout of ``<workdir>``::
     acb/scalemap.fits       radius reaching the target S/N   (hpcxt scalemap)
     acb/regions.h5          the region table
     fit/results.h5          one row per region, checkpointed  (hpcxt fit)
+    fit/model_check.json    the model evaluated here before: environment fingerprint
     maps/*.fits, *.png      the maps                          (hpcxt maps)
     maps/summary.json       the maps' stage record and summary
     maps/regions.reg        the fitted regions for ds9
     export/results.<fmt>    one row per region                (hpcxt export)
     jobs/                   rendered Slurm/PBS scripts
+
+and, beside a simulated project's config (not in the workdir), the truth of
+``hpcxt simulate``: :class:`SimulationTruth`.
 
 and the two helpers every writer shares: :func:`atomic_write` (write aside
 under a name unique to this writer, fsync, rename, fsync the folder) and
@@ -209,6 +213,10 @@ class WorkDir:
     def results(self) -> Path:
         return self.fit / "results.h5"
 
+    @property
+    def model_check(self) -> Path:
+        return self.fit / "model_check.json"
+
     # maps
     @property
     def maps(self) -> Path:
@@ -234,6 +242,45 @@ class WorkDir:
     @property
     def jobs(self) -> Path:
         return self.root / "jobs"
+
+
+class SimulationTruth:
+    """Paths of the truth that ``hpcxt simulate`` writes beside its config.
+
+    ``<project>/truth/truth.yaml`` (zones: id and kT, everything injected),
+    ``truth/zones.fits`` (zone interiors: 0 none, else the zone's id) and
+    ``truth/temperature.fits`` (kT, keV), where ``<project>`` is the folder
+    of the simulated config.yaml.
+
+    Parameters
+    ----------
+    project_dir : str or Path
+        The folder that holds config.yaml.
+    """
+
+    def __init__(self, project_dir):
+        self.root = Path(project_dir) / "truth"
+
+    @classmethod
+    def of(cls, cfg) -> "SimulationTruth":
+        """The truth beside a loaded config's file (which need not exist)."""
+        return cls(Path(cfg.path).resolve().parent)
+
+    @property
+    def document(self) -> Path:
+        return self.root / "truth.yaml"
+
+    @property
+    def zones(self) -> Path:
+        return self.root / "zones.fits"
+
+    @property
+    def temperature(self) -> Path:
+        return self.root / "temperature.fits"
+
+    def exists(self) -> bool:
+        """Whether a comparison can be made: truth.yaml and zones.fits are there."""
+        return self.document.exists() and self.zones.exists()
 
 
 class StageRecord:

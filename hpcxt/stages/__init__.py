@@ -14,5 +14,7 @@ hpcxt is built in three layers, the same in every stage:
   write the outputs through :mod:`hpcxt.io` (every path in
   :class:`hpcxt.io.workdir.WorkDir`, every write through
   :func:`hpcxt.io.workdir.atomic_write`): :mod:`.prep`,
-  :mod:`.scalemap`, :mod:`.fit`, :mod:`.maps`.
+  :mod:`.scalemap`, :mod:`.fit`, :mod:`.maps`, and :mod:`.compare` (a
+simulated project's map against its truth, with the kernel
+:mod:`hpcxt.compare`).
 """

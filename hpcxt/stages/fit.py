@@ -5,7 +5,9 @@ Run as::
     mpiexec -n N python -m mpi4py -m hpcxt fit CONFIG [--resume]
 
 Rank 0 reads results.h5 (or starts one), refuses what would mix results of
-different inputs, and hands the run to :func:`hpcxt.fit_mpi.run_master_worker`;
+different inputs, refuses a model that cannot be evaluated here
+(:func:`check_fit_model`; every rank then exits with status 2 before any
+fit), and hands the run to :func:`hpcxt.fit_mpi.run_master_worker`;
 every fitting rank builds one :class:`BatchFitter` (bundle, region table and
 responses read once). ``hpcxt status`` is :func:`fit_status`.
 """
@@ -23,7 +25,7 @@ from ..io.bundle import read_bundle, read_bundle_identity
 from ..io.checkpoint import (FitResults, changed_keys, fit_inputs, inputs_hash, read_results,
                              utc_now)
 from ..io.regions_table import read_regions
-from ..io.workdir import WorkDir
+from ..io.workdir import StageRecord, WorkDir, fingerprint
 from ..spectra import RegionSpectra
 
 log = logging.getLogger("hpcxt.fit")
@@ -150,6 +152,43 @@ def _check_table_is_current(cfg, table, table_path, bundle_config_hash: str) -> 
                          "re-run 'hpcxt scalemap' first", path=table_path, field="bundle_hash")
 
 
+def check_fit_model(cfg, hooks=None) -> None:
+    """Refuse ``fit.model`` when it cannot be evaluated here, before any fit.
+
+    The model is evaluated once in a child process
+    (:func:`hpcxt.models.check_model`): without its data files an XSPEC
+    model returns zeros or takes its process down, which would otherwise
+    end ``hpcxt fit`` in a segmentation fault, or fill results.h5 with
+    failures. A usable verdict is kept in ``fit/model_check.json`` under a
+    fingerprint of the model settings and of the installation
+    (:func:`hpcxt.models.model_environment`), so a resumed fit with the
+    same ones does not pay for the check again; a refusal is never kept.
+
+    Raises
+    ------
+    InputError
+        One line naming ``fit.model`` in the config file, what happened and
+        what to do.
+    """
+    from ..models import check_model, model_environment, probe_command
+
+    hooks = hooks or NO_HOOKS
+    f = cfg.fit
+    record = StageRecord(WorkDir.of(cfg).model_check)
+    key = fingerprint({"model": f.model, "apec_root": f.apec_root,
+                       "abundance_table": f.abundance_table,
+                       "environment": model_environment(f.apec_root)})
+    if record.is_done("usable", key):
+        log.debug("fit: %s was checked here before", f.model)
+        return
+    command = hooks.model_probe_command(probe_command(f.model, f.apec_root, f.abundance_table))
+    verdict = check_model(f.model, f.apec_root, f.abundance_table, command=command)
+    if not verdict.usable:
+        raise InputError(str(verdict), path=cfg.path, field="fit.model")
+    log.info("fit: %s evaluates here", f.model)
+    record.mark("usable", key)
+
+
 def run_fit(cfg, comm, resume: bool = False, fit_factory=None, hooks=None) -> int:
     """``hpcxt fit``: fit every region of the table, on every rank of ``comm``.
 
@@ -184,6 +223,8 @@ def run_fit(cfg, comm, resume: bool = False, fit_factory=None, hooks=None) -> in
     if comm.Get_rank() == 0:
         try:
             res, todo = prepare_results(cfg, resume, nranks=comm.Get_size())
+            if todo:
+                check_fit_model(cfg, hooks)
         except BaseException:
             # The workers learn the status; only this rank reports the error.
             run_master_worker(comm, 2, make_fit_batch, options, hooks)

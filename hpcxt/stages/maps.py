@@ -104,6 +104,12 @@ def run_maps(cfg, coords: str = "fk5") -> dict:
     wd = WorkDir.of(cfg)
     outdir = wd.maps
     res = read_results(wd.results)
+    if res.n_ok == 0:
+        top = res.failure_summary(1)
+        why = f"; most common failure: {top[0][1]}" if top else ""
+        raise InputError(f"holds no successful fit ({res.n_failed} failed, {res.n_pending} "
+                         f"pending{why}): no maps written; see 'hpcxt status'",
+                         path=wd.results, field="status")
     fp = fingerprint({"results": [res.config_hash, res.region_table_hash, res.updated,
                                   res.n_final], "maps": cfg.maps.to_dict(),
                       "cluster": cfg.cluster.to_dict(), "coords": coords})

@@ -8,7 +8,7 @@ import numpy as np
 import yaml
 
 from ...io.config import dump_config, load_config
-from ...io.workdir import write_text_atomic
+from ...io.workdir import SimulationTruth, write_text_atomic
 from ._acis import IMAGE_BIN
 from ._files import region_text, write_fits_image
 from ._pointing import Pointing, image_grid, offset_to_radec, radec_to_offset
@@ -37,7 +37,7 @@ def observation_truth(ptg: Pointing, n_events: int, n_bkg: int, bkg_exposure: fl
     }
 
 
-def _truth_images(tdir: Path, P: Preset, cwcs, ref: Pointing, levels) -> list:
+def _truth_images(paths: SimulationTruth, P: Preset, cwcs, ref: Pointing, levels) -> list:
     """temperature.fits (keV) and zones.fits over the crop plus a margin, on the
     first observation's sky frame, binned by IMAGE_BIN."""
     cx, cy = P.crop_centre
@@ -56,7 +56,7 @@ def _truth_images(tdir: Path, P: Preset, cwcs, ref: Pointing, levels) -> list:
     sources = [(s[0], s[1]) for s in P.point_sources]
     zones = zone_interiors(ox, oy, P, sources, source_margin=2 * SOURCE_REGION_RADIUS)
     extra = {"OBJECT": CLUSTER["name"], "CREATOR": _CREATOR}
-    t_path, z_path = tdir / "temperature.fits", tdir / "zones.fits"
+    t_path, z_path = paths.temperature, paths.zones
     write_fits_image(t_path, kT, ref.frame, x0, y0, "keV", extra)
     write_fits_image(z_path, zones.astype(np.int16), ref.frame, x0, y0, "",
                      {**extra, "ZONE1": "core", "ZONE2": "ambient", "ZONE3": "shock",
@@ -112,11 +112,11 @@ def _truth_document(P: Preset, cwcs, pointings, levels, obs_truth) -> dict:
 
 def write_truth(outdir: Path, P: Preset, cwcs, pointings, levels, obs_truth) -> list:
     """truth/temperature.fits, truth/zones.fits and truth/truth.yaml."""
-    tdir = outdir / "truth"
-    tdir.mkdir(parents=True, exist_ok=True)
-    files = _truth_images(tdir, P, cwcs, pointings[0], levels)
+    paths = SimulationTruth(outdir)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    files = _truth_images(paths, P, cwcs, pointings[0], levels)
     doc = _truth_document(P, cwcs, pointings, levels, obs_truth)
-    files.append(write_text_atomic(tdir / "truth.yaml", yaml.safe_dump(doc, sort_keys=False),
+    files.append(write_text_atomic(paths.document, yaml.safe_dump(doc, sort_keys=False),
                                    fsync=False))
     return files
 
