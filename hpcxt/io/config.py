@@ -84,12 +84,25 @@ SCHEMA: dict[str, Spec] = {
         "bin": _s("int", 4, min=1, max=64, doc="sky pixels per image pixel (4 = 1.968 arcsec)"),
         "crop_region": _s("path", None, must_exist=True, doc="DS9 region file: the area to map"),
         "point_sources": _s("path", None, must_exist=True, doc="DS9 region file: sources to exclude"),
+        # CIAO deflare's two methods with their parameters (deflare.par); both
+        # backends apply the chosen rule (hpcxt/prep/deflare.py).
         "deflare": _s("section", {}, children={
             "enabled": _s("bool", True),
+            "method": _s("choice", "clean", choices=("clean", "sigma"),
+                         doc="clean (lc_clean, deflare's default) | sigma (lc_sigma_clip)"),
             "band": _s("band", [9.0, 12.0], min=0.1, max=15.0, doc="keV, light-curve band"),
             "bin_seconds": _s("float", 259.28, min=1.0, exclusive_min=False),
-            "nsigma": _s("float", 3.0, min=1.0),
-            "max_iterations": _s("int", 20, min=1),
+            "nsigma": _s("float", 3.0, min=0.0, exclusive_min=True,
+                         doc="clean: clip for the first mean; sigma: clipping threshold"),
+            "scale": _s("float", 1.2, min=1.0, doc="clean: keep mean/scale < rate < mean*scale"),
+            "stddev": _s("float_or_null", None, min=0.0, exclusive_min=True,
+                         doc="clean: keep mean +- stddev*sqrt(mean/bin) instead of scale"),
+            "mean": _s("float_or_null", None, min=0.0, exclusive_min=True,
+                       doc="clean: the quiescent rate, ct/s, instead of estimating it"),
+            "minfrac": _s("float", 0.1, min=0.0, max=1.0,
+                          doc="clean: fail when fewer of the bins are good"),
+            "minlength": _s("int", 3, min=1,
+                            doc="sigma: shortest run of good bins kept"),
         }),
         "background_scale_band": _s("band", [9.5, 12.0], min=0.1, max=15.0,
                                     doc="keV, band of the source/background count ratio"),
@@ -109,6 +122,9 @@ SCHEMA: dict[str, Spec] = {
                                 doc="keV, monochromatic energy of the fluximage exposure maps"),
             "merged_image": _s("bool", True,
                                doc="merge_obs image of all observations, to draw region files on"),
+            "binarfwmap": _s("int", 4, min=1,
+                             doc="specextract: binning of mkwarf's weight map (1 = full "
+                                 "resolution, needs much more memory over a large region)"),
         }),
     }),
     "acb": _s("section", {}, children={
@@ -224,6 +240,13 @@ class Config(Section):
 # validation
 
 
+#: Keys that were removed, with what to do instead.
+RETIRED = {
+    "prep.deflare.max_iterations": "no longer used: CIAO's deflare has no iteration limit "
+                                   "(method sigma clips until no bin changes); delete the key",
+}
+
+
 def _did_you_mean(key: str, options) -> str:
     close = difflib.get_close_matches(key, list(options), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
@@ -258,7 +281,8 @@ class _Validator:
             raw = {}
         for key in raw:
             if key not in children:
-                self.problem(f"{where}{key}" if where else str(key),
+                path = f"{where}{key}" if where else str(key)
+                self.problem(path, RETIRED.get(path) or
                              "unknown key" + _did_you_mean(str(key), children))
         for key, spec in children.items():
             path = f"{where}{key}"
@@ -451,18 +475,31 @@ observations:
     rmf: obs{obsid}/acisf{obsid}.rmf
 
 prep:
-  backend: auto          # auto (ciao when its tools are on PATH) | products | ciao
+  backend: auto          # auto: products when product paths are given above, else ciao
+                         # when its tools are on PATH | products | ciao
   energy_band: [0.7, 8.0]  # keV, for images and the scale map
   ccds: [0, 1, 2, 3]     # ACIS-I
   bin: 4                 # sky pixels per image pixel (4 = 1.968 arcsec)
   crop_region: null      # DS9 region file (box/circle/polygon): the area to map
   point_sources: null    # DS9 region file: point sources to exclude
-  deflare:
+  deflare:               # CIAO deflare's rule, the same in both backends
     enabled: true
-    band: [9.0, 12.0]    # keV, light curve of the particle background
+    band: [9.0, 12.0]    # keV, light curve of the particle background (sources excluded)
     bin_seconds: 259.28  # light-curve bin, s
-    nsigma: 3.0          # iterative sigma clipping
-    max_iterations: 20
+    method: clean        # clean (lc_clean) | sigma (lc_sigma_clip)
+    # clean: a first mean from the bins within nsigma*sqrt(mean/bin) of the mean rate,
+    # then keep bins with mean/scale < rate < mean*scale (or mean +- stddev*sqrt(mean/bin)
+    # when stddev is set); fails when fewer than minfrac of the bins are good. A long
+    # flare pulls the first mean up: then set mean to the quiescent rate.
+    # sigma: drop bins more than nsigma standard deviations from the mean of the kept
+    # bins, recompute, repeat until none is dropped; runs of fewer than minlength good
+    # bins are dropped too.
+    nsigma: 3.0          # clean: clip of the first mean; sigma: clipping threshold
+    scale: 1.2           # clean
+    stddev: null         # clean: Poisson cut in sigmas instead of scale
+    mean: null           # clean: quiescent rate, ct/s (null: estimated)
+    minfrac: 0.1         # clean
+    minlength: 3         # sigma: bins
   background_scale_band: [9.5, 12.0]  # keV, source/background count ratio
   ciao:                  # only with backend ciao
     download: true
@@ -475,6 +512,8 @@ prep:
     background_method: blanksky  # blanksky | lookup (acis_bkgrnd_lookup + reproject_events)
     expmap_energy: 2.3     # keV, energy of the fluximage exposure maps
     merged_image: true     # merge_obs image of all observations to draw regions on
+    binarfwmap: 4          # specextract: weight-map binning for mkwarf (1: full resolution,
+                           # far more memory over a large region)
 
 acb:
   target_sn: 50          # signal-to-noise each circle must reach
