@@ -721,11 +721,17 @@ def test_real_ciao_on_one_public_observation(tmp_path):
     """
     obsid = os.environ.get("HPCXT_CIAO_TEST_OBSID", "3233")
     cfg_path = write_config(tmp_path, obsids=(obsid,), crop=False, point_sources=False,
-                            download_timeout=3600)
+                            deflare={}, download_timeout=3600)
     with pytest.raises(InputError, match="need a region"):
         _prepare(cfg_path)
     work = (tmp_path / "work").resolve()
-    evt2 = read_stage_record(work / "obs" / obsid)["repro"]["outputs"]["evt2"]
+    repro = read_stage_record(work / "obs" / obsid)["repro"]["outputs"]
+    # chandra_repro's own list: a corrected aspect file replaces the archive's
+    asol = [Path(a) for a in repro["asol"]]
+    assert asol and all(a.exists() for a in asol)
+    if any(a.name.endswith("_repro_asol1.fits") for a in asol):
+        assert len(asol) == 1
+    evt2 = repro["evt2"]
     with fits.open(evt2) as hdul:
         ra, dec = hdul["EVENTS"].header["RA_NOM"], hdul["EVENTS"].header["DEC_NOM"]
     region = tmp_path / "crop_fk5.reg"
