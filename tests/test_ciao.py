@@ -19,15 +19,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from astropy.io import fits
 
-from hpcxt.errors import InputError
+from hpcxt.errors import ConfigError, InputError
 from hpcxt.io.config import dump_config, load_config
 from hpcxt.prep import ciao
+from hpcxt.prep import deflare as D
 from hpcxt.prep.ciao import CiaoError, prepare_observations, read_stage_record
+from hpcxt.prep.ciao._plan import ccd_filter, kev_filter
 
 STANDINS = Path(__file__).parent / "ciao_standins"
 OBSIDS = ("1001", "1002")
+#: Observation whose archive aspect data are in the old format (CONTENT=ASPSOL).
+OLD_ASPECT = "1001"
+#: Status bit set on every VF_EVERY-th event of the stand-in CALDB blank-sky files.
+VF_BIT, VF_EVERY = 23, 5
+#: The simulator's deflare setting (see hpcxt/prep/simulate.py): its flares are long.
+SIM_DEFLARE = {"method": "clean", "stddev": 4.0}
 
 
 # --------------------------------------------------------------------------
@@ -49,8 +58,34 @@ def sim_data(tmp_path_factory):
         (root / obsid).mkdir()
         for name, pattern in names.items():
             (root / obsid / name).symlink_to(sim / f"obs{obsid}" / pattern.format(id=obsid))
+        _standin_caldb(root / obsid / "background.fits", root / obsid / "caldb")
+    (root / OLD_ASPECT / "aspect").write_text("ASPSOL\n")
     (root / "regions").symlink_to(sim / "regions")
     return root
+
+
+def _standin_caldb(background: Path, folder: Path) -> None:
+    """One blank-sky file per chip, with some VFAINT-flagged events, as in the CALDB."""
+    folder.mkdir()
+    with fits.open(background) as hdul:
+        events = hdul["EVENTS"]
+        flagged = np.arange(len(events.data)) % VF_EVERY == 0
+        events.data["status"][flagged, VF_BIT] = True
+        for chip in np.unique(events.data["ccd_id"]):
+            rows = events.data[events.data["ccd_id"] == chip]
+            fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU(rows, events.header, name="EVENTS")]
+                         ).writeto(folder / f"acis{chip}iD2000-12-01bkgrnd_ctiN0005.fits")
+
+
+def caldb_events(obsid: str) -> tuple[int, int]:
+    """(all, status=0) events of the stand-in CALDB blank-sky files of an observation."""
+    n_all = n_clean = 0
+    for f in (Path(os.environ["HPCXT_STANDIN_DATA"]) / obsid / "caldb").glob("*.fits"):
+        with fits.open(f) as hdul:
+            status = hdul["EVENTS"].data["status"]
+            n_all += len(status)
+            n_clean += int((~status.any(axis=1)).sum())
+    return n_all, n_clean
 
 
 # --------------------------------------------------------------------------
@@ -101,8 +136,10 @@ def _arg(call: dict, key: str) -> str | None:
     return None
 
 
-def write_config(tmp_path: Path, obsids=OBSIDS, crop=True, point_sources=True, **ciao_opts):
-    prep = {"backend": "ciao", "ciao": dict(ciao_opts)}
+def write_config(tmp_path: Path, obsids=OBSIDS, crop=True, point_sources=True, deflare=None,
+                 **ciao_opts):
+    prep = {"backend": "ciao", "ciao": dict(ciao_opts),
+            "deflare": dict(SIM_DEFLARE if deflare is None else deflare)}
     for wanted, name, key in ((crop, "crop.reg", "crop_region"),
                               (point_sources, "sources.reg", "point_sources")):
         if "HPCXT_STANDIN_DATA" in os.environ:
@@ -123,13 +160,20 @@ def write_config(tmp_path: Path, obsids=OBSIDS, crop=True, point_sources=True, *
 
 def done_stages(obsdir) -> list[str]:
     """Stages recorded done in an observation folder, in pipeline order."""
-    record = read_stage_record(obsdir).get("stages", {})
+    record = read_stage_record(obsdir)
     return [s for s in ciao.STAGES if s in record]
 
 
 def _prepare(cfg_path, force=False):
     cfg = load_config(cfg_path)
     return prepare_observations(cfg, cfg.workdir_path, force=force)
+
+
+def _run_until(cfg_path, stage: str, obsid: str = OBSIDS[0]) -> dict:
+    """The stages of one observation up to ``stage`` (faster than a whole prep)."""
+    cfg = load_config(cfg_path)
+    plan = next(p for p in ciao.make_plans(cfg, cfg.workdir_path) if p.obsid == obsid)
+    return ciao.run_stages(plan, (stage,))
 
 
 PHASE1 = ["download_chandra_obsid", "chandra_repro", "dmcopy", "dmcopy", "dmextract", "deflare",
@@ -141,21 +185,53 @@ PHASE1 = ["download_chandra_obsid", "chandra_repro", "dmcopy", "dmcopy", "dmextr
 
 
 def test_ccd_filter_and_band_syntax():
-    assert ciao._ccd_filter([0, 1, 2, 3]) == "0:3"
-    assert ciao._ccd_filter([3, 0, 1]) == "0:1,3"
-    assert ciao._ccd_filter([2]) == "2"
-    assert ciao._kev_filter([9.0, 12.0]) == "9000:12000"
-    assert ciao._kev_filter([0.7, 8.0]) == "700:8000"
+    assert ccd_filter([0, 1, 2, 3]) == "0:3"
+    assert ccd_filter([3, 0, 1]) == "0:1,3"
+    assert ccd_filter([2]) == "2"
+    assert kev_filter([9.0, 12.0]) == "9000:12000"
+    assert kev_filter([0.7, 8.0]) == "700:8000"
 
 
-def test_system_pfiles_from_environment(tmp_path):
-    assert ciao.system_pfiles({"PFILES": "/home/u/cxcds_param4;/ciao/contrib/param:/ciao/param"}) \
-        == "/ciao/contrib/param:/ciao/param"
+def test_system_pfiles_forms(tmp_path):
+    # "rw;ro": the part after the ';' is CIAO's read-only defaults, kept as it is
+    assert ciao.system_pfiles({"PFILES": "/home/u/cxcds_param4;/ciao/param:/ciao/contrib/param",
+                               "ASCDS_INSTALL": str(tmp_path)}) \
+        == "/ciao/param:/ciao/contrib/param"
+    # no ';': every folder in it is written to; the install's folders replace them,
+    # param before contrib/param as CIAO's setup lists them
     (tmp_path / "param").mkdir()
     (tmp_path / "contrib" / "param").mkdir(parents=True)
-    got = ciao.system_pfiles({"ASCDS_INSTALL": str(tmp_path)})
-    assert got == f"{tmp_path}/contrib/param:{tmp_path}/param"
+    no_split = {"PFILES": "/home/u/cxcds_param4:/ciao/param", "ASCDS_INSTALL": str(tmp_path)}
+    assert ciao.system_pfiles(no_split) == f"{tmp_path}/param:{tmp_path}/contrib/param"
+    # ... and without an install, only CIAO's own 'param' folders are read
+    assert ciao.system_pfiles({"PFILES": "/home/u/cxcds_param4:/ciao/param"}) == "/ciao/param"
     assert ciao.system_pfiles({}) == ""
+
+
+def test_the_per_call_folder_is_the_only_writable_part_of_pfiles(tmp_path, ciao_env,
+                                                                monkeypatch):
+    monkeypatch.setenv("PFILES", f"{tmp_path / 'cxcds_param4'}:/opt/ciao/param")
+    monkeypatch.delenv("ASCDS_INSTALL", raising=False)
+    runner = ciao.ToolRunner("1001", tmp_path / "logs" / "x.log", tmp_path / "tmp")
+    runner.run("pget", ["deflare", "nsigma"])
+    (call,) = read_calls(ciao_env["calls"])
+    writable, read_only = call["pfiles"].split(";")
+    assert Path(writable).parent == tmp_path / "tmp" / "pfiles" and ":" not in writable
+    assert read_only == "/opt/ciao/param"
+
+
+def test_standins_refuse_parameters_their_par_file_lacks(tmp_path, ciao_env):
+    runner = ciao.ToolRunner("1001", tmp_path / "logs" / "x.log", tmp_path / "tmp")
+    with pytest.raises(CiaoError, match="deflare exited with status 1"):
+        runner.run("deflare", ["infile=lc.fits", "outfile=gti.fits", "method=sigma",
+                               "max_iterations=20"])
+    assert "parameter 'max_iterations' not found in deflare.par" in runner.log_file.read_text()
+
+
+def test_retired_deflare_key_is_refused_with_what_to_do(tmp_path):
+    path = write_config(tmp_path, deflare={"max_iterations": 20})
+    with pytest.raises(ConfigError, match=r"prep.deflare.max_iterations: no longer used"):
+        load_config(path)
 
 
 def test_ciao_available_follows_path(monkeypatch, standin_bin, tmp_path):
@@ -214,18 +290,27 @@ def test_two_observations_issue_expected_commands(tmp_path, ciao_env):
                                    "[energy=9000:12000]")
         assert _arg(c[4], "infile").endswith("_hiE_evt.fits[bin time=::259.28]")
         assert _arg(c[4], "opt") == "ltc1"
-        assert _arg(c[5], "method") == "clean" and _arg(c[5], "nsigma") == "3"
+        assert c[5]["argv"][2:] == ["method=clean", "nsigma=3", "scale=1.2", "minfrac=0.1",
+                                    "stddev=4", "mean=0", "plot=no"]
         gti = _arg(c[5], "outfile")
         assert c[6]["argv"][0] == f"{acis_i}[@{gti}]"
         clean = c[6]["argv"][1]
         assert _arg(c[7], "evtfile") == clean
-        assert _arg(c[7], "asolfile").endswith(f"primary/pcadf{id5}_000N001_asol1.fits.gz")
         assert _arg(c[8], "infile") == clean
         assert _arg(c[8], "bands") == "0.7:8:2.3" and _arg(c[8], "binsize") == "4"
         spec = calls[-2 + k]
         assert _arg(spec, "infile") == f"{clean}[sky=region({tmp_path}/crop.reg)]"
         assert (_arg(spec, "weight"), _arg(spec, "correctpsf")) == ("yes", "no")
+        assert _arg(spec, "binarfwmap") == "4"
         assert out[k]["events"] == clean
+        # One aspect solution, the one chandra_repro listed, for every tool that
+        # takes one: for old-format aspect data its corrected file (repro/ also
+        # holds the archive's two uncorrected ones), else the archive's file.
+        asol = (f"{obsdir}/repro/pcadf{id5}_repro_asol1.fits" if obsid == OLD_ASPECT
+                else f"{obsdir}/primary/pcadf{id5}_000N001_asol1.fits")
+        assert {_arg(c[7], "asolfile"), _arg(c[8], "asolfile"), _arg(spec, "asp")} == {asol}
+        in_repro = sorted(p.name for p in (obsdir / "repro").glob("*asol1.fits"))
+        assert len(in_repro) == (3 if obsid == OLD_ASPECT else 1)
     merge = calls[2 * len(PHASE1)]
     assert _arg(merge, "infiles") == ",".join(o["events"] for o in out)
 
@@ -253,7 +338,7 @@ def test_two_observations_issue_expected_commands(tmp_path, ciao_env):
     # ACIS-I only, and the simulated flare cut out: every kept event lies in
     # the GTI that deflare wrote, which is shorter than the observation
     for o in out:
-        gti_file = read_stage_record(work / "obs" / o["obsid"])["stages"]["deflare"]["outputs"]["gti"]
+        gti_file = read_stage_record(work / "obs" / o["obsid"])["deflare"]["outputs"]["gti"]
         with fits.open(gti_file) as hdul:
             start, stop = hdul["GTI"].data["START"], hdul["GTI"].data["STOP"]
         with fits.open(o["events"]) as hdul:
@@ -270,21 +355,76 @@ def test_two_observations_issue_expected_commands(tmp_path, ciao_env):
 
 
 @pytest.mark.slow
-def test_lookup_background_shares_one_pfiles_dir(tmp_path, ciao_env):
-    out = _prepare(write_config(tmp_path, obsids=OBSIDS[:1], background_method="lookup"))
+@pytest.mark.parametrize("check_vf_pha", [True, False])
+def test_lookup_background_one_file_per_chip_and_vfaint_status(tmp_path, ciao_env,
+                                                                 check_vf_pha):
+    path = write_config(tmp_path, obsids=OBSIDS[:1], background_method="lookup",
+                        check_vf_pha=check_vf_pha)
+    res = _run_until(path, "background")
     calls = read_calls(ciao_env["calls"])
     tools = [c["tool"] for c in calls]
     i = tools.index("acis_bkgrnd_lookup")
-    assert tools[i:i + 4] == ["acis_bkgrnd_lookup", "pget", "dmmerge", "reproject_events"]
+    assert tools[i:] == ["acis_bkgrnd_lookup", "pget", "dmmerge", "reproject_events"]
+    # the lookup answers in its own parameter file: pget shares that folder only
     assert calls[i + 1]["argv"] == ["acis_bkgrnd_lookup", "outfile"]
     assert calls[i]["pfiles"] == calls[i + 1]["pfiles"]
-    others = [c["pfiles"] for j, c in enumerate(calls) if j not in (i, i + 1)]
-    assert calls[i]["pfiles"] not in others
-    assert _arg(calls[i + 3], "match") == out[0]["events"]
-    assert "blanksky" not in tools
-    with fits.open(out[0]["background"]) as a, \
-            fits.open(Path(os.environ["HPCXT_STANDIN_DATA"]) / "1001" / "background.fits") as b:
-        assert len(a["EVENTS"].data) == len(b["EVENTS"].data) > 0
+    assert calls[i]["pfiles"] not in [c["pfiles"] for c in calls[:i] + calls[i + 2:]]
+    stack = Path(_arg(calls[i + 2], "infile")[1:].split("[")[0]).read_text().split()
+    assert len(stack) == 4 and all(Path(f).name.startswith(f"acis{c}i")
+                                   for c, f in zip(range(4), stack))
+    reproject = calls[i + 3]
+    assert _arg(reproject, "match") == res["deflare"]["events"]
+    assert _arg(reproject, "infile").endswith("[status=0]") == check_vf_pha
+    assert _arg(reproject, "aspect") == res["repro"]["asol"][0]
+    n_all, n_clean = caldb_events(OBSIDS[0])
+    with fits.open(res["background"]["background"]) as hdul:
+        n_out = len(hdul["EVENTS"].data)
+    # VFAINT data cleaned with check_vf_pha lose the flagged blank-sky events too
+    assert n_out == (n_clean if check_vf_pha else n_all) and n_clean < n_all
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rule,flare_kept,quiet_kept", [
+    # lc_clean's first mean is pulled up by the flare: its +-20% cut then drops
+    # most quiescent bins, and prep says so and what to set
+    ({"method": "clean"}, 0.0, (0.0, 0.6)),
+    # a 4-sigma Poisson cut about the same mean (the simulator's setting)
+    (SIM_DEFLARE, 0.0, (0.95, 1.0)),
+    # the flare widens the standard deviation: 3-sigma clipping keeps all of it
+    ({"method": "sigma"}, 1.0, (0.95, 1.0)),
+], ids=["clean", "clean-stddev", "sigma"])
+def test_long_flare_under_both_deflare_methods(tmp_path, ciao_env, caplog, rule, flare_kept,
+                                               quiet_kept):
+    """Observation 1001 has a flare of 2.5 ks (of 20 ks) at 7 times the quiescent rate."""
+    res = _run_until(write_config(tmp_path, obsids=OBSIDS[:1], deflare=rule), "deflare")
+    (call,) = [c for c in read_calls(ciao_env["calls"]) if c["tool"] == "deflare"]
+    args = {a.split("=", 1)[0] for a in call["argv"][2:]}
+    assert args == ({"method", "nsigma", "scale", "minfrac", "stddev", "mean", "plot"}
+                    if rule["method"] == "clean" else {"method", "nsigma", "minlength", "plot"})
+    with fits.open(res["deflare"]["lightcurve"]) as hdul:
+        lc = hdul["LIGHTCURVE"].data
+    with fits.open(res["deflare"]["gti"]) as hdul:
+        start, stop = hdul["GTI"].data["START"], hdul["GTI"].data["STOP"]
+    in_gti = ((lc["TIME"][:, None] >= start) & (lc["TIME"][:, None] < stop)).any(axis=1)
+    # the products backend's rule on the same light curve keeps the same bins
+    good = D.good_bins(lc["COUNTS"], lc["EXPOSURE"], D.DeflareRule.from_config(rule))
+    np.testing.assert_array_equal(in_gti, good)
+    f0, f1 = _flare_truth(OBSIDS[0])
+    inside = (lc["TIME_MIN"] >= f0) & (lc["TIME_MAX"] <= f1)
+    quiet = (lc["TIME_MAX"] <= f0) | (lc["TIME_MIN"] >= f1)
+    assert good[inside].mean() == flare_kept
+    assert quiet_kept[0] <= good[quiet].mean() <= quiet_kept[1]
+    fraction = D.kept_fraction(lc["EXPOSURE"], good)
+    assert res["deflare"]["kept_fraction"] == pytest.approx(fraction, abs=1e-4)
+    assert ("keeps only" in caplog.text) == (fraction < D.LOW_KEPT_FRACTION)
+    assert ("set prep.deflare.mean to the quiescent rate" in caplog.text) == (quiet_kept[1] < 0.9)
+
+
+def _flare_truth(obsid: str) -> tuple[float, float]:
+    sim = Path(os.environ["HPCXT_STANDIN_DATA"]) / obsid / "events.fits"
+    truth = yaml.safe_load((sim.resolve().parents[1] / "truth" / "truth.yaml").read_text())
+    (obs,) = [o for o in truth["observations"] if str(o["obsid"]) == obsid]
+    return obs["flare"]["start"], obs["flare"]["stop"]
 
 
 @pytest.mark.slow
@@ -380,8 +520,7 @@ def test_changed_setting_redoes_that_stage_and_later(tmp_path, ciao_env):
     cfg_path = write_config(tmp_path, obsids=OBSIDS[:1])
     _prepare(cfg_path)
     n = len(read_calls(ciao_env["calls"]))
-    text = cfg_path.read_text().replace("backend: ciao", "backend: ciao\n  deflare:\n    nsigma: 2.5")
-    cfg_path.write_text(text)
+    write_config(tmp_path, obsids=OBSIDS[:1], deflare={**SIM_DEFLARE, "stddev": 3.5})
     _prepare(cfg_path)
     again = [c["tool"] for c in read_calls(ciao_env["calls"])[n:]]
     assert again == ["dmcopy", "dmextract", "deflare", "dmcopy", "blanksky", "fluximage",
@@ -501,8 +640,58 @@ def test_standin_products_flow_into_a_valid_bundle(tmp_path, ciao_env):
         assert Path(obs.source_file) == clean
         assert obs.bkg_events is not None and len(obs.bkg_events["x"]) > 0
         assert obs.response.rmf_matrix.shape[0] == obs.response.specresp.shape[0]
-        # every kept source event was in the GTI deflare wrote
         assert len(obs.events["x"]) > 0
+    # CIAO's deflare cleaned the light curve; the products steps do not clean it twice
+    summary = json.loads((work / "prep" / "summary.json").read_text())
+    assert [o["removed"]["flare"] for o in summary["observations"]] == [0, 0]
+
+
+# --------------------------------------------------------------------------
+# prep.backend: auto
+
+
+def _products_config(tmp_path: Path, backend: str = "auto") -> Path:
+    data = Path(os.environ["HPCXT_STANDIN_DATA"])
+    obs = [{"obsid": o, "events": str(data / o / "events.fits"),
+            "background": str(data / o / "background.fits"),
+            "exposure_map": str(data / o / "expmap.fits"), "arf": str(data / o / "arf.fits"),
+            "rmf": str(data / o / "rmf.fits")} for o in OBSIDS]
+    path = write_config(tmp_path)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["observations"], cfg["prep"]["backend"] = obs, backend
+    path.write_text(dump_config(cfg))
+    return path
+
+
+def test_auto_runs_the_listed_products_even_with_ciao_on_path(tmp_path, ciao_env, caplog):
+    import logging
+
+    from hpcxt.stages.prep import _observation_products
+
+    cfg = load_config(_products_config(tmp_path))
+    assert ciao.ciao_available()
+    with caplog.at_level(logging.INFO, logger="hpcxt.prep"):
+        out = _observation_products(cfg, cfg.workdir_path, force=False)
+    assert [o["events"] for o in out] == [o.events for o in cfg.observations]
+    assert read_calls(ciao_env["calls"]) == []
+    assert ("prep backend: products (prep.backend auto: the config gives product paths "
+            "(observations[0].events and 9 more), so CIAO is not run)") in caplog.text
+
+
+def test_auto_without_products_runs_ciao_or_says_what_is_missing(tmp_path, ciao_env,
+                                                                 monkeypatch):
+    from hpcxt.prep.backend import choose_backend
+
+    path = write_config(tmp_path)
+    path.write_text(path.read_text().replace("backend: ciao", "backend: auto"))
+    cfg = load_config(path)
+    assert choose_backend(cfg) == ("ciao", "prep.backend auto: no product paths in the config "
+                                           "and CIAO's tools are on PATH")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(InputError, match="no CIAO on PATH .missing: download_chandra_obsid") \
+            as err:
+        choose_backend(cfg)
+    assert err.value.field == "prep.backend"
 
 
 # --------------------------------------------------------------------------
@@ -532,11 +721,17 @@ def test_real_ciao_on_one_public_observation(tmp_path):
     """
     obsid = os.environ.get("HPCXT_CIAO_TEST_OBSID", "3233")
     cfg_path = write_config(tmp_path, obsids=(obsid,), crop=False, point_sources=False,
-                            download_timeout=3600)
+                            deflare={}, download_timeout=3600)
     with pytest.raises(InputError, match="need a region"):
         _prepare(cfg_path)
     work = (tmp_path / "work").resolve()
-    evt2 = read_stage_record(work / "obs" / obsid)["stages"]["repro"]["outputs"]["evt2"]
+    repro = read_stage_record(work / "obs" / obsid)["repro"]["outputs"]
+    # chandra_repro's own list: a corrected aspect file replaces the archive's
+    asol = [Path(a) for a in repro["asol"]]
+    assert asol and all(a.exists() for a in asol)
+    if any(a.name.endswith("_repro_asol1.fits") for a in asol):
+        assert len(asol) == 1
+    evt2 = repro["evt2"]
     with fits.open(evt2) as hdul:
         ra, dec = hdul["EVENTS"].header["RA_NOM"], hdul["EVENTS"].header["DEC_NOM"]
     region = tmp_path / "crop_fk5.reg"

@@ -9,8 +9,7 @@ from hpcxt.errors import InputError
 from hpcxt.io.bundle import ImageGrid
 from hpcxt.io.fitsio import SkyFrame
 from hpcxt.prep import intervals
-from hpcxt.prep.products import (background_scale, bin_events, flare_bins, grid_for_box,
-                                 light_curve)
+from hpcxt.prep.products import background_scale, bin_events, grid_for_box, light_curve
 
 
 def test_interval_algebra():
@@ -41,27 +40,6 @@ def test_light_curve_exposure_follows_gti():
     np.testing.assert_allclose(edges, np.arange(0.0, 601.0, 100.0))
     np.testing.assert_array_equal(counts, [2, 1, 0, 1, 0, 1])
     np.testing.assert_allclose(expo, [100, 100, 0, 100, 100, 100])
-
-
-def test_flare_bins_removes_injected_flare_and_keeps_quiet_time():
-    rng = np.random.default_rng(5)
-    expo = np.full(400, 259.28)
-    rate = np.full(400, 0.05)
-    rate[100:115] = 0.5  # a flare ten times the quiet rate
-    counts = rng.poisson(rate * expo).astype(float)
-    bad = flare_bins(counts, expo, nsigma=3.0)
-    assert bad[100:115].all()
-    quiet = np.ones(400, bool)
-    quiet[100:115] = False
-    assert bad[quiet].mean() < 0.05
-
-
-def test_flare_bins_leave_a_quiet_low_count_curve_alone():
-    rng = np.random.default_rng(7)
-    expo = np.full(300, 259.28)
-    counts = rng.poisson(0.01 * expo).astype(float)  # about 2.6 counts per bin
-    bad = flare_bins(counts, expo, nsigma=3.0)
-    assert bad.mean() < 0.02
 
 
 def test_known_sky_position_lands_in_right_pixel():
@@ -106,18 +84,6 @@ def test_background_scale_needs_counts():
     assert background_scale(30, 120) == 0.25
     with pytest.raises(InputError, match="background file has no events"):
         background_scale(30, 0, path="bkg.fits")
-
-
-def test_flare_bins_catch_a_long_flare_that_inflates_the_scatter():
-    # 10 of 77 bins at 7x the quiet rate: mean +- 3 std would keep them all
-    rng = np.random.default_rng(11)
-    expo = np.full(77, 259.28)
-    rate = np.full(77, 0.14)
-    rate[34:44] = 1.0
-    counts = rng.poisson(rate * expo).astype(float)
-    bad = flare_bins(counts, expo, nsigma=3.0)
-    assert bad[34:44].all()
-    assert bad.sum() <= 12
 
 
 def test_background_scale_counts_come_from_one_area_for_both_files():

@@ -110,7 +110,8 @@ SCHEMA: dict[str, Spec] = {
     "prep": _s("section", {}, doc="Prep: events, images and responses into the bundle.",
                children={
         "backend": _s("choice", "auto", choices=("auto", "products", "ciao"),
-                      doc="auto (ciao when its tools are on PATH) | products | ciao"),
+                      doc="auto (products when product paths are given, else ciao when its "
+                          "tools are on PATH) | products | ciao"),
         "energy_band": _s("band", [0.7, 8.0], min=0.1, max=15.0,
                           doc="keV, band of the images and the scale map"),
         "ccds": _s("intlist", [0, 1, 2, 3], min=0, max=9, doc="ACIS chips kept (ACIS-I is 0-3)"),
@@ -120,16 +121,26 @@ SCHEMA: dict[str, Spec] = {
                               "(null: all)"),
         "point_sources": _s("path", None, must_exist=True,
                             doc="DS9 region file: point sources to exclude (null: none)"),
-        "deflare": _s("section", {}, doc="Flares: cleaning of each observation's light curve.",
+        "deflare": _s("section", {}, doc="Flares: CIAO deflare's two methods with their "
+                      "parameters (deflare.par); both backends apply the chosen rule.",
                       children={
             "enabled": _s("bool", True, doc="remove the time bins of flares"),
-            "band": _s("band", [9.0, 12.0], min=0.1, max=15.0,
-                       doc="keV, light curve of the particle background"),
+            "method": _s("choice", "clean", choices=("clean", "sigma"),
+                         doc="clean (lc_clean, deflare's default) | sigma (lc_sigma_clip)"),
+            "band": _s("band", [9.0, 12.0], min=0.1, max=15.0, doc="keV, light-curve band"),
             "bin_seconds": _s("float", 259.28, min=1.0, exclusive_min=False,
                               doc="s, light-curve bin"),
-            "nsigma": _s("float", 3.0, min=1.0,
-                         doc="iterative sigma clipping: bins this many sigma from the mean go"),
-            "max_iterations": _s("int", 20, min=1, doc="most rounds of sigma clipping"),
+            "nsigma": _s("float", 3.0, min=0.0, exclusive_min=True,
+                         doc="clean: clip for the first mean; sigma: clipping threshold"),
+            "scale": _s("float", 1.2, min=1.0, doc="clean: keep mean/scale < rate < mean*scale"),
+            "stddev": _s("float_or_null", None, min=0.0, exclusive_min=True,
+                         doc="clean: keep mean +- stddev*sqrt(mean/bin) instead of scale"),
+            "mean": _s("float_or_null", None, min=0.0, exclusive_min=True,
+                       doc="clean: the quiescent rate, ct/s, instead of estimating it"),
+            "minfrac": _s("float", 0.1, min=0.0, max=1.0,
+                          doc="clean: fail when fewer of the bins are good"),
+            "minlength": _s("int", 3, min=1,
+                            doc="sigma: shortest run of good bins kept"),
         }),
         "background_scale_band": _s("band", [9.5, 12.0], min=0.1, max=15.0,
                                     doc="keV, band of the source/background count ratio "
@@ -154,7 +165,10 @@ SCHEMA: dict[str, Spec] = {
             "expmap_energy": _s("float", 2.3, min=0.1, max=15.0,
                                 doc="keV, monochromatic energy of the fluximage exposure maps"),
             "merged_image": _s("bool", True,
-                               doc="merge_obs image of all observations to draw regions on"),
+                               doc="merge_obs image of all observations, to draw region files on"),
+            "binarfwmap": _s("int", 4, min=1,
+                             doc="specextract: binning of mkwarf's weight map (1 = full "
+                                 "resolution, needs much more memory over a large region)"),
         }),
     }),
     "acb": _s("section", {}, doc="Scale map: adaptive circular binning.", children={
@@ -302,6 +316,13 @@ class Config(Section):
 # validation
 
 
+#: Keys that were removed, with what to do instead.
+RETIRED = {
+    "prep.deflare.max_iterations": "no longer used: CIAO's deflare has no iteration limit "
+                                   "(method sigma clips until no bin changes); delete the key",
+}
+
+
 def _did_you_mean(key: str, options) -> str:
     close = difflib.get_close_matches(key, list(options), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
@@ -336,7 +357,8 @@ class _Validator:
             raw = {}
         for key in raw:
             if key not in children:
-                self.problem(f"{where}{key}" if where else str(key),
+                path = f"{where}{key}" if where else str(key)
+                self.problem(path, RETIRED.get(path) or
                              "unknown key" + _did_you_mean(str(key), children))
         for key, spec in children.items():
             path = f"{where}{key}"

@@ -10,6 +10,8 @@ One place for the layout of ``<workdir>``::
                             named by the fingerprint of what made them
     prep/*.fits             counts, background, exposure, mask images for ds9
     obs/<obsid>/            CIAO products of one observation  (ciao backend)
+    obs/merged/             merge_obs image to draw regions on (ciao backend)
+    tmp/                    per-call CIAO parameter and scratch folders
     acb/scalemap.fits       radius reaching the target S/N   (hpcxt scalemap)
     acb/regions.h5          the region table
     fit/results.h5          one row per region, checkpointed  (hpcxt fit)
@@ -190,6 +192,14 @@ class WorkDir:
 
     def obs_dir(self, obsid: str) -> Path:
         return self.obs / str(obsid)
+
+    @property
+    def obs_merged(self) -> Path:
+        return self.obs / "merged"
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / "tmp"
 
     # scale map
     @property

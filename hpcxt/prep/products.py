@@ -5,7 +5,8 @@ counted under that step's reason only, so ``input = kept + sum(removed)``):
 
 ``ccd``            ccd_id not in ``prep.ccds`` (ACIS-I by default)
 ``gti``            time outside the chip's good-time intervals
-``flare``          time in a light-curve bin rejected by sigma clipping
+``flare``          time in a light-curve bin rejected by ``prep.deflare``'s rule
+                   (CIAO deflare's ``clean`` or ``sigma``: :mod:`hpcxt.prep.deflare`)
 ``point_source``   inside a shape of ``prep.point_sources``
 ``energy``         energy outside the spectral range 0.3-11 keV (the RMF's)
 ``outside_crop``   outside ``prep.crop_region`` or the image grid
@@ -38,6 +39,7 @@ from ..errors import InputError
 from ..data import ImageGrid
 from ..io.fitsio import EventFile, SkyFrame
 from . import intervals
+from .deflare import DeflareError, DeflareRule, good_bins, kept_fraction, low_kept_message
 
 log = logging.getLogger("hpcxt.prep")
 
@@ -89,54 +91,40 @@ def light_curve(time, good, bin_seconds: float):
     return edges, counts, exposure
 
 
-def flare_bins(counts, exposure, nsigma: float = 3.0, max_iterations: int = 20,
-               min_fraction: float = 0.5):
-    """Light-curve bins to reject, by iterative sigma clipping of the rate.
+def flare_bins(counts, exposure, rule: DeflareRule, path=None, obsid: str = "") -> np.ndarray:
+    """Light-curve bins to reject, by the rule of CIAO's ``deflare`` (``rule.method``).
 
-    A bin is judged only when at least ``min_fraction`` of it is good time;
-    the others are kept (too short to tell). The first pass clips about the
-    median with the scaled median absolute deviation, later passes about
-    the mean of the kept bins with their standard deviation (as CIAO's
-    ``deflare method=clean``). The scatter used is the larger
-    of the sample standard deviation and the Poisson error of the mean rate,
-    so a quiet, low-count light curve is not trimmed of its upward
-    fluctuations.
+    The same rule the ``ciao`` backend hands to ``deflare``; see
+    :mod:`hpcxt.prep.deflare`. Warns when less than
+    :data:`~hpcxt.prep.deflare.LOW_KEPT_FRACTION` of the exposure is kept.
 
     Parameters
     ----------
     counts, exposure : ndarray (m,)
         Counts and good time (s) per bin.
+    rule : DeflareRule
+    path : Path, optional
+        The event file, named in errors.
 
     Returns
     -------
     ndarray (m,) bool
         True for bins to reject.
+
+    Raises
+    ------
+    InputError
+        When deflare would fail on this light curve (``prep.deflare``).
     """
-    counts = np.asarray(counts, float)
-    exposure = np.asarray(exposure, float)
-    judged = exposure >= min_fraction * (exposure.max() if exposure.size else 0.0)
-    judged &= exposure > 0
-    rate = np.zeros_like(counts)
-    rate[judged] = counts[judged] / exposure[judged]
-    keep = judged.copy()
-    for iteration in range(max_iterations):
-        if keep.sum() < 3:
-            break
-        if iteration == 0:
-            # Start from the median and the MAD: a long flare inflates the
-            # mean and the standard deviation enough to hide itself.
-            centre = float(np.median(rate[keep]))
-            sample_sd = 1.4826 * float(np.median(np.abs(rate[keep] - centre)))
-        else:
-            centre = counts[keep].sum() / exposure[keep].sum()
-            sample_sd = rate[keep].std()
-        poisson_sd = np.sqrt(max(centre, 0.0) / np.median(exposure[keep]))
-        sd = max(sample_sd, poisson_sd)
-        new_keep = judged & (np.abs(rate - centre) <= nsigma * sd)
-        if np.array_equal(new_keep, keep):
-            break
-        keep = new_keep
-    return judged & ~keep
+    try:
+        good = good_bins(counts, exposure, rule)
+    except DeflareError as exc:
+        raise InputError(f"deflare method {rule.method}: {exc}", path=path,
+                         field="prep.deflare") from None
+    message = low_kept_message(kept_fraction(exposure, good), rule)
+    if message:
+        log.warning("observation %s: %s", obsid, message)
+    return ~good
 
 
 def background_scale(src_counts: int, bkg_counts: int, path=None) -> float:
@@ -250,6 +238,38 @@ def _all_chip_gti(ev: EventFile, ccds):
     return intervals.normalise(start, stop)
 
 
+def _in_gti(ev: EventFile, ccds) -> np.ndarray:
+    """Events inside their chip's good-time intervals (or all chips' if not per chip)."""
+    c, n = ev.columns, len(ev)
+    if "ccd_id" not in c or not any(k >= 0 for k in ev.gti):
+        return intervals.contains(c["time"], _all_chip_gti(ev, ccds))
+    in_gti = np.zeros(n, bool)
+    for chip, (s, e) in ev.gti.items():
+        sel = c["ccd_id"] == chip if chip >= 0 else np.ones(n, bool)
+        in_gti[sel] = intervals.contains(c["time"][sel], (s, e))
+    return in_gti
+
+
+def _flare_intervals(ev: EventFile, keep, total, deflare_cfg, point_sources):
+    """(starts, stops) of the light-curve bins that ``prep.deflare``'s rule rejects.
+
+    The light curve is of the kept events in ``prep.deflare.band`` outside
+    the point sources, binned by ``bin_seconds`` over the good time ``total``.
+    """
+    c = ev.columns
+    e_kev = c["energy"] / 1000.0
+    lo, hi = deflare_cfg.band
+    in_band = keep & (e_kev >= lo) & (e_kev < hi)
+    if point_sources is not None:
+        in_band &= ~point_sources.contains(c["x"], c["y"], ev.frame)
+    edges, counts, expo = light_curve(c["time"][in_band], total, deflare_cfg.bin_seconds)
+    bad = flare_bins(counts, expo, DeflareRule.from_config(deflare_cfg), path=ev.path,
+                     obsid=str(ev.header.get("OBS_ID", "")))
+    if not bad.any():
+        return ((), ())
+    return intervals.normalise(edges[:-1][bad], edges[1:][bad])
+
+
 def clean_events(ev: EventFile, ccds, deflare_cfg, point_sources, frame: SkyFrame,
                  is_background: bool = False, scale_band=(9.5, 12.0),
                  scale_exclude=None) -> CleanEvents:
@@ -300,25 +320,12 @@ def clean_events(ev: EventFile, ccds, deflare_cfg, point_sources, frame: SkyFram
     good_time = ((), ())
     flare_iv = ((), ())
     if not is_background and "time" in c and ev.gti:
-        in_gti = np.zeros(n, bool)
-        if "ccd_id" in c and any(k >= 0 for k in ev.gti):
-            for chip, (s, e) in ev.gti.items():
-                sel = c["ccd_id"] == chip if chip >= 0 else np.ones(n, bool)
-                in_gti[sel] = intervals.contains(c["time"][sel], (s, e))
-        else:
-            in_gti = intervals.contains(c["time"], _all_chip_gti(ev, ccds))
-        drop("gti", ~in_gti)
+        drop("gti", ~_in_gti(ev, ccds))
         total = _all_chip_gti(ev, ccds)
         good_time = total
         if deflare_cfg is not None and deflare_cfg.enabled:
-            lo, hi = deflare_cfg.band
-            in_band = keep & (e_kev >= lo) & (e_kev < hi)
-            if point_sources is not None:
-                in_band &= ~point_sources.contains(c["x"], c["y"], ev.frame)
-            edges, counts, expo = light_curve(c["time"][in_band], total, deflare_cfg.bin_seconds)
-            bad = flare_bins(counts, expo, deflare_cfg.nsigma, deflare_cfg.max_iterations)
-            if bad.any():
-                flare_iv = intervals.normalise(edges[:-1][bad], edges[1:][bad])
+            flare_iv = _flare_intervals(ev, keep, total, deflare_cfg, point_sources)
+            if len(flare_iv[0]):
                 drop("flare", intervals.contains(c["time"], flare_iv))
                 good_time = intervals.subtract(total, flare_iv)
             before = intervals.length(total)

@@ -39,6 +39,7 @@ from ..io.fitsio import SkyFrame, read_events, read_image, write_image
 from ..io.workdir import (FileHashes, StageRecord, WorkDir, atomic_write, fingerprint,
                          write_json_atomic)
 from ..prep import products as P
+from ..prep.backend import choose_backend
 from ..prep.regionfile import read_region_file
 
 log = logging.getLogger("hpcxt.prep")
@@ -92,11 +93,8 @@ def _load_clean(path: Path):
 
 
 def _observation_products(cfg, workdir: Path, force: bool) -> list[dict]:
-    backend = cfg.prep.backend
-    if backend == "auto":
-        from ..prep import ciao
-        backend = "ciao" if ciao.ciao_available() else "products"
-        log.info("prep.backend auto: using %s", backend)
+    backend, why = choose_backend(cfg)
+    log.info("prep backend: %s (%s)", backend, why)
     if backend == "ciao":
         from ..prep import ciao
         return ciao.prepare_observations(cfg, workdir, force=force)
@@ -159,7 +157,9 @@ def _clean_observation(cfg, o: dict, out: Path, frame, crop, point_sources):
     ev = read_events(o["events"], role=f"observation {obsid} events")
     frame = frame or ev.frame
     scale_band = cfg.prep.background_scale_band
-    src = P.clean_events(ev, cfg.prep.ccds, cfg.prep.deflare, point_sources, frame,
+    # Products of the ciao backend were deflared by CIAO with the same rule.
+    deflare = None if o.get("deflared") else cfg.prep.deflare
+    src = P.clean_events(ev, cfg.prep.ccds, deflare, point_sources, frame,
                          scale_band=scale_band, scale_exclude=crop)
     if len(src.x) == 0:
         raise InputError("no events left after the ccd, energy, GTI and flare filters",
