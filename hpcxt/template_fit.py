@@ -40,8 +40,8 @@ convention (bins minus the 2 free parameters).
 API
 ---
 ``templates = build_templates(settings, responses, band_masks=None)``
-    Once per run, on every worker (see :class:`Templates`: about 0.5 s and
-    8 MB per 1024-channel observation).
+    Once per run, on every worker (see :class:`Templates`: about 0.45 s of
+    CPU and 9 MB per 1024-channel observation).
 ``result = fit_profile(templates, spectra, statistic, groupings=None,
 kT_range=None, error_sigma=1.0, errors="conf", kT_init=8.0)``
     One region; ``spectra`` are :class:`hpcxt.fit.ObsSpectrum` (the used
@@ -205,13 +205,13 @@ class Templates:
     fit settings (model, frozen parameters, kT and energy ranges) and the
     responses, and the XSPEC evaluation is deterministic, so each worker
     builds its own copy rather than receiving one from rank 0. Measured for
-    two 1024-channel ACIS-like responses (1070 energies, 500 band channels
-    each) and ``xsphabs*xsbremss`` over 0.08-64 keV: about 1.3 s of build
-    (1300 kT values, half of them for the accuracy check, each 0.19 ms of
-    Sherpa folding per observation, plus the splines) and 7.8 MB per
+    two 1024-channel ACIS-like responses (1070 energies, 501 band channels
+    each) and ``xsphabs*xsbremss`` over 0.08-64 keV: 0.9 s of CPU for both
+    (about 1580 kT values, half of them for the accuracy check, at 0.19 ms
+    of Sherpa folding per observation each; 558 knots) and 8.9 MB per
     observation (benchmarks/template_fit.py prints both). Broadcasting from
-    rank 0 pays off only for a model much slower to evaluate; sharing one
-    copy per node (MPI shared memory) would save the memory.
+    rank 0 would pay off only for a model much slower to evaluate; one copy
+    per node in MPI shared memory would save the memory of the others.
 
     Attributes
     ----------
@@ -403,18 +403,23 @@ def _locate_jump(rates_at, a: float, b: float):
     return a, b, float(np.expm1(np.abs(lb - la).max()))
 
 
-def _check(rates_at, knots, coef, gaps):
-    """Relative error of the spline at every interval midpoint, shape (n - 1,)."""
+def _check(rates_at, knots, coef, gaps, offsets):
+    """Relative error of the spline at every interval midpoint, shape (n - 1,).
+
+    Largest over each observation's significant channels (rate at least
+    SIGNIFICANT of its largest at that kT); 0 for the gap intervals.
+    """
     mids = 0.5 * (knots[:-1] + knots[1:])
     interp = _eval_pieces(knots, coef, mids)
-    err = np.zeros(mids.size)
-    for j, m in enumerate(mids):
-        if j in gaps:
-            continue
-        direct = rates_at(m)
-        sig = _significant(direct)
-        d = np.concatenate(direct)[sig]
-        err[j] = float(np.abs(interp[j][sig] / d - 1.0).max())
+    direct = np.array([np.concatenate(rates_at(m)) for m in mids])
+    sig = np.zeros(direct.shape, dtype=bool)
+    for o0, o1 in zip(offsets[:-1], offsets[1:]):
+        block = direct[:, o0:o1]
+        sig[:, o0:o1] = block >= SIGNIFICANT * block.max(axis=1, keepdims=True)
+    sig &= direct > 0
+    rel = np.abs(interp / np.where(sig, direct, 1.0) - 1.0)
+    err = np.where(sig, rel, 0.0).max(axis=1)
+    err[list(gaps)] = 0.0
     return err
 
 
@@ -468,6 +473,7 @@ def build_templates(settings, responses, band_masks=None, step: float = GRID_STE
         if not max(rates_at(u)[k].max() for u in (u_lo, u_fine, u_hi)) > 0:
             raise ValueError(f"model {settings.model!r} gives no counts in the band of "
                              f"observation {k} (xsapec needs AtomDB files)")
+    offsets = np.cumsum([0] + [b.stop - b.start for b in bands]).astype(np.int64)
     gap_left: set = set()  # knots that start an interval holding a jump
     frozen: set = set()    # knots that start a narrow interval with no jump in it
     for _ in range(100):
@@ -475,7 +481,7 @@ def build_templates(settings, responses, band_masks=None, step: float = GRID_STE
         values = np.array([np.concatenate(rates_at(u)) for u in kn])
         gaps = [j for j, u in enumerate(kn[:-1]) if u in gap_left]
         coef = _piecewise_coef(kn, values, gaps)
-        err = _check(rates_at, kn, coef, gaps)
+        err = _check(rates_at, kn, coef, gaps, offsets)
         bad = [j for j in np.flatnonzero(err > tol) if kn[j] not in frozen]
         if not bad:
             break
@@ -494,7 +500,6 @@ def build_templates(settings, responses, band_masks=None, step: float = GRID_STE
         knots.update(0.5 * (kn[j] + kn[j + 1]) for j in bad)
     else:
         raise RuntimeError("template grid did not converge")
-    offsets = np.cumsum([0] + [b.stop - b.start for b in bands]).astype(np.int64)
     obs = [ObsTemplate(band=band, knots=kn, coef=coef[:, :, offsets[k]:offsets[k + 1]])
            for k, band in enumerate(bands)]
     breaks = np.array([0.5 * (kn[j] + kn[j + 1]) for j in gaps])
@@ -1347,6 +1352,10 @@ class TemplateResult:
         Why not certified ("" when certified).
     n_eval : int
         Evaluations of the rates (each one pass over the band channels).
+    norm_lo_kT, norm_hi_kT : float
+        Temperature (keV) at which the level curve reaches norm_lo and
+        norm_hi: (norm_hi_kT, norm_hi) is a point where the statistic is
+        ``stat + error_sigma**2``, which anyone can check.
     """
 
     kT: float
@@ -1360,6 +1369,8 @@ class TemplateResult:
     certified: bool
     reason: str
     n_eval: int = 0
+    norm_lo_kT: float = math.nan
+    norm_hi_kT: float = math.nan
 
 
 def region_channels(templates: Templates, spectra, statistic: str, groupings=None):
@@ -1467,4 +1478,5 @@ def fit_profile(templates: Templates, spectra, statistic: str, groupings=None,
                           norm=float(out[3]), norm_lo=float(out[4]), norm_hi=float(out[5]),
                           stat=float(out[6]), dof=int(out[11]) - 2, certified=flags == 0,
                           reason="; ".join(t for bit, t in _FLAG_TEXT.items() if flags & bit),
-                          n_eval=int(out[7]))
+                          n_eval=int(out[7]), norm_lo_kT=float(np.exp(out[9])),
+                          norm_hi_kT=float(np.exp(out[10])))

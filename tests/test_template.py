@@ -13,8 +13,9 @@ import math
 import numpy as np
 import pytest
 
-from fit_fixtures import draw_spectra, background_rate, model_rate
-from template_fixtures import (responses, settings, sherpa_plan, sigma_differences,
+from fit_fixtures import background_rate, draw_spectra
+from template_fixtures import (responses, settings, sherpa_dataset, sherpa_plan,
+                               sherpa_shown_wrong, sherpa_stat_at, sigma_differences,
                                simulate_region)
 from hpcxt import template_fit as tf
 from hpcxt.fit import ObsSpectrum, RegionFitter, group_min_counts
@@ -111,7 +112,7 @@ def test_templates_find_the_model_jumps(templates, resps):
         assert np.abs(right[sig] / left[sig] - 1.0).max() > 2e-3
 
 
-def test_templates_need_counts_in_the_band(resps):
+def test_build_rejects_bad_input(resps):
     with pytest.raises(ValueError, match="kT_range"):
         tf.build_templates(settings(kT_range=(5.0, 1.0)), resps)
     with pytest.raises(ValueError, match="one non-empty run"):
@@ -122,31 +123,6 @@ def test_templates_need_counts_in_the_band(resps):
 
 # --------------------------------------------------------------------------
 # statistics
-
-
-def _dataset(resp, counts, bkg, exposure, bkg_scale, band_energy, grouping, subtract):
-    """A DataPHA set up as RegionFitter's (see hpcxt/fit.py, "Background scaling")."""
-    from sherpa.astro.data import DataPHA
-
-    probe, channel = tf._probe(resp)
-    pha = DataPHA("src", channel, np.asarray(counts, float), exposure=exposure, backscal=1.0)
-    pha.set_arf(probe.get_arf())
-    pha.set_rmf(probe.get_rmf())
-    if bkg is not None:
-        b = DataPHA("bkg", channel, np.asarray(bkg, float), exposure=exposure,
-                    backscal=1.0 / bkg_scale)
-        pha.set_background(b)
-        if subtract:
-            pha.subtract()
-        if grouping is not None:
-            b.grouping = grouping
-            b.grouped = True
-    if grouping is not None:
-        pha.grouping = grouping
-        pha.grouped = True
-    pha.set_analysis("energy")
-    pha.notice(*band_energy)
-    return pha
 
 
 @pytest.mark.parametrize("statistic", ["wstat", "cstat", "chi2gehrels"])
@@ -178,9 +154,10 @@ def test_statistic_equals_sherpa_calc_stat(resps, band, statistic, grouped):
     assert sum((sp.counts[band] == 0).sum() for sp in spectra) > 100
     assert sum((sp.bkg_counts[band] == 0).sum() for sp in spectra) > 100
     use_bkg = statistic != "cstat"
-    datasets = [_dataset(resps[sp.obs_index], sp.counts, sp.bkg_counts if use_bkg else None,
-                         sp.exposure, sp.bkg_scale, st.energy_range, g,
-                         statistic == "chi2gehrels") for sp, g in zip(spectra, groupings)]
+    datasets = [sherpa_dataset(resps[sp.obs_index], sp.counts,
+                               sp.bkg_counts if use_bkg else None, sp.exposure, sp.bkg_scale,
+                               st.energy_range, g, statistic == "chi2gehrels")
+                for sp, g in zip(spectra, groupings)]
     data = DataSimulFit("both", datasets)
     fold = SimulFitModel("both", [Response1D(d)(model) for d in datasets])
     stat = {"wstat": WStat, "cstat": CStat, "chi2gehrels": Chi2Gehrels}[statistic]()
@@ -278,64 +255,56 @@ def agreement(resps, band, templates):
     return rows
 
 
-def _sherpa_stat_at(fitter, spectra, kT, norm):
-    """Sherpa's own statistic of a region at given parameters (via a fresh fit object)."""
-    from sherpa.astro.instrument import Response1D
-    from sherpa.data import DataSimulFit
-    from sherpa.models.model import SimulFitModel
-
-    statistic, groupings = sherpa_plan(fitter, spectra)
-    datasets = [fitter._dataset(sp, f"o{sp.obs_index}", statistic, g)
-                for sp, g in zip(spectra, groupings)]
-    fitter.kT_par.val, fitter.norm_par.val = kT, norm
-    try:
-        return float(fitter._stat(statistic).calc_stat(
-            DataSimulFit("r", datasets),
-            SimulFitModel("r", [Response1D(d)(fitter.model) for d in datasets]))[0])
-    finally:
-        fitter._reset_pars(1.0)
-
-
-def test_fits_agree_with_sherpa_conf(agreement):
+def test_fits_agree_with_sherpa_conf(agreement, resps):
     """Best fit and conf bounds of kT and norm within 0.1 sigma of Sherpa's.
 
-    sigma: half of Sherpa's conf interval. A difference is excused only
-    where Sherpa's own statistic at the template's best fit is lower than
-    at Sherpa's (Sherpa's optimiser stopped short).
+    sigma: half of Sherpa's conf interval. Compared: regions Sherpa fits
+    (status ok) and the template engine certifies. A difference is excused
+    only where Sherpa's own statistic refutes Sherpa's answer (its
+    optimiser stops at xsbremss's jump at 13.58 keV, as in one region
+    here), and in at most 1% of the regions (or one).
     """
-    compared, agree = 0, 0
+    compared, excused = 0, 0
     for statistic, reg, rec, res, fitter in agreement:
         if rec.status != 1 or not res.certified:
             continue
         compared += 1
         assert res.dof == rec.dof
-        # never a worse minimum than Sherpa's, and about the same statistic
+        # never a worse minimum than Sherpa's
         assert res.stat <= rec.stat + 1e-3
         d = sigma_differences(rec, res)
-        if all(abs(d[q]) <= 0.1 for q in QUANTITIES):
-            agree += 1
-        else:
-            sherpa_at_template = _sherpa_stat_at(fitter, reg.spectra, res.kT, res.norm)
-            assert sherpa_at_template < rec.stat - 1e-3, (statistic, reg.counts, d)
+        if not all(abs(d[q]) <= 0.1 for q in QUANTITIES):
+            excused += 1
+            assert sherpa_shown_wrong(fitter, resps, reg.spectra, rec, res), \
+                (statistic, reg.counts, reg.kT, d)
     assert compared >= 0.8 * len(agreement)
-    assert agree >= 0.99 * compared - 1
+    assert excused <= max(1, 0.01 * compared)
 
 
 def test_uncertified_where_sherpa_finds_no_bound(agreement):
     """A region Sherpa cannot bound is not certified by the template engine."""
-    for statistic, reg, rec, res, fitter in agreement:
-        if rec.status != 1 and "bound not found" in rec.reason:
-            assert not res.certified
+    unbounded = [res for statistic, reg, rec, res, fitter in agreement
+                 if rec.status != 1 and "bound not found" in rec.reason]
+    assert unbounded
+    assert not any(res.certified for res in unbounded)
 
 
-def test_stat_matches_sherpa_at_the_best_fit(agreement):
+def test_stat_matches_sherpa_at_the_best_fit(agreement, resps):
     """The reported statistic is Sherpa's statistic at the reported parameters."""
-    for statistic, reg, rec, res, fitter in agreement[::4]:
+    checked = 0
+    for statistic, reg, rec, res, fitter in agreement[::3]:
         if not res.certified:
             continue
-        want = _sherpa_stat_at(fitter, reg.spectra, res.kT, res.norm)
-        # interpolation error of the templates (< 1e-4) moves it by < 1e-3
+        want = sherpa_stat_at(fitter, resps, reg.spectra, res.kT, res.norm)
+        # the templates' interpolation error (< 1e-4) moves it by < 1e-3
         assert res.stat == pytest.approx(want, abs=2e-3)
+        # the norm bounds are points of the level stat + 1 by Sherpa's statistic
+        for side in ("norm_lo", "norm_hi"):
+            at = sherpa_stat_at(fitter, resps, reg.spectra, getattr(res, side + "_kT"),
+                                getattr(res, side))
+            assert at == pytest.approx(res.stat + 1.0, abs=2e-3)
+        checked += 1
+    assert checked >= 5
 
 
 def test_covar_bounds_agree_with_sherpa_covar(resps, band, templates):
