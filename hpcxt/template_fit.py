@@ -37,6 +37,29 @@ The statistics are Sherpa's definitions term by term (see
 :func:`statistic_value`) on the grouped, noticed bins, with Sherpa's dof
 convention (bins minus the 2 free parameters).
 
+Measured (benchmarks/template_fit.py, tests/test_template.py)
+-------------------------------------------------------------
+* Statistics: equal to Sherpa's ``calc_stat`` for the same model counts to
+  3e-15 relative (wstat, cstat, chi2gehrels; grouped and not; empty source
+  and background channels).
+* Speed, one core: two observations with 1024-channel responses, about
+  2,580 counts, W-stat grouped to about 35 bins, conf bounds on kT and
+  norm: about 5,300 fits per CPU-second including the grouping, against
+  5.1 for RegionFitter with conf on both and 19 with its default (conf on
+  kT, covar on norm).
+* Agreement with Sherpa (288 regions: 500-10,000 counts, kT 1-15 keV, one
+  and two observations, sparse and rich backgrounds, three statistics):
+  where Sherpa succeeds and the engine certifies (241), best fit and the
+  four bounds are within 0.1 sigma in 98.8% (largest difference 0.017
+  sigma); in the other 1.2% Sherpa's own statistic refutes Sherpa's
+  answer: its optimiser, or its conf search for the norm, stops at
+  xsbremss's jump at 13.58 keV.
+
+Not done here: a free abundance (the design's template pair), a global
+scan for a second profile minimum (like Sherpa's fit, the search is local
+from ``kT_init``), and xsapec (no AtomDB here: its kinks at the tabulated
+temperatures would be refined by the build's check, untested).
+
 API
 ---
 ``templates = build_templates(settings, responses, band_masks=None)``
@@ -70,11 +93,13 @@ XSPEC's ``bremss`` is not smooth in kT: it jumps by 0.3-3% at 0.1358,
 the build finds such jumps by trisection and breaks the spline there) and by
 up to 1.4e-4 at about 500 further temperatures below 5 keV (its table
 steps), which no smooth interpolant follows. Measured in
-tests/test_template.py at off-grid kT (relative error of a channel:
-|interpolated - Sherpa| / Sherpa, over channels with at least
-:data:`SIGNIFICANT` of the band's largest rate): below 1e-4 in every such
-channel for kT >= 1.5 keV, below 3e-4 below it; the count-weighted error
-(sum of |difference| over sum of rates) below 1e-4 everywhere.
+tests/test_template.py at 500 off-grid kT over 0.08-64 keV, two responses
+(relative error of a channel: |interpolated - Sherpa| / Sherpa, over the
+channels with at least :data:`SIGNIFICANT` of the band's largest rate at
+that kT): at most 7.8e-5 for kT >= 1 keV (6.5e-5 above 1.5 keV, 1.8e-5
+above 5 keV) and 1.6e-4 below 1 keV, where the model's own steps are
+1.4e-4; count-weighted (sum of |difference| over sum of rates) at most
+8.4e-5 everywhere.
 """
 
 from __future__ import annotations
@@ -121,6 +146,7 @@ _F_NORM_ZERO = 64
 _F_BETTER_MIN = 128
 _F_NORM_BOUND_EDGE = 256
 _F_AT_BREAK = 512
+_F_NO_DOF = 1024
 _FLAG_TEXT = {
     _F_KT_EDGE: "kT minimum at the edge of kT_range",
     _F_KT_LO_OPEN: "kT lower bound not found inside kT_range",
@@ -132,6 +158,7 @@ _FLAG_TEXT = {
     _F_BETTER_MIN: "bound search found a lower minimum",
     _F_NORM_BOUND_EDGE: "norm bound reached at the edge of kT_range",
     _F_AT_BREAK: "best fit or a bound at a jump of the model in kT",
+    _F_NO_DOF: "no degrees of freedom (at most 2 bins)",
 }
 
 # Rows of the per-bin array the kernel works on.
@@ -587,7 +614,7 @@ def _stat_terms(code, M, bins, out):
 
 
 @njit(cache=True)
-def _finish_bins(code, bins):
+def _finish_bins(bins):
     """Fill the derived rows (t_b, chi2 data and weight, W-stat constant).
 
     On entry rows S, B, TS hold the counts and exposure and row TB the
@@ -615,7 +642,7 @@ def _bins_from_grouped(S, B, exposure, bkg_scale):
         bins[_B] = B
         bins[_TB] = np.broadcast_to(np.asarray(bkg_scale, dtype=np.float64), (n,))
     bins[_TS] = np.broadcast_to(np.asarray(exposure, dtype=np.float64), (n,))
-    _finish_bins(0, bins)
+    _finish_bins(bins)
     return bins
 
 
@@ -658,6 +685,7 @@ def statistic_value(statistic: str, model_counts, counts, bkg_counts=None, expos
 
 @njit(cache=True)
 def _group_flags(idx, src, min_src, bkg, min_bkg, grouping):
+    """group_min_counts's loop over the channels ``idx``, into ``grouping``."""
     n = idx.size
     starts = np.zeros(n, dtype=np.bool_)
     starts[0] = True
@@ -682,9 +710,9 @@ def group_counts(band, counts, min_counts: int, bkg_counts=None, min_bkg: int = 
     """:func:`hpcxt.fit.group_min_counts` with source and background minima, compiled.
 
     Same flags as ``group_min_counts(band, (counts, min_counts),
-    (bkg_counts, min_bkg))`` (tests/test_template.py checks it), about a
-    hundred times faster: the Python loop over channels there costs about
-    0.3 ms per spectrum, more than a template fit.
+    (bkg_counts, min_bkg))`` (tests/test_template.py checks it), about 60
+    times faster: the Python loop over channels there costs about 0.3 ms
+    per spectrum, more than a template fit.
 
     Parameters
     ----------
@@ -744,7 +772,7 @@ def group_band(values, grouping, band) -> np.ndarray:
 
 
 @njit(cache=True)
-def _prepare_bins(code, src, bkg, gstart, offsets, used, texp, bscale):
+def _prepare_bins(src, bkg, gstart, offsets, used, texp, bscale):
     """Group one region's channels.
 
     Parameters are the concatenated band channels of all observations
@@ -773,7 +801,7 @@ def _prepare_bins(code, src, bkg, gstart, offsets, used, texp, bscale):
             chan_group[i] = g
             bins[_S, g] += src[i]
             bins[_B, g] += bkg[i]
-    _finish_bins(code, bins)
+    _finish_bins(bins)
     return chan_group, bins
 
 
@@ -1280,7 +1308,7 @@ def _fit_kernel(coef, knots, breaks, src, bkg, gstart, offsets, used, texp, bsca
     profile evaluations, flags, ln kT where norm_lo and norm_hi are
     reached, number of bins.
     """
-    chan_group, bins = _prepare_bins(code, src, bkg, gstart, offsets, used, texp, bscale)
+    chan_group, bins = _prepare_bins(src, bkg, gstart, offsets, used, texp, bscale)
     n_bins = bins.shape[1]
     work = np.empty((3, n_bins))
     mom = np.zeros(5)
@@ -1288,6 +1316,10 @@ def _fit_kernel(coef, knots, breaks, src, bkg, gstart, offsets, used, texp, bsca
     for k in range(12):
         out[k] = math.nan
     out[11] = n_bins
+    if n_bins <= 2:
+        out[7] = 0.0
+        out[8] = _F_NO_DOF
+        return
     u_best, P_min, N_best, curv, flags = _minimise(uA, uB, u_init, st, coef, knots, chan_group,
                                                    bins, code, work, mom)
     out[0] = math.exp(u_best)
