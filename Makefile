@@ -24,6 +24,7 @@ bench: setup
 	$(PY) benchmarks/prep.py
 	$(PY) benchmarks/scalemap.py
 	$(PY) benchmarks/fit.py
+	$(PY) benchmarks/template_fit.py
 
 clean-venv:
 	rm -rf .venv
