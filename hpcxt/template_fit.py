@@ -77,8 +77,9 @@ bkg_scale)``
 ``group_band(values, grouping, band)``
     Sums of a channel array over the groups inside the band.
 ``group_counts(band, counts, min_counts, bkg_counts, min_bkg)``
-    :func:`hpcxt.fit.group_min_counts` compiled (the W-stat grouping of a
-    region costs more than its template fit otherwise).
+    (from :mod:`hpcxt.spectra`) :func:`hpcxt.spectra.group_min_counts`
+    compiled (the W-stat grouping of a region costs more than its template
+    fit otherwise).
 
 Interpolation
 -------------
@@ -110,6 +111,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
+
+from .spectra import group_counts  # noqa: F401  (part of this module's API)
 
 #: Step of the starting grid in ln(kT).
 GRID_STEP = 0.02
@@ -294,24 +297,8 @@ def band_slice(band) -> slice:
 
 def _probe(response):
     """A DataPHA of zeros (exposure 1 s) with this response's ARF and RMF."""
-    from sherpa.astro.data import DataARF, DataPHA, DataRMF
-
-    from .fit import compress_rmf
-
-    r = response
-    nchan = int(np.asarray(r.rmf_matrix).shape[1])
-    arf = DataARF("tmpl_arf", np.asarray(r.arf_energ_lo, float),
-                  np.asarray(r.arf_energ_hi, float), np.asarray(r.specresp, float))
-    n_grp, f_chan, n_chan, values = compress_rmf(r.rmf_matrix, int(r.offset))
-    rmf = DataRMF("tmpl_rmf", nchan, np.asarray(r.rmf_energ_lo, float),
-                  np.asarray(r.rmf_energ_hi, float), n_grp, f_chan, n_chan, values,
-                  offset=int(r.offset), e_min=np.asarray(r.e_min, float),
-                  e_max=np.asarray(r.e_max, float))
-    channel = np.arange(int(r.offset), int(r.offset) + nchan, dtype=np.float64)
-    probe = DataPHA("tmpl_probe", channel, np.zeros(nchan), exposure=1.0, backscal=1.0)
-    probe.set_arf(arf)
-    probe.set_rmf(rmf)
-    return probe, channel
+    from .fit import sherpa_probe
+    return sherpa_probe("tmpl", response)
 
 
 def energy_band(settings, response) -> np.ndarray:
@@ -345,7 +332,8 @@ class ModelRates:
 
         self.model, self.kT_par, _ = make_model(
             settings.model, settings.nh, settings.abundance, settings.redshift,
-            kT=settings.kT_init, norm=1.0, apec_root=settings.apec_root, name="tmpl")
+            kT=settings.kT_init, norm=1.0, apec_root=settings.apec_root, name="tmpl",
+            abundance_table=settings.abundance_table)
         self.folded = []
         for resp, band in zip(responses, bands):
             probe, channel = _probe(resp)
@@ -681,64 +669,6 @@ def statistic_value(statistic: str, model_counts, counts, bkg_counts=None, expos
                               else np.asarray(bkg_counts, dtype=np.float64),
                               exposure, bkg_scale)
     return float(_stat_terms(code, M, bins, np.empty(M.size)))
-
-
-@njit(cache=True)
-def _group_flags(idx, src, min_src, bkg, min_bkg, grouping):
-    """group_min_counts's loop over the channels ``idx``, into ``grouping``."""
-    n = idx.size
-    starts = np.zeros(n, dtype=np.bool_)
-    starts[0] = True
-    t_src = 0.0
-    t_bkg = 0.0
-    last = 0
-    for i in range(n):
-        if t_src >= min_src and t_bkg >= min_bkg:
-            starts[i] = True
-            last = i
-            t_src = 0.0
-            t_bkg = 0.0
-        t_src += src[idx[i]]
-        t_bkg += bkg[idx[i]]
-    if last > 0 and not (t_src >= min_src and t_bkg >= min_bkg):
-        starts[last] = False  # a short last group joins the one before
-    for i in range(n):
-        grouping[idx[i]] = 1 if starts[i] else -1
-
-
-def group_counts(band, counts, min_counts: int, bkg_counts=None, min_bkg: int = 0) -> np.ndarray:
-    """:func:`hpcxt.fit.group_min_counts` with source and background minima, compiled.
-
-    Same flags as ``group_min_counts(band, (counts, min_counts),
-    (bkg_counts, min_bkg))`` (tests/test_template.py checks it), about 60
-    times faster: the Python loop over channels there costs about 0.3 ms
-    per spectrum, more than a template fit.
-
-    Parameters
-    ----------
-    band : ndarray (n_channel,) bool or slice
-        Channels to group; every other channel is its own group.
-    counts, bkg_counts : ndarray (n_channel,)
-        Source and background counts per channel.
-    min_counts, min_bkg : int
-        Least source and background counts per group (<= 0: no minimum).
-
-    Returns
-    -------
-    ndarray, shape (n_channel,), int16
-        1 where a group starts, -1 where it continues.
-    """
-    src = np.asarray(counts, dtype=np.float64)
-    grouping = np.ones(src.size, dtype=np.int16)
-    idx = (np.arange(band.start, band.stop) if isinstance(band, slice)
-           else np.flatnonzero(np.asarray(band, dtype=bool)))
-    m_src = int(min_counts) if min_counts > 0 else 0
-    m_bkg = int(min_bkg) if (bkg_counts is not None and min_bkg > 0) else 0
-    if idx.size == 0 or (m_src == 0 and m_bkg == 0):
-        return grouping
-    bkg = np.asarray(bkg_counts, dtype=np.float64) if m_bkg else np.zeros(src.size)
-    _group_flags(idx, src, float(m_src), bkg, float(m_bkg), grouping)
-    return grouping
 
 
 def group_band(values, grouping, band) -> np.ndarray:

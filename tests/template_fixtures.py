@@ -82,10 +82,8 @@ def simulate_region(rng, resps, band, kT: float, counts: float, background: str 
 
 def sherpa_plan(fitter, spectra):
     """The statistic and groupings :class:`hpcxt.fit.RegionFitter` fits ``spectra`` with."""
-    rec = FitRecord(fitter.nobs)
-    for sp in spectra:
-        rec.counts[sp.obs_index], rec.bkg_counts[sp.obs_index] = fitter.band_counts(sp)
-    return fitter._plan_statistic(spectra, rec)
+    plan = fitter.prepare(spectra, FitRecord(fitter.nobs))
+    return (None, None) if plan is None else (plan.statistic, plan.groupings)
 
 
 def sigma_differences(rec, res) -> dict:

@@ -18,7 +18,8 @@ from template_fixtures import (responses, settings, sherpa_dataset, sherpa_plan,
                                sherpa_shown_wrong, sherpa_stat_at, sigma_differences,
                                simulate_region)
 from hpcxt import template_fit as tf
-from hpcxt.fit import ObsSpectrum, RegionFitter, group_min_counts
+from hpcxt.fit import RegionFitter
+from hpcxt.spectra import ObsSpectrum, group_min_counts
 
 QUANTITIES = ("kT", "kT_lo", "kT_hi", "norm", "norm_lo", "norm_hi")
 

@@ -220,6 +220,13 @@ SCHEMA: dict[str, Spec] = {
         "checkpoint_seconds": _s("float", 60.0, min=0.0,
                                  doc="s, least time between checkpoints of results.h5 "
                                      "(0: after every batch)"),
+        "engine": _s("choice", "template", choices=("template", "sherpa"),
+                     doc="template: tabulated model, profile likelihood, about 1000 times "
+                         "faster, each region certified or refitted with Sherpa | sherpa: "
+                         "every region through Sherpa's fit and error search"),
+        "verify_fraction": _s("float", 0.01, min=0.0, max=1.0,
+                              doc="template engine: share of the regions (at least 20) also "
+                                  "fitted with Sherpa; the differences are stored and reported"),
         "apec_root": _s("path", None, must_exist=True,
                         doc="AtomDB folder for xsapec outside CIAO (XSPEC's APECROOT)"),
     }),

@@ -17,8 +17,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import InputError
-from ..fit import FitSettings, RecordBatch, RegionFitter, fit_region
+from ..engines import make_engine, verification_sample
+from ..fit import FitSettings, RecordBatch, fit_region
 from ..fit_mpi import RunOptions, describe, format_seconds, run_master_worker
 from ..hooks import NO_HOOKS
 from ..io.bundle import read_bundle, read_bundle_identity
@@ -26,6 +29,7 @@ from ..io.checkpoint import (FitResults, changed_keys, fit_inputs, inputs_hash, 
                              utc_now)
 from ..io.regions_table import read_regions
 from ..io.workdir import StageRecord, WorkDir, fingerprint
+from ..schema import Engine
 from ..spectra import RegionSpectra
 
 log = logging.getLogger("hpcxt.fit")
@@ -57,13 +61,16 @@ class BatchFitter:
         self.rank = rank
         self.nobs = len(bundle.observations)
         self.spectra = RegionSpectra(bundle.observations, table)
-        self.fitter = RegionFitter(FitSettings.from_config(cfg),
-                                   [o.response for o in bundle.observations],
-                                   has_background=bundle.has_background)
+        settings = FitSettings.from_config(cfg)
+        self.engine = make_engine(settings, [o.response for o in bundle.observations],
+                                  has_background=bundle.has_background)
+        self.verify = (set(verification_sample(len(table), settings.verify_fraction).tolist())
+                       if settings.engine == "template" else set())
 
     def __call__(self, region_ids) -> RecordBatch:
         ids = [int(i) for i in region_ids]
-        records = [fit_region(self.fitter, self.spectra, i) for i in ids]
+        records = [fit_region(self.engine, self.spectra, i, verify=i in self.verify)
+                   for i in ids]
         return RecordBatch.from_records(ids, records, self.nobs, worker=self.rank)
 
 
@@ -234,7 +241,31 @@ def run_fit(cfg, comm, resume: bool = False, fit_factory=None, hooks=None) -> in
             start = res
         else:
             log.info("fit: %s is up to date (%s)", options.results_path, describe(res))
-    return run_master_worker(comm, start, make_fit_batch, options, hooks)
+    status = run_master_worker(comm, start, make_fit_batch, options, hooks)
+    if isinstance(start, FitResults):
+        for line in engine_report(start):
+            log.info("fit: %s", line)
+    return status
+
+
+def engine_report(res: FitResults) -> list[str]:
+    """Which engine fitted how many regions, and how far the template engine
+    was from Sherpa on the regions it was checked on."""
+    counts = {e: int(np.count_nonzero(res.engine == e)) for e in Engine}
+    if not counts[Engine.TEMPLATE] and not counts[Engine.SHERPA_FALLBACK]:
+        return [f"engine: Sherpa for all {counts[Engine.SHERPA]} fitted regions"]
+    lines = [f"engine: template for {counts[Engine.TEMPLATE]} regions, Sherpa for "
+             f"{counts[Engine.SHERPA_FALLBACK]} the template engine could not certify"]
+    checked = np.isfinite(res.verify_dkT)
+    if checked.any():
+        worst = {name: float(np.nanmax(np.abs(getattr(res, f"verify_{name}")[checked])))
+                 for name in ("dkT", "dnorm", "dbounds")}
+        lines.append(f"verified against Sherpa on {int(checked.sum())} regions: largest "
+                     f"difference {worst['dkT']:.3f} sigma in kT, {worst['dnorm']:.3f} in norm, "
+                     f"{worst['dbounds']:.3f} in the bounds")
+    else:
+        lines.append("verified against Sherpa on no region yet")
+    return lines
 
 
 def fit_status(cfg) -> str:
@@ -272,6 +303,7 @@ def fit_status(cfg) -> str:
         pass
     lines.append(f"  last checkpoint: {res.updated}{age}, {res.checkpoints} in total; "
                  f"complete: {'yes' if res.complete else 'no'}")
+    lines.extend(f"  {line}" for line in engine_report(res))
     top = res.failure_summary()
     if top:
         lines.append("  most common failure reasons:")
