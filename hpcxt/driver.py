@@ -32,7 +32,9 @@ import numpy as np
 
 from .errors import InputError
 from .io.bundle import Bundle, ImageGrid, ObsData, write_bundle
+from .io.hdf5 import open_checked
 from .io.fitsio import SkyFrame, read_events, read_image, write_image
+from .prep import checks
 from .prep import products as P
 from .prep.regionfile import read_region_file
 
@@ -82,6 +84,19 @@ class StageRecord:
         os.replace(tmp, self.path)
 
 
+def _opens(bundle_path: Path) -> bool:
+    """Whether a recorded bundle can still be opened; if not (truncated, overwritten), say so."""
+    from .io.bundle import FORMAT_VERSION
+    from .io.hdf5 import open_versioned
+
+    try:
+        open_versioned(bundle_path, "bundle", "", FORMAT_VERSION).close()
+    except InputError as exc:
+        log.warning("%s; making it again", exc)
+        return False
+    return True
+
+
 # --------------------------------------------------------------------------
 # clean-event files
 
@@ -109,7 +124,7 @@ def _save_clean(path: Path, src: P.CleanEvents, bkg: P.CleanEvents | None, frame
 
 
 def _load_clean(path: Path):
-    with h5py.File(path, "r") as f:
+    with open_checked(path, "clean-event file (re-make it: hpcxt prep --force)") as f:
         frame = SkyFrame(*json.loads(f.attrs["frame"]))
         meta = json.loads(f.attrs["meta"])
         out = {}
@@ -176,6 +191,7 @@ def run_prep(cfg, force: bool = False) -> Path:
     prepdir = workdir / "prep"
     record = StageRecord(prepdir / "stages.json")
     obs_products = _observation_products(cfg, workdir, force)
+    checks.check_products(obs_products)
 
     point_sources = (read_region_file(cfg.prep.point_sources, "prep.point_sources")
                      if cfg.prep.point_sources else None)
@@ -239,7 +255,7 @@ def run_prep(cfg, force: bool = False) -> Path:
                         "crop": _file_fingerprint(cfg.prep.crop_region),
                         "obs": [[_file_fingerprint(o[k]) for k in ("exposure_map", "arf", "rmf")]
                                 for o in obs_products]})
-    if not force and record.is_done("bundle", bfp, bundle_path):
+    if not force and record.is_done("bundle", bfp, bundle_path) and _opens(bundle_path):
         log.info("bundle: up to date (%s)", bundle_path)
         return bundle_path
     bundle, summary = _make_bundle(cfg, obs_products, prepdir, frame, crop, point_sources, bfp)
@@ -285,6 +301,8 @@ def _make_bundle(cfg, obs_products, prepdir, frame, crop, point_sources, fingerp
         src = P.crop_events(src, crop, grid, frame)
         expimg = read_image(o["exposure_map"], role=f"observation {obsid} exposure map")
         expmap = P.sample_image_on_grid(expimg.data, expimg.wcs, grid, frame)
+        checks.check_exposure_overlap(P.bin_events(src.x, src.y, grid), expmap, o["events"],
+                                      o["exposure_map"])
         fov = (expmap > 0) & in_crop & ~in_ps
         expmap = np.where(fov, expmap, 0.0)
         in_band = (src.energy >= band[0] * 1000) & (src.energy < band[1] * 1000)
@@ -298,6 +316,9 @@ def _make_bundle(cfg, obs_products, prepdir, frame, crop, point_sources, fingerp
             bkg_events = bkg.as_dict()
         exposure += expmap
         response = read_response(o["arf"], o["rmf"])
+        checks.check_pi_range(None, response, o["events"], o["rmf"], pi=src.pi)
+        if bkg_events is not None:
+            checks.check_pi_range(None, response, o["background"], o["rmf"], pi=bkg.pi)
         observations.append(ObsData(
             obsid=str(obsid), exposure=src.exposure,
             bkg_exposure=float(bkg.exposure) if bkg is not None else 0.0,

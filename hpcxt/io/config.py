@@ -48,6 +48,7 @@ class Spec:
     max: float | None = None
     exclusive_min: bool = False
     must_exist: bool = False
+    folder: bool = False
     children: dict = field(default_factory=dict)
     doc: str = ""
 
@@ -135,7 +136,8 @@ SCHEMA: dict[str, Spec] = {
                                    doc="wstat: ... and at least this many background counts"),
         "batch_size": _s("int_or_auto", "auto", min=1),
         "checkpoint_seconds": _s("float", 60.0, min=0.0),
-        "apec_root": _s("path", None, must_exist=True, doc="AtomDB folder for xsapec (APECROOT)"),
+        "apec_root": _s("path", None, must_exist=True, folder=True,
+                        doc="AtomDB folder for xsapec (APECROOT)"),
     }),
     "maps": _s("section", {}, children={
         "max_frac_error": _s("float_or_null", None, min=0.0, exclusive_min=True),
@@ -349,8 +351,12 @@ class _Validator:
             if not p.is_absolute():
                 p = self.base_dir / p
             p = Path(os.path.normpath(p))
-            if spec.must_exist and self.check_files and not is_default and not p.exists():
-                self.problem(path, f"file not found: {p}")
+            if spec.must_exist and self.check_files and not is_default:
+                if not p.exists():
+                    self.problem(path, f"file not found: {p}")
+                elif p.is_dir() != spec.folder:
+                    self.problem(path, f"is a {'file' if spec.folder else 'folder'}, not a "
+                                       f"{'folder' if spec.folder else 'file'}: {p}")
             return str(p)
         raise AssertionError(f"unknown schema kind {kind}")  # a bug in SCHEMA, not user input
 
@@ -410,6 +416,9 @@ def load_config(path, check_files: bool = True) -> Config:
         raise InputError("config file not found", path=path) from None
     except OSError as exc:
         raise InputError(f"cannot read config: {exc.strerror}", path=path) from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not a YAML text file: byte {exc.start} is not UTF-8 (is it the "
+                         "right file?)", path=path) from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:

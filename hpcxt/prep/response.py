@@ -43,7 +43,7 @@ from astropy.io import fits
 from scipy.special import ndtr
 
 from ..errors import InputError
-from ..io.fitsio import open_fits
+from ..io.fitsio import missing_hdu_hint, open_fits, reading
 from ..io.bundle import Response
 
 #: Anchor points of the ACIS-I effective area, (keV, cm**2); interpolated in
@@ -320,7 +320,8 @@ def _find_hdu(hdul, path, names: tuple, hduclas2: tuple, what: str):
             continue
         if str(hdu.header.get("HDUCLAS2", "")).strip().upper() in hduclas2:
             return hdu
-    raise InputError(f"no {names[0]} extension (the {what})", path=path, field=names[0])
+    raise InputError(f"no {names[0]} extension (the {what}){missing_hdu_hint(hdul)}", path=path,
+                     field=names[0])
 
 
 def _column(hdu, path, name: str, required: bool = True):
@@ -349,7 +350,7 @@ def _as_row(value) -> np.ndarray:
 
 def _read_arf(path) -> tuple:
     path = Path(path)
-    with _open(path, "ARF") as hdul:
+    with _open(path, "ARF") as hdul, reading(path, "ARF file"):
         hdu = _find_hdu(hdul, path, ("SPECRESP",), ("SPECRESP",), "effective area")
         lo, ilo = _column(hdu, path, "ENERG_LO")
         hi, ihi = _column(hdu, path, "ENERG_HI")
@@ -363,7 +364,7 @@ def _read_arf(path) -> tuple:
 
 def _read_rmf(path) -> tuple:
     path = Path(path)
-    with _open(path, "RMF") as hdul:
+    with _open(path, "RMF") as hdul, reading(path, "RMF file"):
         mhdu = _find_hdu(hdul, path, ("MATRIX", "SPECRESP MATRIX"), ("RSP_MATRIX",),
                          "redistribution matrix")
         ehdu = _find_hdu(hdul, path, ("EBOUNDS",), ("EBOUNDS",), "channel energies")
