@@ -5,12 +5,15 @@
   map, the fit or the maps use; the command line once for a FITS file and
   once for results.h5.
 - Cross-checks at prep between files that are each fine alone.
+- An unwritable work directory; non-ASCII text in FITS headers.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
@@ -23,8 +26,9 @@ from hpcxt.errors import InputError
 from hpcxt.io.bundle import read_bundle
 from hpcxt.io.checkpoint import FitResults, read_results, write_results
 from hpcxt.io.config import load_config
-from hpcxt.io.fitsio import FITS_BLOCK, read_events, read_image
+from hpcxt.io.fitsio import (FITS_BLOCK, ascii_text, read_events, read_image, write_image)
 from hpcxt.io.regions_table import read_regions
+from hpcxt.io.workdir import WorkDir
 from hpcxt.prep.checks import check_pi_range
 from hpcxt.prep.regionfile import read_region_file
 from hpcxt.prep.response import acis_i_response, read_response, write_arf, write_rmf
@@ -277,3 +281,60 @@ def test_events_without_energy_are_refused(simulated_small, tmp_path):
         run_prep(load_config(cfg))
     assert str(exc.value).startswith(f"{evt}: energy: EVENTS table has no 'energy' column")
     assert "chandra_repro" in str(exc.value)
+
+
+# --------------------------------------------------------------------------
+# outputs: the work directory, FITS header text
+
+
+def _refuses_new_files(folder: Path) -> bool:
+    probe = folder / f".hpcxt-probe-{os.getpid()}"
+    try:
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except OSError:
+        return folder.is_dir()
+    probe.unlink()
+    return False
+
+
+def test_unwritable_work_directories(tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    cases = {a_file: "is a file, not a folder",
+             Path("/proc/hpcxt-work"): "cannot create the work directory",
+             Path("/proc/self/hpcxt-work"): "cannot create the work directory"}
+    if _refuses_new_files(Path("/sys")):
+        cases[Path("/sys")] = "not writable"  # sysfs refuses new files, even to root
+    if os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        cases[ro] = "not writable"
+    for root, message in cases.items():
+        with pytest.raises(InputError, match=message) as exc:
+            WorkDir(root).check_writable()
+        assert str(exc.value).startswith(f"{root}: workdir: ")
+    WorkDir(tmp_path / "new" / "work").check_writable()
+    assert (tmp_path / "new" / "work").is_dir()
+    assert list((tmp_path / "new" / "work").iterdir()) == []
+
+
+def test_fits_header_text_is_ascii_and_keeps_the_original(tmp_path):
+    from hpcxt.io.bundle import ImageGrid
+
+    assert ascii_text("Münch") == "Munch"
+    assert ascii_text("Abell\t2142\n") == "Abell 2142 "
+    assert ascii_text("東京") == "??"
+    header = ImageGrid(shape=(3, 4), x0=0.5, y0=0.5, bin=4).header()
+    path = write_image(tmp_path / "t.fits", np.ones((3, 4)), header, "keV",
+                       {"OBJECT": "Münch", "COMMENT": "kT of Münch", "ORIGIN": "hpcxt",
+                        "CLUSTER": ("東京 cluster", "naïve comment")})
+    h = fits.getheader(path)
+    assert h["OBJECT"] == "Munch" and h["ORIGIN"] == "hpcxt"
+    assert h["CLUSTER"] == "?? cluster" and h.comments["CLUSTER"] == "naive comment"
+    comments = [str(c) for c in h["COMMENT"]]
+    assert "kT of Munch" in comments
+    kept = {c.split(" in UTF-8")[0]: unquote(c.split("percent-escaped: ")[1])
+            for c in comments if "percent-escaped" in c}
+    assert kept == {"OBJECT": "Münch", "COMMENT": "kT of Münch", "CLUSTER": "東京 cluster"}
+    assert [p.name for p in tmp_path.iterdir()] == ["t.fits"]  # no temporary file left

@@ -10,10 +10,11 @@ the file and the extension, column or keyword.
 from __future__ import annotations
 
 import contextlib
-import os
+import unicodedata
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 from astropy.io import fits
@@ -21,6 +22,7 @@ from astropy.utils.exceptions import AstropyWarning
 from astropy.wcs import WCS
 
 from ..errors import InputError
+from .workdir import atomic_write
 
 #: Chandra sky pixel, degrees (0.492 arcsec).
 SKY_PIXEL_DEG = 0.492 / 3600.0
@@ -442,17 +444,57 @@ def read_image(path, role: str = "exposure_map") -> ImageFile:
     return ImageFile(data=data, wcs=wcs, header=h)
 
 
+def ascii_text(text) -> str:
+    """Printable-ASCII form of ``text`` for a FITS header (FITS 4.0 allows nothing else).
+
+    Accents are dropped ("Münch" -> "Munch"), other non-ASCII characters
+    become "?", control characters (tabs, new lines) spaces.
+    """
+    text = str(text)
+    plain = "".join(c for c in unicodedata.normalize("NFKD", text)
+                    if not unicodedata.combining(c))
+    return "".join(c if " " <= c <= "~" else (" " if c.isspace() or ord(c) < 32 else "?")
+                   for c in plain)
+
+
+def set_header_text(header: fits.Header, key: str, value, comment: str | None = None) -> None:
+    """``header[key] = (value, comment)`` with text made ASCII-safe; the original is kept.
+
+    Every FITS writer of hpcxt sets user text through this (astropy refuses
+    a non-ASCII value, and ds9 and CIAO could not read one). When the value
+    had to change, a COMMENT card holds the original as percent-escaped
+    UTF-8 (``M%C3%BCnch``), which ``urllib.parse.unquote`` turns back.
+    """
+    if comment is not None:
+        comment = ascii_text(comment)
+    if not isinstance(value, str):
+        header[key] = value if comment is None else (value, comment)
+        return
+    safe = ascii_text(value)
+    if key == "COMMENT":
+        header.add_comment(safe)
+    elif key == "HISTORY":
+        header.add_history(safe)
+    else:
+        header[key] = safe if comment is None else (safe, comment)
+    if safe != value:
+        header.add_comment(f"{key} in UTF-8, percent-escaped: {quote(value, safe=' ')}")
+
+
 def write_image(path, data, header: fits.Header, bunit: str = "", extra: dict | None = None,
                 overwrite: bool = True) -> Path:
-    """Write a 2-D image with its WCS atomically (temporary file, then rename)."""
+    """Write a 2-D image with its WCS atomically (temporary file, then rename).
+
+    ``extra`` maps header keys to values or (value, comment); text is made
+    ASCII-safe by :func:`set_header_text`.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     h = header.copy()
     if bunit:
-        h["BUNIT"] = bunit
+        set_header_text(h, "BUNIT", bunit)
     for k, v in (extra or {}).items():
-        h[k] = v
-    tmp = path.with_name(path.name + ".tmp")
-    fits.PrimaryHDU(data=np.asarray(data), header=h).writeto(tmp, overwrite=True)
-    os.replace(tmp, path)
+        value, comment = v if isinstance(v, tuple) else (v, None)
+        set_header_text(h, k, value, comment)
+    with atomic_write(path, fsync=False) as tmp:
+        fits.PrimaryHDU(data=np.asarray(data), header=h).writeto(tmp)
     return path

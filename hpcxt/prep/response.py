@@ -43,7 +43,7 @@ from astropy.io import fits
 from scipy.special import ndtr
 
 from ..errors import InputError
-from ..io.fitsio import missing_hdu_hint, open_fits, reading
+from ..io.fitsio import missing_hdu_hint, open_fits, reading, set_header_text
 from ..io.bundle import Response
 
 #: Anchor points of the ACIS-I effective area, (keV, cm**2); interpolated in
@@ -167,7 +167,7 @@ def _common_keys(header: fits.Header, obsid=None) -> None:
     header["DETNAM"] = ("ACIS-0123", "ACIS-I chips")
     header["FILTER"] = ("NONE", "filter")
     if obsid is not None:
-        header["OBS_ID"] = (str(obsid), "observation id")
+        set_header_text(header, "OBS_ID", str(obsid), "observation id")
 
 
 def write_arf(path, response: Response, obsid=None) -> Path:
