@@ -319,6 +319,31 @@ def test_unwritable_work_directories(tmp_path):
     assert list((tmp_path / "new" / "work").iterdir()) == []
 
 
+def test_work_directory_in_proc_is_one_line_before_prep(simulated_small, tmp_path):
+    cfg = copy_sim(simulated_small, tmp_path)
+    cfg.write_text(cfg.read_text().replace("workdir: work", "workdir: /proc/hpcxt/work"))
+    proc = run_hpcxt("prep", cfg, timeout=120)
+    assert_one_line_error(proc, "/proc/hpcxt/work: workdir: cannot create the work directory")
+    assert "clean" not in proc.stderr  # no stage started
+
+
+@pytest.mark.mpi
+def test_run_passes_on_the_failed_stage_status(prepped_small, tmp_path):
+    """A scale-map refusal under ``hpcxt run`` is the stage's one line and exit 2.
+
+    The scale map runs under run's lock (it would otherwise be refused for
+    the lock, not for the target S/N).
+    """
+    dst = tmp_path / "sim"
+    shutil.copytree(prepped_small.parent, dst, ignore=shutil.ignore_patterns("acb", "fit", "maps"))
+    cfg = dst / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("target_sn: 25.0", "target_sn: 1.0e+6"))
+    proc = run_hpcxt("run", cfg, "--np", "1", timeout=300)
+    assert_one_line_error(proc, "acb.target_sn", "no pixel reaches S/N 1e+06")
+    assert "scalemap exited with status 2" in proc.stderr
+    assert not (dst / "work" / ".hpcxt.lock").exists()
+
+
 def test_fits_header_text_is_ascii_and_keeps_the_original(tmp_path):
     from hpcxt.io.bundle import ImageGrid
 

@@ -77,6 +77,9 @@ SCHEMA: dict[str, Spec] = {
         "abundance": _s("float", 0.3, min=0.0, max=10.0, doc="metallicity, solar units"),
     }),
     "workdir": _s("path", "work", doc="where every stage writes; relative to the config file"),
+    "lock_stale_seconds": _s("float", 600.0, min=1.0,
+                             doc="s; the work-directory lock of a job on another host whose "
+                                 "heartbeat is older than this is taken over"),
     "observations": _s("list", required=True, children=OBSERVATION),
     "prep": _s("section", {}, children={
         "backend": _s("choice", "auto", choices=("auto", "products", "ciao")),
@@ -446,6 +449,8 @@ cluster:
   abundance: 0.3         # solar units, frozen (xsapec)
 
 workdir: work            # every stage writes below here
+lock_stale_seconds: 600  # s; a job on another host that has not touched the
+                         # work directory's lock for this long is taken as dead
 
 # One entry per Chandra observation. With prep.backend: products these are
 # the products of CIAO (chandra_repro, deflare, blanksky + reproject_events,
