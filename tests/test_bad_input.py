@@ -2,8 +2,8 @@
 
 - A truncation sweep: every kind of input file, cut inside a header, inside
   the data and at a block boundary, through the reader that prep, the scale
-  map, the fit or the maps use; the command line once for a FITS file and
-  once for results.h5.
+  map, the fit or the maps use; the command line for a FITS file and for
+  results.h5.
 - Cross-checks at prep between files that are each fine alone.
 - An unwritable work directory; non-ASCII text in FITS headers.
 """
@@ -205,6 +205,16 @@ def test_truncated_hdf5_files(own_files, tmp_path, name):
         text = str(exc.value)
         assert text.startswith(f"{bad}: not a readable HDF5 "), text
         assert ("not an HDF5 file" if at == 0 else "truncated or corrupt") in text, (at, text)
+
+
+def test_truncated_results_through_the_command_line(own_files, tmp_path):
+    results, _ = own_files["results.h5"]
+    work = tmp_path / "w"
+    shutil.copytree(results.parents[2], work)
+    bad = work / "work" / "fit" / "results.h5"
+    bad.write_bytes(results.read_bytes()[:results.stat().st_size // 2])
+    proc = run_hpcxt("status", work / "config.yaml", timeout=120)
+    assert_one_line_error(proc, str(bad), "not a readable HDF5 fit results: truncated or corrupt")
 
 
 def test_truncated_inputs_through_the_command_line(simulated_small, tmp_path):
