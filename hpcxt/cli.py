@@ -7,6 +7,10 @@ MPI stages (``scalemap``, ``fit``) are launched as::
 ``python -m mpi4py`` makes one failing rank abort the whole job. Every other
 command is serial. Bad input ends with one line ``hpcxt: error: ...`` on
 stderr and exit status 2; ``--debug`` shows the traceback instead.
+
+``prep``, ``scalemap``, ``fit`` (and ``run``, in :mod:`hpcxt.pipeline`)
+first check that the work directory can be written and take its lock
+(:mod:`hpcxt.io.lock`): a second writer is refused with one line.
 """
 
 from __future__ import annotations
@@ -35,6 +39,18 @@ def _setup_logging(verbose: bool, rank: int | None = None) -> None:
                         datefmt="%H:%M:%S", stream=sys.stderr, force=True)
 
 
+def _writing(cfg, command: str, comm=None):
+    """Context of a command that writes into the work directory.
+
+    Checks that the work directory can be written and holds its lock
+    (:mod:`hpcxt.io.lock`) for the ``with`` block; under MPI rank 0 does
+    both and a refusal reaches every rank.
+    """
+    from .io.lock import collective_workdir_lock
+    return collective_workdir_lock(comm, cfg.workdir_path, command,
+                                   stale_after=float(cfg.lock_stale_seconds))
+
+
 def cmd_init(args) -> int:
     from .io.config import PLACEHOLDER, render_template
     from .io.workdir import write_text_atomic
@@ -61,7 +77,8 @@ def cmd_prep(args) -> int:
     from .stages.prep import run_prep
     from .io.config import load_config
     cfg = load_config(args.config)
-    run_prep(cfg, force=args.force)
+    with _writing(cfg, "prep"):
+        run_prep(cfg, force=args.force)
     return 0
 
 
@@ -71,7 +88,8 @@ def cmd_scalemap(args) -> int:
     comm = _comm()
     _setup_logging(args.verbose, comm.Get_rank() if comm.Get_size() > 1 else None)
     cfg = load_config(args.config, check_files=False)
-    run_scalemap(cfg, comm, hooks=args.hooks)
+    with _writing(cfg, "scalemap", comm):
+        run_scalemap(cfg, comm, hooks=args.hooks)
     return 0
 
 
@@ -81,7 +99,8 @@ def cmd_fit(args) -> int:
     comm = _comm()
     _setup_logging(args.verbose, comm.Get_rank() if comm.Get_size() > 1 else None)
     cfg = load_config(args.config, check_files=False)
-    status = run_fit(cfg, comm, resume=args.resume, hooks=args.hooks)
+    with _writing(cfg, "fit", comm):
+        status = run_fit(cfg, comm, resume=args.resume, hooks=args.hooks)
     if comm.Get_size() > 1:
         # Every rank returned: finalize together, so that the master's
         # "checkpointed, not finished" status (85) reaches mpiexec/srun as an
@@ -114,7 +133,11 @@ def _print_truth_comparison(cfg) -> None:
 def cmd_maps(args) -> int:
     from .stages.maps import run_maps
     from .io.config import load_config
+    from .io.workdir import WorkDir
+    from .maps import run_maps
     cfg = load_config(args.config, check_files=False)
+    # No lock: maps only read the fit's checkpoints, so they can be made while it runs.
+    WorkDir.of(cfg).check_writable()
     run_maps(cfg, coords=args.coords)
     _print_truth_comparison(cfg)
     return 0

@@ -4,7 +4,10 @@ The serial stages (prep, maps) run in this process; the MPI stages are
 launched as ``mpiexec -n N python -m mpi4py -m hpcxt STAGE CONFIG`` with the
 venv's own mpiexec, so one failing rank aborts the job. Every stage skips
 work that is already done, so a re-run after a finished run does nothing
-and a re-run after an interruption resumes.
+and a re-run after an interruption resumes. ``hpcxt run`` holds the work
+directory's lock (:mod:`hpcxt.io.lock`) from start to end and hands it to
+the stages it launches; when a stage fails, ``run`` exits with that stage's
+status (2 for bad input), after the stage's own one-line error.
 """
 
 from __future__ import annotations
@@ -46,11 +49,17 @@ def mpi_command(nprocs: int, *args) -> list[str]:
             *map(str, args)]
 
 
-def _run_mpi(nprocs: int, *args) -> int:
+def _run_mpi(nprocs: int, *args, lock_token: str | None = None) -> int:
+    """Run an MPI stage; its exit status (128 + N when killed by signal N)."""
+    from .io.lock import TOKEN_ENV
+
     cmd = mpi_command(nprocs, *args)
     log.info("running: %s", " ".join(cmd))
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-    return subprocess.run(cmd, env=env).returncode
+    if lock_token:
+        env[TOKEN_ENV] = lock_token  # the stage runs under this process's lock
+    status = subprocess.run(cmd, env=env).returncode
+    return 128 - status if status < 0 else status
 
 
 def run_pipeline(config_path, nprocs: int | None = None) -> int:
@@ -66,6 +75,7 @@ def run_pipeline(config_path, nprocs: int | None = None) -> int:
     """
     from .stages.prep import run_prep
     from .io.config import load_config
+    from .io.lock import workdir_lock
     from .stages.fit import check_fit_model
     from .stages.maps import run_maps
 
@@ -75,20 +85,26 @@ def run_pipeline(config_path, nprocs: int | None = None) -> int:
     # A model that cannot be evaluated here is refused before prep and the
     # scale map, not after them; the fit then reuses the verdict.
     check_fit_model(cfg)
-    run_prep(cfg)
-    status = _run_mpi(nprocs, "scalemap", config_path)
-    if status != 0:
-        raise HpcxtError(f"scalemap exited with status {status}")
-    fit_args = ["fit", config_path]
-    if WorkDir.of(cfg).results.exists():
-        fit_args.append("--resume")
-    status = _run_mpi(nprocs + 1 if nprocs > 1 else 1, *fit_args)
-    if status == EXIT_CHECKPOINTED:
-        log.warning("fit stopped by a signal after a checkpoint; run again to resume")
-        return status
-    if status != 0:
-        raise HpcxtError(f"fit exited with status {status}")
-    run_maps(cfg)
+    with workdir_lock(cfg.workdir_path, "run", stale_after=float(cfg.lock_stale_seconds)) as lock:
+        run_prep(cfg)
+        status = _run_mpi(nprocs, "scalemap", config_path, lock_token=lock.child_token)
+        if status != 0:
+            # The stage printed its own one-line error; pass its status on
+            # (2 for bad input), as a shell pipeline with -e would.
+            log.warning("run: stopped: scalemap exited with status %d", status)
+            return status
+        fit_args = ["fit", config_path]
+        if WorkDir.of(cfg).results.exists():
+            fit_args.append("--resume")
+        status = _run_mpi(nprocs + 1 if nprocs > 1 else 1, *fit_args,
+                          lock_token=lock.child_token)
+        if status == EXIT_CHECKPOINTED:
+            log.warning("fit stopped by a signal after a checkpoint; run again to resume")
+            return status
+        if status != 0:
+            log.warning("run: stopped: fit exited with status %d", status)
+            return status
+        run_maps(cfg)
     log.info("pipeline finished in %.1f s; maps in %s", time.perf_counter() - t0,
              WorkDir.of(cfg).maps)
     return 0

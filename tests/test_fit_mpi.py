@@ -7,6 +7,7 @@ subprocess, under the venv's mpiexec where ``nprocs`` is given.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -241,6 +242,18 @@ def _popen_fit(cfg, nprocs, faults, *extra):
                             text=True, start_new_session=True)
 
 
+def _kill_ranks_of(cfg):
+    """SIGKILL every process whose command line names ``cfg`` (found through /proc)."""
+    for proc_dir in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (proc_dir / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if str(cfg).encode() in argv and int(proc_dir.name) != os.getpid():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(proc_dir.name), signal.SIGKILL)
+
+
 def _wait_for_progress(cfg, proc, min_final=4, timeout=120):
     """Wait until results.h5 shows some finished regions."""
     path = cfg.parent / "work" / "fit" / "results.h5"
@@ -264,6 +277,10 @@ def test_sigkill_of_the_whole_job_at_a_random_moment(reference, base_cfg, tmp_pa
     _wait_for_progress(cfg, proc, min_final=2)
     time.sleep(random.Random(7).uniform(0.0, 1.5))
     os.killpg(proc.pid, signal.SIGKILL)
+    # Hydra starts each rank in a session of its own, so killing mpiexec's
+    # process group leaves the ranks running to the end; kill them too (the
+    # work directory's lock would rightly refuse a resume while they run).
+    _kill_ranks_of(cfg)
     proc.communicate(timeout=60)
     resumed = fit(cfg, "--resume", nprocs=3)
     assert resumed.returncode == 0, resumed.stderr

@@ -169,7 +169,7 @@ def test_corrupt_fits_is_a_one_line_error_and_keeps_earlier_outputs(finished_cop
     evt = cfg_path.parent / "obs1002" / "acisf1002_repro_evt2.fits"
     evt.write_bytes(b"SIMPLE  =  garbage" + os.urandom(5000))
     proc = run_hpcxt("prep", cfg_path, timeout=300)
-    _assert_one_line_error(proc, str(evt), "not a readable FITS file")
+    _assert_one_line_error(proc, str(evt), "truncated or corrupt FITS file")
     assert bundle.read_bytes() == before
 
 

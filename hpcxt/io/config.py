@@ -57,6 +57,7 @@ class Spec:
     max: float | None = None
     exclusive_min: bool = False
     must_exist: bool = False
+    folder: bool = False
     children: dict = field(default_factory=dict)
     doc: str = ""
     example: Any = None
@@ -102,6 +103,9 @@ SCHEMA: dict[str, Spec] = {
                         doc="metallicity, solar units of fit.abundance_table (xsapec, xsmekal)"),
     }),
     "workdir": _s("path", "work", doc="where every stage writes; relative to this file's folder"),
+    "lock_stale_seconds": _s("float", 600.0, min=1.0,
+                             doc="s; the work-directory lock of a job on another host whose "
+                                 "heartbeat is older than this is taken over"),
     "observations": _s("list", required=True, children=OBSERVATION, doc=(
         "One entry per Chandra observation. With prep.backend: products these are "
         "the products of CIAO (chandra_repro, deflare, blanksky + reproject_events, "
@@ -227,7 +231,7 @@ SCHEMA: dict[str, Spec] = {
         "verify_fraction": _s("float", 0.01, min=0.0, max=1.0,
                               doc="template engine: share of the regions (at least 20) also "
                                   "fitted with Sherpa; the differences are stored and reported"),
-        "apec_root": _s("path", None, must_exist=True,
+        "apec_root": _s("path", None, must_exist=True, folder=True,
                         doc="AtomDB folder for xsapec outside CIAO (XSPEC's APECROOT)"),
     }),
     "maps": _s("section", {}, doc="Maps: FITS images and PNG quick-looks.", children={
@@ -460,8 +464,12 @@ class _Validator:
             if not p.is_absolute():
                 p = self.base_dir / p
             p = Path(os.path.normpath(p))
-            if spec.must_exist and self.check_files and not is_default and not p.exists():
-                self.problem(path, f"file not found: {p}")
+            if spec.must_exist and self.check_files and not is_default:
+                if not p.exists():
+                    self.problem(path, f"file not found: {p}")
+                elif p.is_dir() != spec.folder:
+                    self.problem(path, f"is a {'file' if spec.folder else 'folder'}, not a "
+                                       f"{'folder' if spec.folder else 'file'}: {p}")
             return str(p)
         raise AssertionError(f"unknown schema kind {kind}")  # a bug in SCHEMA, not user input
 
@@ -521,6 +529,9 @@ def load_config(path, check_files: bool = True) -> Config:
         raise InputError("config file not found", path=path) from None
     except OSError as exc:
         raise InputError(f"cannot read config: {exc.strerror}", path=path) from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not a YAML text file: byte {exc.start} is not UTF-8 (is it the "
+                         "right file?)", path=path) from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:

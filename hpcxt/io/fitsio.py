@@ -9,9 +9,12 @@ the file and the extension, column or keyword.
 
 from __future__ import annotations
 
+import contextlib
+import unicodedata
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 from astropy.io import fits
@@ -111,16 +114,112 @@ class EventFile:
     exposure: float
     header: dict
     gti: dict = field(default_factory=dict)  # ccd_id (or -1 for all) -> (start, stop) arrays
+    pi_range: tuple | None = None  # (TLMIN, TLMAX) of the PI column, when the header has them
 
     def __len__(self) -> int:
         return int(self.columns["x"].shape[0])
 
 
+#: Bytes of a FITS block: every header and data unit fills whole blocks.
+FITS_BLOCK = 2880
+#: Exceptions astropy and numpy raise on a damaged file once it is open.
+_READ_ERRORS = (OSError, ValueError, TypeError, KeyError, IndexError, EOFError)
+
+
+def _one_line(exc) -> str:
+    """The first sentence of an exception's text, on one line (astropy appends advice)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text.split(". ")[0].rstrip(".")
+
+
+def missing_hdu_hint(hdul) -> str:
+    """Words to add when an expected extension is missing from a file of one HDU.
+
+    A file cut exactly after its primary header is a valid FITS file, so
+    only the shape of the file can suggest that it was truncated.
+    """
+    return "; the file ends after its primary header (truncated?)" if len(hdul) == 1 else ""
+
+
+def _data_bytes(header) -> int:
+    """Size of an HDU's data as its header declares it (FITS 4.0, eq. 2), bytes."""
+    naxis = int(header.get("NAXIS", 0))
+    if naxis == 0:
+        return 0
+    n = 1
+    for i in range(1, naxis + 1):
+        n *= int(header.get(f"NAXIS{i}", 0))
+    return abs(int(header["BITPIX"])) // 8 * int(header.get("GCOUNT", 1)) * (
+        int(header.get("PCOUNT", 0)) + n)
+
+
+def _check_complete(hdul, path: Path, size: int) -> None:
+    """Refuse a file that ends before the data its headers declare, or inside a header.
+
+    astropy opens such files and fails later, deep inside a column read
+    ("cannot reshape array"), or drops a trailing half header silently. Only
+    the padding of the last block may be missing: the data are whole then,
+    and cfitsio reads such files too.
+    """
+    end = 0
+    for i, hdu in enumerate(hdul):
+        info = hdul.fileinfo(i)
+        need = info["datLoc"] + _data_bytes(hdu.header)
+        if need > size:
+            raise InputError(f"truncated or corrupt FITS file: HDU {i + 1} "
+                             f"({hdu.name or 'no name'}) declares data up to byte {need:,} but "
+                             f"the file has {size:,} bytes", path=path)
+        end = info["datLoc"] + info["datSpan"]
+    if size > end:
+        with open(path, "rb") as f:
+            f.seek(end)
+            tail = f.read(8)
+        if tail.startswith(b"XTENSION"):
+            raise InputError(f"truncated or corrupt FITS file: it ends inside the header of HDU "
+                             f"{len(hdul) + 1} (byte {size:,}, no END card)", path=path)
+
+
+@contextlib.contextmanager
+def reading(path, what: str = "FITS file"):
+    """Turn any failure of astropy or numpy while reading ``path`` into one InputError.
+
+    The structure of the file is checked when it is opened; this catches
+    what is left (a header value of the wrong type, a malformed TFORM).
+    InputErrors raised inside pass through unchanged.
+    """
+    try:
+        yield
+    except InputError:
+        raise
+    except _READ_ERRORS as exc:
+        raise InputError(f"truncated or corrupt {what} ({_one_line(exc)})", path=path) from None
+
+
 def open_fits(path, what: str = "FITS file") -> fits.HDUList:
-    """Open a FITS file, turning every way it can fail into an InputError."""
+    """Open a FITS file, turning every way it can fail into an InputError.
+
+    Every header is read and the file is checked to hold all the data its
+    headers declare, so a file cut short anywhere (inside a header, inside
+    the data, at a block boundary) is "truncated or corrupt" here rather
+    than a missing extension or a crash later.
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{what} not found", path=path)
+    if path.is_dir():
+        raise InputError(f"{what} is a folder, not a file", path=path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            start = f.read(9)
+    except OSError as exc:
+        raise InputError(f"cannot read {what} ({exc.strerror})", path=path) from None
+    if size == 0:
+        raise InputError(f"{what} is empty (0 bytes)", path=path)
+    if not start.startswith(b"SIMPLE  ="[:min(9, size)]):
+        raise InputError("not a readable FITS file: it does not start with SIMPLE (is it the "
+                         "right file?)", path=path)
+    hdul = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", AstropyWarning)
@@ -128,8 +227,15 @@ def open_fits(path, what: str = "FITS file") -> fits.HDUList:
             hdul.verify("silentfix")
             if len(hdul) == 0:
                 raise OSError("no HDUs")
-    except (OSError, ValueError, TypeError, IndexError) as exc:
-        raise InputError(f"not a readable FITS file ({exc})".replace("\n", " "), path=path) from None
+            _check_complete(hdul, path, size)
+    except InputError:
+        hdul.close()
+        raise
+    except _READ_ERRORS as exc:
+        if hdul is not None:
+            hdul.close()
+        raise InputError(f"truncated or corrupt FITS file ({_one_line(exc)})",
+                         path=path) from None
     return hdul
 
 
@@ -142,7 +248,8 @@ def _find_table(hdul, path, names, required_cols):
             cols = {c.lower() for c in hdu.columns.names}
             if set(required_cols) <= cols:
                 return hdu
-    raise InputError(f"no {'/'.join(sorted(names))} table extension", path=path,
+    raise InputError(f"no {'/'.join(sorted(names))} table extension{missing_hdu_hint(hdul)}",
+                     path=path,
                      field=sorted(names)[0])
 
 
@@ -173,6 +280,59 @@ def _header_frame(headers) -> SkyFrame | None:
     return None
 
 
+#: Why a column is required, for the message when it is missing.
+_WHY_REQUIRED = {
+    "energy": "; hpcxt filters events by energy as CIAO does, and PI alone does not give "
+              "it: use the level-2 event file that chandra_repro writes",
+}
+
+
+def event_columns_required(need_time: bool = True) -> list[str]:
+    """Columns every event file must have (lower case)."""
+    return ["x", "y", "pi", "energy"] + (["time"] if need_time else [])
+
+
+def _column_limits(hdu, name: str) -> tuple[int, int] | None:
+    """(TLMIN, TLMAX) of column ``name`` of a table HDU, or None when not both given."""
+    index = hdu.columns.names.index(name) + 1
+    lo, hi = hdu.header.get(f"TLMIN{index}"), hdu.header.get(f"TLMAX{index}")
+    if lo is None or hi is None:
+        return None
+    return int(lo), int(hi)
+
+
+def _events_table(hdul, path, need_time: bool):
+    """The EVENTS table, its column names (lower case -> as written) and its sky frame."""
+    hdu = _find_table(hdul, path, {"EVENTS"}, ("x", "y"))
+    names = {n.lower(): n for n in hdu.columns.names}
+    for col in event_columns_required(need_time):
+        if col not in names:
+            raise InputError(f"EVENTS table has no '{col}' column (has: "
+                             f"{', '.join(sorted(names))}){_WHY_REQUIRED.get(col, '')}",
+                             path=path, field=col)
+    frame = _column_frame(hdu, path, names) or _header_frame([hdu.header, hdul[0].header])
+    if frame is None:
+        raise InputError("no sky WCS: neither TCRVLn keywords on the x/y columns "
+                         "nor RA_NOM/DEC_NOM in the header", path=path, field="TCRVL")
+    return hdu, names, frame
+
+
+def read_events_header(path, role: str = "events", need_time: bool = True) -> EventFile:
+    """The columns' names and limits and the sky frame of an event file, without its events.
+
+    Cheap (headers only): prep checks every input against the others with it
+    before any stage starts. ``columns`` is empty; ``pi_range`` and ``frame``
+    are set. Raises the same InputErrors as :func:`read_events` for the
+    file's structure and its required columns.
+    """
+    path = Path(path)
+    hdul = open_fits(path, f"{role} file")
+    with hdul, reading(path, f"{role} file"):
+        hdu, names, frame = _events_table(hdul, path, need_time)
+        return EventFile(path=path, columns={}, frame=frame, exposure=0.0, header={},
+                         pi_range=_column_limits(hdu, names["pi"]))
+
+
 def read_events(path, role: str = "events", need_time: bool = True) -> EventFile:
     """Read a Chandra level-2 (or blank-sky) event file.
 
@@ -189,30 +349,27 @@ def read_events(path, role: str = "events", need_time: bool = True) -> EventFile
     -------
     EventFile
         x, y in sky pixels (float64), pi (int32), energy in eV (float32),
-        time in s (float64) and ccd_id (int16) when present.
+        time in s (float64) and ccd_id (int16) when present; ``pi_range``
+        from TLMIN/TLMAX of the PI column.
+
+    Raises
+    ------
+    InputError
+        Missing, truncated or corrupt file, no EVENTS table, a required
+        column missing (x, y, pi, energy, and time for source events), no
+        sky WCS, no positive EXPOSURE.
     """
     path = Path(path)
     hdul = open_fits(path, f"{role} file")
-    with hdul:
-        hdu = _find_table(hdul, path, {"EVENTS"}, ("x", "y"))
-        names = {n.lower(): n for n in hdu.columns.names}
-        required = ["x", "y", "pi"] + (["time"] if need_time else [])
-        for col in required:
-            if col not in names:
-                raise InputError(f"EVENTS table has no '{col}' column (has: "
-                                 f"{', '.join(sorted(names))})", path=path, field=col)
+    with hdul, reading(path, f"{role} file"):
+        hdu, names, frame = _events_table(hdul, path, need_time)
         data = hdu.data
         cols = {
             "x": np.asarray(data[names["x"]], dtype=np.float64),
             "y": np.asarray(data[names["y"]], dtype=np.float64),
             "pi": np.asarray(data[names["pi"]], dtype=np.int32),
         }
-        if "energy" in names:
-            cols["energy"] = np.asarray(data[names["energy"]], dtype=np.float32)
-        else:
-            # ACIS PI channels are 14.6 eV wide; the channel centre is the
-            # best energy estimate a file without ENERGY allows.
-            cols["energy"] = ((cols["pi"] - 0.5) * 14.6).astype(np.float32)
+        cols["energy"] = np.asarray(data[names["energy"]], dtype=np.float32)
         if "time" in names:
             cols["time"] = np.asarray(data[names["time"]], dtype=np.float64)
         if "ccd_id" in names:
@@ -221,10 +378,6 @@ def read_events(path, role: str = "events", need_time: bool = True) -> EventFile
             if cols[col].size and not np.all(np.isfinite(cols[col])):
                 bad = int(np.count_nonzero(~np.isfinite(cols[col])))
                 raise InputError(f"{bad} events have non-finite '{col}'", path=path, field=col)
-        frame = _column_frame(hdu, path, names) or _header_frame([hdu.header, hdul[0].header])
-        if frame is None:
-            raise InputError("no sky WCS: neither TCRVLn keywords on the x/y columns "
-                             "nor RA_NOM/DEC_NOM in the header", path=path, field="TCRVL")
         h = hdu.header
         exposure = None
         for key in ("EXPOSURE", "LIVETIME", "ONTIME"):
@@ -255,8 +408,9 @@ def read_events(path, role: str = "events", need_time: bool = True) -> EventFile
                     stop = np.concatenate([gti[ccd][1], stop])
                 order = np.argsort(start)
                 gti[ccd] = (start[order], stop[order])
+        pi_range = _column_limits(hdu, names["pi"])
     return EventFile(path=path, columns=cols, frame=frame, exposure=exposure,
-                     header=header, gti=gti)
+                     header=header, gti=gti, pi_range=pi_range)
 
 
 @dataclass
@@ -270,7 +424,7 @@ def read_image(path, role: str = "exposure_map") -> ImageFile:
     """Read the first 2-D image of a FITS file and its celestial WCS."""
     path = Path(path)
     hdul = open_fits(path, f"{role} file")
-    with hdul:
+    with hdul, reading(path, f"{role} file"):
         for hdu in hdul:
             if isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU)) and hdu.data is not None \
                     and hdu.data.ndim == 2:
@@ -290,15 +444,57 @@ def read_image(path, role: str = "exposure_map") -> ImageFile:
     return ImageFile(data=data, wcs=wcs, header=h)
 
 
+def ascii_text(text) -> str:
+    """Printable-ASCII form of ``text`` for a FITS header (FITS 4.0 allows nothing else).
+
+    Accents are dropped ("Münch" -> "Munch"), other non-ASCII characters
+    become "?", control characters (tabs, new lines) spaces.
+    """
+    text = str(text)
+    plain = "".join(c for c in unicodedata.normalize("NFKD", text)
+                    if not unicodedata.combining(c))
+    return "".join(c if " " <= c <= "~" else (" " if c.isspace() or ord(c) < 32 else "?")
+                   for c in plain)
+
+
+def set_header_text(header: fits.Header, key: str, value, comment: str | None = None) -> None:
+    """``header[key] = (value, comment)`` with text made ASCII-safe; the original is kept.
+
+    Every FITS writer of hpcxt sets user text through this (astropy refuses
+    a non-ASCII value, and ds9 and CIAO could not read one). When the value
+    had to change, a COMMENT card holds the original as percent-escaped
+    UTF-8 (``M%C3%BCnch``), which ``urllib.parse.unquote`` turns back.
+    """
+    if comment is not None:
+        comment = ascii_text(comment)
+    if not isinstance(value, str):
+        header[key] = value if comment is None else (value, comment)
+        return
+    safe = ascii_text(value)
+    if key == "COMMENT":
+        header.add_comment(safe)
+    elif key == "HISTORY":
+        header.add_history(safe)
+    else:
+        header[key] = safe if comment is None else (safe, comment)
+    if safe != value:
+        header.add_comment(f"{key} in UTF-8, percent-escaped: {quote(value, safe=' ')}")
+
+
 def write_image(path, data, header: fits.Header, bunit: str = "", extra: dict | None = None,
                 overwrite: bool = True) -> Path:
-    """Write a 2-D image with its WCS atomically (temporary file, then rename)."""
+    """Write a 2-D image with its WCS atomically (temporary file, then rename).
+
+    ``extra`` maps header keys to values or (value, comment); text is made
+    ASCII-safe by :func:`set_header_text`.
+    """
     path = Path(path)
     h = header.copy()
     if bunit:
-        h["BUNIT"] = bunit
+        set_header_text(h, "BUNIT", bunit)
     for k, v in (extra or {}).items():
-        h[k] = v
+        value, comment = v if isinstance(v, tuple) else (v, None)
+        set_header_text(h, k, value, comment)
     with atomic_write(path, fsync=False) as tmp:
         fits.PrimaryHDU(data=np.asarray(data), header=h).writeto(tmp)
     return path

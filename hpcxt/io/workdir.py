@@ -40,6 +40,8 @@ import socket
 import uuid
 from pathlib import Path
 
+from ..errors import InputError
+
 #: Length of every fingerprint, hex characters.
 FINGERPRINT_CHARS = 16
 
@@ -146,6 +148,38 @@ class WorkDir:
     def of(cls, cfg) -> "WorkDir":
         """The work directory of a loaded config."""
         return cls(cfg.workdir_path)
+
+    def check_writable(self) -> "WorkDir":
+        """Create the work directory if needed and prove a file can be written in it.
+
+        Every command that writes calls this before its first stage, so a
+        work directory that points at a file, into /proc, or onto a
+        read-only mount is one line (naming it) instead of a traceback from
+        deep inside a stage.
+
+        Raises
+        ------
+        InputError
+            Field ``workdir``: not a folder, cannot be created, or not writable.
+        """
+        root = self.root
+        if root.exists() and not root.is_dir():
+            raise InputError("work directory is a file, not a folder", path=root,
+                             field="workdir")
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cannot create the work directory ({exc.strerror or exc})",
+                             path=root, field="workdir") from None
+        probe = temporary_name(root / ".write-test")
+        try:
+            fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            os.close(fd)
+            probe.unlink()
+        except OSError as exc:
+            raise InputError(f"work directory is not writable ({exc.strerror or exc})",
+                             path=root, field="workdir") from None
+        return self
 
     def stage_dir(self, stage: str) -> Path:
         """``<workdir>/<stage>``."""

@@ -32,15 +32,31 @@ _SHAPE_RE = re.compile(r"^\s*[-+]?\s*(circle|ellipse|box|rotbox|polygon|annulus|
                        re.IGNORECASE)
 
 
+class _CutLine(ValueError):
+    """A region line whose parentheses do not close: the file was cut or mistyped."""
+
+    def __init__(self, lineno: int, line: str):
+        self.lineno, self.line = lineno, line
+        super().__init__(f"line {lineno} is cut off or malformed (its parentheses do not "
+                         f"close): {line.strip()[:60]!r}")
+
+
 def _normalise(text: str) -> str:
-    """Rewrite physical/CIAO syntax into something ``regions`` parses."""
+    """Rewrite physical/CIAO syntax into something ``regions`` parses.
+
+    Raises :class:`_CutLine` for a line whose parentheses do not close: the
+    ``regions`` parser reads ``circle(165.0,40.0,4`` as a 4-degree circle,
+    which is what a region file cut in the middle of a line looks like.
+    """
     lines = []
     saw_system = False
-    for raw in text.splitlines():
+    for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.split("#", 1)[0].strip() if not raw.lstrip().startswith("#") else raw.strip()
         if not line or line.startswith("#"):
             lines.append(raw)
             continue
+        if line.count("(") != line.count(")"):
+            raise _CutLine(lineno, line)
         low = line.lower().rstrip(";")
         if low in _COORD_SYSTEMS:
             saw_system = True
@@ -139,6 +155,22 @@ class RegionSet:
 
 
 
+def _first_bad_line(text: str, exc: Exception) -> str:
+    """Which line the parser failed on (parsing growing prefixes; only on errors)."""
+    from regions import Regions
+
+    lines = text.splitlines()
+    for n in range(1, len(lines) + 1):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                Regions.parse(_normalise("\n".join(lines[:n])), format="ds9")
+        except Exception as line_exc:  # same private error types as above
+            reason = str(line_exc).splitlines()[0] if str(line_exc) else type(line_exc).__name__
+            return f"line {n} {lines[n - 1].strip()[:60]!r} ({reason})"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
 def read_region_file(path, field: str) -> RegionSet:
     """Parse a DS9 (or CIAO) region file.
 
@@ -162,8 +194,10 @@ def read_region_file(path, field: str) -> RegionSet:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             parsed = Regions.parse(_normalise(text), format="ds9")
+    except _CutLine as exc:
+        raise InputError(str(exc), path=path, field=field) from None
     except Exception as exc:  # the parser raises several private error types
-        raise InputError(f"not a DS9 region file ({str(exc).splitlines()[0]})",
+        raise InputError(f"not a DS9 region file: {_first_bad_line(text, exc)}",
                          path=path, field=field) from None
     skipped = [str(w.message).splitlines()[0] for w in caught]
     if skipped:

@@ -43,8 +43,8 @@ from astropy.io import fits
 from scipy.special import ndtr
 
 from ..errors import InputError
-from ..io.fitsio import open_fits
 from ..data import Response
+from ..io.fitsio import missing_hdu_hint, open_fits, reading, set_header_text
 from ..rmf import nonzero_ranges
 
 #: Anchor points of the ACIS-I effective area, (keV, cm**2); interpolated in
@@ -172,7 +172,7 @@ def _common_keys(header: fits.Header, obsid=None) -> None:
     header["DETNAM"] = ("ACIS-0123", "ACIS-I chips")
     header["FILTER"] = ("NONE", "filter")
     if obsid is not None:
-        header["OBS_ID"] = (str(obsid), "observation id")
+        set_header_text(header, "OBS_ID", str(obsid), "observation id")
 
 
 def write_arf(path, response: Response, obsid=None) -> Path:
@@ -317,7 +317,8 @@ def _find_hdu(hdul, path, names: tuple, hduclas2: tuple, what: str):
             continue
         if str(hdu.header.get("HDUCLAS2", "")).strip().upper() in hduclas2:
             return hdu
-    raise InputError(f"no {names[0]} extension (the {what})", path=path, field=names[0])
+    raise InputError(f"no {names[0]} extension (the {what}){missing_hdu_hint(hdul)}", path=path,
+                     field=names[0])
 
 
 def _column(hdu, path, name: str, required: bool = True):
@@ -346,7 +347,7 @@ def _as_row(value) -> np.ndarray:
 
 def _read_arf(path) -> tuple:
     path = Path(path)
-    with _open(path, "ARF") as hdul:
+    with _open(path, "ARF") as hdul, reading(path, "ARF file"):
         hdu = _find_hdu(hdul, path, ("SPECRESP",), ("SPECRESP",), "effective area")
         lo, ilo = _column(hdu, path, "ENERG_LO")
         hi, ihi = _column(hdu, path, "ENERG_HI")
@@ -360,7 +361,7 @@ def _read_arf(path) -> tuple:
 
 def _read_rmf(path) -> tuple:
     path = Path(path)
-    with _open(path, "RMF") as hdul:
+    with _open(path, "RMF") as hdul, reading(path, "RMF file"):
         mhdu = _find_hdu(hdul, path, ("MATRIX", "SPECRESP MATRIX"), ("RSP_MATRIX",),
                          "redistribution matrix")
         ehdu = _find_hdu(hdul, path, ("EBOUNDS",), ("EBOUNDS",), "channel energies")

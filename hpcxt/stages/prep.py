@@ -38,6 +38,8 @@ from ..io.bundle import Bundle, ImageGrid, ObsData, write_bundle
 from ..io.fitsio import SkyFrame, read_events, read_image, write_image
 from ..io.workdir import (FileHashes, StageRecord, WorkDir, atomic_write, fingerprint,
                          write_json_atomic)
+from ..io.hdf5 import open_checked
+from ..prep import checks
 from ..prep import products as P
 from ..prep.backend import choose_backend
 from ..prep.regionfile import read_region_file
@@ -69,7 +71,7 @@ def _save_clean(path: Path, src: P.CleanEvents, bkg: P.CleanEvents | None, frame
 
 
 def _load_clean(path: Path):
-    with h5py.File(path, "r") as f:
+    with open_checked(path, "clean-event file (re-make it: hpcxt prep --force)") as f:
         frame = SkyFrame(*json.loads(f.attrs["frame"]))
         meta = json.loads(f.attrs["meta"])
         out = {}
@@ -208,6 +210,7 @@ def run_prep(cfg, force: bool = False) -> Path:
 def _run_prep(cfg, wd: WorkDir, record: StageRecord, hashes: FileHashes, force: bool,
               t_start: float) -> Path:
     obs_products = _observation_products(cfg, wd.root, force)
+    checks.check_products(obs_products)
     file_fp = hashes.fingerprint
 
     point_sources = (read_region_file(cfg.prep.point_sources, "prep.point_sources")
@@ -290,6 +293,8 @@ def _make_bundle(cfg, obs_products, clean_fps, wd: WorkDir, frame, crop, point_s
         src = P.crop_events(src, crop, grid, frame)
         expimg = read_image(o["exposure_map"], role=f"observation {obsid} exposure map")
         expmap = P.sample_image_on_grid(expimg.data, expimg.wcs, grid, frame)
+        checks.check_exposure_overlap(P.bin_events(src.x, src.y, grid), expmap, o["events"],
+                                      o["exposure_map"])
         fov = (expmap > 0) & in_crop & ~in_ps
         expmap = np.where(fov, expmap, 0.0)
         in_band = (src.energy >= band[0] * 1000) & (src.energy < band[1] * 1000)
@@ -303,6 +308,9 @@ def _make_bundle(cfg, obs_products, clean_fps, wd: WorkDir, frame, crop, point_s
             bkg_events = bkg.as_dict()
         exposure += expmap
         response = read_response(o["arf"], o["rmf"])
+        checks.check_pi_range(None, response, o["events"], o["rmf"], pi=src.pi)
+        if bkg_events is not None:
+            checks.check_pi_range(None, response, o["background"], o["rmf"], pi=bkg.pi)
         observations.append(ObsData(
             obsid=str(obsid), exposure=src.exposure,
             bkg_exposure=float(bkg.exposure) if bkg is not None else 0.0,

@@ -26,7 +26,7 @@ from .. import acb, acb_mpi
 from ..errors import InputError
 from ..hooks import NO_HOOKS
 from ..io.regions_table import RegionTable, write_regions
-from ..io.workdir import WorkDir, atomic_write, fingerprint
+from ..io.workdir import WorkDir, fingerprint
 from ..parallel import bcast_or_raise
 
 log = logging.getLogger("hpcxt.scalemap")
@@ -148,22 +148,16 @@ def _load(cfg) -> _Inputs:
 def write_scalemap_fits(path, radius: np.ndarray, grid, params: acb.ScaleMapParams,
                         config_hash: str) -> Path:
     """Write the scale map (image pixels, NaN where none) with the image WCS, atomically."""
-    from astropy.io import fits
+    from ..io.fitsio import write_image
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    hdu = fits.PrimaryHDU(np.asarray(radius, dtype=np.float64), header=grid.header())
-    h = hdu.header
-    h["BUNIT"] = ("pixel", "circle radius, image pixels")
-    h["TARGETSN"] = (float(params.target_sn), "S/N each circle reaches")
-    h["SNMODE"] = (params.mode, "S/N: sqrt(C) or (C-B)/sqrt(C+B)")
-    h["RSTEP"] = (float(params.radius_step), "radius grid step, image pixels")
-    h["RMAX"] = (float(params.max_radius), "largest radius tried, image pixels")
-    h["BINSKY"] = (int(grid.bin), "sky pixels per image pixel")
-    h["HPCXTCFG"] = (config_hash, "hpcxt scalemap input hash")
-    with atomic_write(path) as tmp:
-        hdu.writeto(tmp)
-    return path
+    return write_image(path, np.asarray(radius, dtype=np.float64), grid.header(), extra={
+        "BUNIT": ("pixel", "circle radius, image pixels"),
+        "TARGETSN": (float(params.target_sn), "S/N each circle reaches"),
+        "SNMODE": (params.mode, "S/N: sqrt(C) or (C-B)/sqrt(C+B)"),
+        "RSTEP": (float(params.radius_step), "radius grid step, image pixels"),
+        "RMAX": (float(params.max_radius), "largest radius tried, image pixels"),
+        "BINSKY": (int(grid.bin), "sky pixels per image pixel"),
+        "HPCXTCFG": (config_hash, "hpcxt scalemap input hash")})
 
 
 def run_scalemap(cfg, comm, tile_size: int | None = None, hooks=None) -> None:
