@@ -58,6 +58,7 @@ production code reads no test switch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -300,7 +301,8 @@ def _master_loop(m: _Master, comm) -> bool:
     return m.signal is not None
 
 
-def run_master_worker(comm, start, make_fit_batch, options: RunOptions, hooks=None) -> int:
+def run_master_worker(comm, start, make_fit_batch, options: RunOptions, hooks=None,
+                      share=None) -> int:
     """Fit every pending region of ``start`` on the ranks of ``comm``. Collective.
 
     Parameters
@@ -317,6 +319,11 @@ def run_master_worker(comm, start, make_fit_batch, options: RunOptions, hooks=No
         rank, after the master said go.
     options : RunOptions
     hooks : hpcxt.hooks.RunHooks, optional
+    share : callable, optional
+        ``share(comm)`` returns a context manager that every rank enters
+        together once the master said go (before any ``make_fit_batch``)
+        and leaves when its part of the run ends: the fit stage puts the
+        sorted events in each node's shared memory there. Collective.
 
     Returns
     -------
@@ -327,9 +334,10 @@ def run_master_worker(comm, start, make_fit_batch, options: RunOptions, hooks=No
         the master's status; workers return 0 (or the given status).
     """
     hooks = hooks or NO_HOOKS
+    share = share or (lambda comm: contextlib.nullcontext())
     rank, size = comm.Get_rank(), comm.Get_size()
     if rank != 0:
-        return _run_worker(comm, rank, make_fit_batch, hooks)
+        return _run_worker(comm, rank, make_fit_batch, hooks, share)
     if not isinstance(start, FitResults):
         if size > 1:
             comm.bcast(("exit", int(start)), root=0)
@@ -342,11 +350,14 @@ def run_master_worker(comm, start, make_fit_batch, options: RunOptions, hooks=No
     old = m.install_signals()
     try:
         m.checkpoint()
-        if size == 1:
-            stopped = _serial_loop(m, make_fit_batch(0))
-        else:
-            stopped = _master_loop(m, comm)
-        m.checkpoint()
+        # The final checkpoint comes before leaving ``share``, whose
+        # collective free waits for the workers.
+        with share(comm):
+            if size == 1:
+                stopped = _serial_loop(m, make_fit_batch(0))
+            else:
+                stopped = _master_loop(m, comm)
+            m.checkpoint()
     finally:
         for s, h in old.items():
             signal.signal(s, h)
@@ -359,7 +370,7 @@ def run_master_worker(comm, start, make_fit_batch, options: RunOptions, hooks=No
     return 0
 
 
-def _run_worker(comm, rank: int, make_fit_batch, hooks) -> int:
+def _run_worker(comm, rank: int, make_fit_batch, hooks, share) -> int:
     # Scheduler signals reach every rank; only the master acts on them.
     old = {s: signal.signal(s, lambda signum, frame: None) for s in HANDLED_SIGNALS}
     try:
@@ -367,7 +378,8 @@ def _run_worker(comm, rank: int, make_fit_batch, hooks) -> int:
         if what != "go":
             # The master reports why; a worker only mirrors its status.
             return status
-        _worker_loop(comm, make_fit_batch(rank), hooks)
+        with share(comm):
+            _worker_loop(comm, make_fit_batch(rank), hooks)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
