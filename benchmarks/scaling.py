@@ -32,6 +32,9 @@ Run from the repository root::
    loop and ``T`` the loop plus the final checkpoint. Start-up (imports,
    reading the bundle, building responses; the master's first checkpoint
    is written meanwhile) is not included.
+4. Check of the model: on ``--nprocs`` ranks with fits that sleep (the
+   workers then need no core, so 2 cores carry 16 of them), the measured
+   fit loop beside the projected one.
 
 Not a test: timings on 2 shared cores vary; nothing is asserted.
 """
@@ -71,7 +74,25 @@ def _bench_fit():
 # 1-2. measuring
 
 
-def child(config: str) -> None:
+def sleeping_factory(seconds: float):
+    """Fits that sleep ``seconds`` per region: workers wait without taking a core."""
+    import time
+
+    instant = _bench_fit().instant_factory
+
+    def factory(cfg, rank):
+        fit = instant(cfg, rank)
+
+        def fit_batch(ids):
+            time.sleep(seconds * len(ids))
+            batch = fit(ids)
+            batch.columns["fit_seconds"][...] = seconds
+            return batch
+        return fit_batch
+    return factory
+
+
+def child(config: str, sleep: float = 0.0) -> None:
     """Runs under mpiexec: the fit loop with instant fits; rank 0 prints MasterStats."""
     import logging
 
@@ -90,7 +111,8 @@ def child(config: str) -> None:
     logging.basicConfig(level=logging.WARNING)
     comm = MPI.COMM_WORLD
     cfg = load_config(config, check_files=False)
-    status = run_fit(cfg, comm, fit_factory=_bench_fit().instant_factory, hooks=Stats())
+    factory = sleeping_factory(sleep) if sleep else _bench_fit().instant_factory
+    status = run_fit(cfg, comm, fit_factory=factory, hooks=Stats())
     if comm.Get_rank() == 0:
         s = Stats.stats
         print(f"RESULT status={status} batches={s.batches} regions={s.regions} "
@@ -163,11 +185,11 @@ def checkpoint_seconds_per_region() -> float:
     return times[1] / 1_000_000
 
 
-def run_loop(n_regions: int, batch_size, nprocs: int) -> dict:
-    """One fit loop with instant fits under mpiexec; the master's figures."""
+def run_loop(n_regions: int, batch_size, nprocs: int, sleep: float = 0.0) -> dict:
+    """One fit loop with instant (or sleeping) fits under mpiexec; the master's figures."""
     with tempfile.TemporaryDirectory() as tmp:
         cfg = _bench_fit().make_capacity_workdir(Path(tmp), n_regions, batch_size)
-        f = _mpirun(nprocs, "--child", cfg)
+        f = _mpirun(nprocs, "--child", cfg, "--sleep", sleep)
     f["per_batch"] = f["busy"] / f["batches"]
     return f
 
@@ -304,6 +326,18 @@ def projections(costs: dict, nranks: int, regions, fit_times, checkpoint_per_reg
                   f"{100 * p['master_busy']:5.1f}%){most}", flush=True)
 
 
+def validate(nprocs: int, costs: dict, checkpoint_per_region: float) -> None:
+    """Measured against projected, with fits that sleep (so workers need no core)."""
+    print(f"check of the model: {nprocs} ranks, fits that sleep, batch_size auto:")
+    for fit_s, n in ((1e-3, 20_000), (10e-3, 5_000)):
+        f = run_loop(n, "auto", nprocs, sleep=fit_s)
+        p = project(n, nprocs, fit_s, costs, checkpoint_per_region)
+        print(f"  fit {1e3 * fit_s:4.1f} ms, {n} regions: measured {f['loop']:6.3f} s "
+              f"({int(f['batches'])} batches, master busy {100 * f['busy'] / f['loop']:4.1f}%), "
+              f"projected {p['loop'] + p['final']:6.3f} s ({p['batches']} batches), "
+              f"ideal {n * fit_s / (nprocs - 1):6.3f} s", flush=True)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--nprocs", type=int, default=17, help="ranks for the cost measurement")
@@ -320,10 +354,11 @@ def main(argv=None) -> None:
     p.add_argument("--regions", type=int, nargs="*", default=[100_000, 1_000_000, 10_000_000])
     p.add_argument("--fit-ms", type=float, nargs="*", default=[1.0, 170.0])
     p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--sleep", type=float, default=0.0, help=argparse.SUPPRESS)
     p.add_argument("--pingpong", type=int, nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        child(args.child)
+        child(args.child, args.sleep)
         return
     if args.pingpong:
         pingpong_child(*args.pingpong)
@@ -336,6 +371,7 @@ def main(argv=None) -> None:
     if per_region is None:
         print("checkpoint cost:")
         per_region = checkpoint_seconds_per_region()
+    validate(args.nprocs, costs, per_region)
     fit_times = [ms / 1e3 for ms in args.fit_ms]
     projections(costs, args.ranks, args.regions, fit_times, per_region,
                 policy_without_load_floor, "batch sizes before the master-load floor")
