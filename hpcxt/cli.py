@@ -89,7 +89,7 @@ def cmd_scalemap(args) -> int:
     _setup_logging(args.verbose, comm.Get_rank() if comm.Get_size() > 1 else None)
     cfg = load_config(args.config, check_files=False)
     with _writing(cfg, "scalemap", comm):
-        run_scalemap(cfg, comm, hooks=args.hooks)
+        run_scalemap(cfg, comm, hooks=args.hooks, shared_memory=not args.no_shared_memory)
     return 0
 
 
@@ -100,7 +100,8 @@ def cmd_fit(args) -> int:
     _setup_logging(args.verbose, comm.Get_rank() if comm.Get_size() > 1 else None)
     cfg = load_config(args.config, check_files=False)
     with _writing(cfg, "fit", comm):
-        status = run_fit(cfg, comm, resume=args.resume, hooks=args.hooks)
+        status = run_fit(cfg, comm, resume=args.resume, hooks=args.hooks,
+                         shared_memory=not args.no_shared_memory)
     if comm.Get_size() > 1:
         # Every rank returned: finalize together, so that the master's
         # "checkpointed, not finished" status (85) reaches mpiexec/srun as an
@@ -236,6 +237,12 @@ def _report_error_once(exc: HpcxtError) -> None:
     sys.stderr.flush()
 
 
+def _add_shared_memory_flag(parser, what: str) -> None:
+    parser.add_argument("--no-shared-memory", action="store_true",
+                        help=f"every rank keeps its own copy of {what} instead of one per "
+                             "node in MPI shared memory (same results)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="hpcxt",
@@ -266,11 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("scalemap", help="adaptive circular binning (MPI)")
     s.add_argument("config")
+    _add_shared_memory_flag(s, "the images")
     s.set_defaults(func=cmd_scalemap)
 
     s = sub.add_parser("fit", help="one spectral fit per region (MPI master/worker)")
     s.add_argument("config")
     s.add_argument("--resume", action="store_true", help="continue from results.h5")
+    _add_shared_memory_flag(s, "the sorted events")
     s.set_defaults(func=cmd_fit)
 
     s = sub.add_parser("status", help="progress of the fit: done, failed, pending, ETA")

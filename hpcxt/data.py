@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from astropy.io import fits
-from astropy.wcs import WCS
 
 
 @dataclass
@@ -39,13 +37,20 @@ class ImageGrid:
         row = (np.asarray(y, dtype=float) - self.y0) / self.bin
         return row, col
 
-    def header(self) -> fits.Header:
-        """FITS header with the celestial WCS and the physical (sky) transform."""
+    def header(self):
+        """FITS header (astropy.io.fits.Header) with the celestial WCS and the physical (sky) transform."""
+        # astropy is imported here, not with the module: it costs every fit
+        # worker, which never needs a WCS, about 27 MB.
+        from astropy.io import fits
+
         if self.wcs_header:
             return fits.Header.fromstring(self.wcs_header, sep="\n")
         return fits.Header()
 
-    def wcs(self) -> WCS:
+    def wcs(self):
+        """The image's astropy.wcs.WCS."""
+        from astropy.wcs import WCS
+
         return WCS(self.header())
 
 

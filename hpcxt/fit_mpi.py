@@ -35,7 +35,10 @@ HPC sites do not support.
 
 Batches: ``fit.batch_size`` regions, or with ``auto`` about
 :data:`TARGET_BATCH_SECONDS` of work judged from the fits so far, never
-more than a worker's share of what is left, so the tail stays balanced.
+more than a worker's share of what is left, so the tail stays balanced,
+unless that would keep the master busy more than :data:`MAX_MASTER_LOAD`
+of its time (fast fits on many workers; see :func:`auto_batch_size` and
+``benchmarks/scaling.py``).
 
 Checkpoints: at most every ``fit.checkpoint_seconds`` (0: after every
 batch), once at the start and once at the end, written aside and renamed
@@ -58,12 +61,12 @@ production code reads no test switch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import signal
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +84,9 @@ TAG_WORK, TAG_RESULT, TAG_STOP = 11, 12, 13
 #: Work per batch aimed at with ``batch_size: auto``, s.
 TARGET_BATCH_SECONDS = 1.0
 MAX_AUTO_BATCH = 1000
+#: With ``batch_size: auto``, batches grow (up to MAX_AUTO_BATCH) until the
+#: workers' requests keep the master busy at most this share of the time.
+MAX_MASTER_LOAD = 0.5
 #: Longest the master waits for batches in flight after SIGTERM/SIGUSR1, s.
 SIGNAL_GRACE_SECONDS = 20.0
 #: Seconds between progress lines.
@@ -136,6 +142,63 @@ def describe(res: FitResults) -> str:
             f"{res.n_pending} pending")
 
 
+def auto_batch_size(mean_fit: float | None, pending: int, nworkers: int,
+                    master_seconds: float | None = None) -> int:
+    """Regions in the next batch with ``batch_size: auto``.
+
+    About :data:`TARGET_BATCH_SECONDS` of work, at most :data:`MAX_AUTO_BATCH`
+    regions and half a worker's share of what is left (so that the last
+    batches are small and the workers finish together), but never so small
+    that the master, at ``master_seconds`` a batch, would be busy more than
+    :data:`MAX_MASTER_LOAD` of its time: with fast fits and many workers the
+    share shrinks to a few regions and the master, not the fits, would set
+    the pace.
+
+    Parameters
+    ----------
+    mean_fit : float or None
+        Recent mean fit time of one region, s (None before the first result).
+    pending : int
+        Regions not handed out yet.
+    nworkers : int
+    master_seconds : float or None
+        The master's recent CPU time per batch (receive, record, send), s.
+    """
+    if mean_fit is None:
+        return 1
+    mean_fit = max(mean_fit, 1e-6)
+    size = min(int(TARGET_BATCH_SECONDS / mean_fit), MAX_AUTO_BATCH,
+               math.ceil(pending / (2 * nworkers)))
+    if master_seconds:
+        # nworkers requests every size * mean_fit seconds, master_seconds each
+        floor = math.ceil(nworkers * master_seconds / (MAX_MASTER_LOAD * mean_fit))
+        size = max(size, min(floor, MAX_AUTO_BATCH))
+    return max(1, size)
+
+
+@dataclass
+class MasterStats:
+    """What the master did in one run (logged at the end; see ``RunHooks.master_finished``).
+
+    Attributes
+    ----------
+    batches : int
+        Batches recorded.
+    regions : int
+        Regions recorded.
+    busy_seconds : float
+        Master CPU time spent receiving and recording results and sending
+        work, s (not polling, checkpoints or progress lines).
+    loop_seconds : float
+        Wall time from the first checkpoint to the last, s.
+    """
+
+    batches: int = 0
+    regions: int = 0
+    busy_seconds: float = 0.0
+    loop_seconds: float = 0.0
+
+
 class _Master:
     """Bookkeeping of one run on rank 0: batches, progress, checkpoints."""
 
@@ -143,7 +206,10 @@ class _Master:
         self.hooks = hooks
         self.res = res
         self.path = Path(options.results_path)
-        self.pending = deque(int(i) for i in res.pending_ids())
+        # ids left to hand out: pending[next_pending:] (an array, not a deque
+        # of Python ints: less memory and O(1) per batch for 10^6 regions)
+        self.pending = np.array(res.pending_ids(), dtype=np.int64)
+        self.next_pending = 0
         self.nworkers = max(1, nworkers)
         bs = options.batch_size
         self.fixed_batch = None if bs == "auto" else int(bs)
@@ -158,6 +224,8 @@ class _Master:
         self.done_this_run = 0
         self.dirty = True
         self.signal = None
+        self.busy_seconds = 0.0
+        self.master_seconds = None
 
     # -- signals -------------------------------------------------------------
 
@@ -169,19 +237,27 @@ class _Master:
 
     # -- batches -------------------------------------------------------------
 
+    @property
+    def n_pending(self) -> int:
+        """Regions not handed out yet."""
+        return int(self.pending.size - self.next_pending)
+
     def batch_size(self) -> int:
         if self.fixed_batch is not None:
             return self.fixed_batch
-        if self.mean_fit is None:
-            size = 1
-        else:
-            size = int(TARGET_BATCH_SECONDS / max(self.mean_fit, 1e-6))
-        share = math.ceil(len(self.pending) / (2 * self.nworkers))
-        return max(1, min(size, MAX_AUTO_BATCH, share))
+        return auto_batch_size(self.mean_fit, self.n_pending, self.nworkers,
+                               self.master_seconds)
 
     def next_batch(self) -> np.ndarray:
-        n = min(self.batch_size(), len(self.pending))
-        return np.array([self.pending.popleft() for _ in range(n)], dtype=np.int64)
+        start = self.next_pending
+        self.next_pending = min(start + self.batch_size(), self.pending.size)
+        return self.pending[start:self.next_pending].copy()
+
+    def note_busy(self, seconds: float) -> None:
+        """The master spent ``seconds`` of CPU on one batch's messages."""
+        self.busy_seconds += seconds
+        self.master_seconds = (seconds if self.master_seconds is None
+                               else 0.7 * self.master_seconds + 0.3 * seconds)
 
     def record(self, batch: RecordBatch) -> None:
         if batch is None or len(batch) == 0:
@@ -234,19 +310,30 @@ class _Master:
         log.info("fit: %d/%d final (%d ok, %d failed), %.2f fits/s, ETA %s",
                  res.n_final, len(res), res.n_ok, res.n_failed, rate, eta)
 
+    def stats(self) -> MasterStats:
+        return MasterStats(batches=self.batches, regions=self.done_this_run,
+                           busy_seconds=self.busy_seconds,
+                           loop_seconds=time.monotonic() - self.t_start)
+
     def summary(self) -> None:
         res = self.res
-        elapsed = time.monotonic() - self.t_start
+        st = self.stats()
         share = 100.0 * res.checkpoint_seconds_total / max(res.run_seconds, 1e-9)
+        busy = ""
+        if self.nworkers > 1 or st.busy_seconds > 0:
+            busy = (f"; master busy {100.0 * st.busy_seconds / max(st.loop_seconds, 1e-9):.1f}%"
+                    f" of the time, {1e6 * st.busy_seconds / max(st.batches, 1):.0f} us "
+                    "per batch")
         log.info("fit: %s; %d fits in %.1f s this run (%.2f fits/s); %d checkpoints, "
-                 "%.3f s in total (%.2f%% of the fitting time)", describe(res),
-                 self.done_this_run, elapsed, self.rate(), res.checkpoints,
-                 res.checkpoint_seconds_total, share)
+                 "%.3f s in total (%.2f%% of the fitting time)%s", describe(res),
+                 self.done_this_run, st.loop_seconds, self.rate(), res.checkpoints,
+                 res.checkpoint_seconds_total, share, busy)
+        self.hooks.master_finished(st)
 
 
 def _serial_loop(m: _Master, fit_batch) -> bool:
     """Rank 0 alone: fit batch after batch. Returns True if stopped by a signal."""
-    while m.pending:
+    while m.n_pending:
         if m.signal is not None:
             return True
         m.record(fit_batch(m.next_batch()))
@@ -266,16 +353,18 @@ def _master_loop(m: _Master, comm) -> bool:
     while active:
         got = False
         while comm.Iprobe(source=MPI.ANY_SOURCE, tag=TAG_RESULT, status=st):
+            c0 = time.process_time()
             w = st.Get_source()
             m.record(comm.recv(source=w, tag=TAG_RESULT))
             in_flight.pop(w, None)
-            if m.pending and stopping_since is None:
+            if m.n_pending and stopping_since is None:
                 ids = m.next_batch()
                 comm.send(ids, dest=w, tag=TAG_WORK)
                 in_flight[w] = len(ids)
             else:
                 comm.send(None, dest=w, tag=TAG_STOP)
                 active.discard(w)
+            m.note_busy(time.process_time() - c0)
             got = True
             if m.interval == 0:
                 m.maybe_checkpoint()
@@ -300,7 +389,8 @@ def _master_loop(m: _Master, comm) -> bool:
     return m.signal is not None
 
 
-def run_master_worker(comm, start, make_fit_batch, options: RunOptions, hooks=None) -> int:
+def run_master_worker(comm, start, make_fit_batch, options: RunOptions, hooks=None,
+                      share=None) -> int:
     """Fit every pending region of ``start`` on the ranks of ``comm``. Collective.
 
     Parameters
@@ -317,6 +407,11 @@ def run_master_worker(comm, start, make_fit_batch, options: RunOptions, hooks=No
         rank, after the master said go.
     options : RunOptions
     hooks : hpcxt.hooks.RunHooks, optional
+    share : callable, optional
+        ``share(comm)`` returns a context manager that every rank enters
+        together once the master said go (before any ``make_fit_batch``)
+        and leaves when its part of the run ends: the fit stage puts the
+        sorted events in each node's shared memory there. Collective.
 
     Returns
     -------
@@ -327,9 +422,10 @@ def run_master_worker(comm, start, make_fit_batch, options: RunOptions, hooks=No
         the master's status; workers return 0 (or the given status).
     """
     hooks = hooks or NO_HOOKS
+    share = share or (lambda comm: contextlib.nullcontext())
     rank, size = comm.Get_rank(), comm.Get_size()
     if rank != 0:
-        return _run_worker(comm, rank, make_fit_batch, hooks)
+        return _run_worker(comm, rank, make_fit_batch, hooks, share)
     if not isinstance(start, FitResults):
         if size > 1:
             comm.bcast(("exit", int(start)), root=0)
@@ -337,16 +433,20 @@ def run_master_worker(comm, start, make_fit_batch, options: RunOptions, hooks=No
     if size > 1:
         comm.bcast(("go", 0), root=0)
     m = _Master(options, start, nworkers=size - 1, hooks=hooks)
-    log.info("fit: %s; %d to fit on %d %s (master pid %d)", describe(start), len(m.pending),
+    log.info("fit: %s; %d to fit on %d %s (master pid %d)", describe(start), m.n_pending,
              max(size - 1, 1), "worker ranks" if size > 1 else "rank (serial)", os.getpid())
     old = m.install_signals()
     try:
-        m.checkpoint()
-        if size == 1:
-            stopped = _serial_loop(m, make_fit_batch(0))
-        else:
-            stopped = _master_loop(m, comm)
-        m.checkpoint()
+        # The first checkpoint is written while the workers build their
+        # fitters; the last before leaving ``share``, whose collective free
+        # waits for the workers.
+        with share(comm):
+            m.checkpoint()
+            if size == 1:
+                stopped = _serial_loop(m, make_fit_batch(0))
+            else:
+                stopped = _master_loop(m, comm)
+            m.checkpoint()
     finally:
         for s, h in old.items():
             signal.signal(s, h)
@@ -359,7 +459,7 @@ def run_master_worker(comm, start, make_fit_batch, options: RunOptions, hooks=No
     return 0
 
 
-def _run_worker(comm, rank: int, make_fit_batch, hooks) -> int:
+def _run_worker(comm, rank: int, make_fit_batch, hooks, share) -> int:
     # Scheduler signals reach every rank; only the master acts on them.
     old = {s: signal.signal(s, lambda signum, frame: None) for s in HANDLED_SIGNALS}
     try:
@@ -367,7 +467,8 @@ def _run_worker(comm, rank: int, make_fit_batch, hooks) -> int:
         if what != "go":
             # The master reports why; a worker only mirrors its status.
             return status
-        _worker_loop(comm, make_fit_batch(rank), hooks)
+        with share(comm):
+            _worker_loop(comm, make_fit_batch(rank), hooks)
     finally:
         for s, h in old.items():
             signal.signal(s, h)

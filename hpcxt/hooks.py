@@ -39,6 +39,9 @@ class RunHooks:
     def checkpoint_written(self, nth: int) -> None:
         """The ``nth`` checkpoint is renamed into place."""
 
+    def master_finished(self, stats) -> None:
+        """The master's loop ended; ``stats`` is a :class:`hpcxt.fit_mpi.MasterStats`."""
+
     # scale map
     def scalemap_inputs_loaded(self, rank: int) -> None:
         """Every rank has the scale map's inputs; the computation starts next."""

@@ -1,9 +1,10 @@
 """Spectra of regions from in-memory event lists, and their channel grouping.
 
 No MPI, no file I/O: :class:`RegionSpectra` sorts a bundle's events once
-and then cuts any region's source and background PI spectra from them;
-:func:`group_counts` groups a band of channels to minimum source and
-background counts (compiled; :func:`group_min_counts` is the general,
+(or takes them sorted by :func:`fill_sorted_events`, e.g. in a node's
+shared memory) and then cuts any region's source and background PI spectra
+from them; :func:`group_counts` groups a band of channels to minimum source
+and background counts (compiled; :func:`group_min_counts` is the general,
 pure-Python reference it is tested against). Both fit engines (Sherpa and
 templates) use these.
 """
@@ -14,6 +15,28 @@ from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
+
+
+#: Columns of an :class:`EventIndex` and their dtypes.
+SORTED_DTYPES = {"x": np.float64, "y": np.float64, "pi": np.int64}
+
+
+def sort_events(x, y, pi, out) -> None:
+    """Events in increasing ``y`` (stable), into ``out["x"]``, ``out["y"]``, ``out["pi"]``.
+
+    Parameters
+    ----------
+    x, y : array_like, shape (nev,)
+        Sky positions, sky pixels.
+    pi : array_like, shape (nev,)
+        PI channel of each event.
+    out : mapping
+        Arrays of shape (nev,) with the dtypes of :data:`SORTED_DTYPES`,
+        written in place (private arrays, or views of shared memory).
+    """
+    order = np.argsort(np.asarray(y, dtype=np.float64), kind="stable")
+    for name, col in (("y", y), ("x", x), ("pi", pi)):
+        np.take(np.asarray(col, dtype=SORTED_DTYPES[name]), order, out=out[name])
 
 
 class EventIndex:
@@ -28,10 +51,26 @@ class EventIndex:
     """
 
     def __init__(self, x, y, pi):
-        order = np.argsort(np.asarray(y, dtype=np.float64), kind="stable")
-        self.y = np.ascontiguousarray(np.asarray(y, dtype=np.float64)[order])
-        self.x = np.ascontiguousarray(np.asarray(x, dtype=np.float64)[order])
-        self.pi = np.ascontiguousarray(np.asarray(pi, dtype=np.int64)[order])
+        cols = {name: np.empty(len(y), dtype) for name, dtype in SORTED_DTYPES.items()}
+        sort_events(x, y, pi, cols)
+        self.x, self.y, self.pi = cols["x"], cols["y"], cols["pi"]
+
+    @classmethod
+    def from_sorted(cls, x, y, pi) -> EventIndex:
+        """An index over columns already sorted by :func:`sort_events` (not copied).
+
+        Parameters
+        ----------
+        x, y : ndarray, shape (nev,), float64
+            Sky positions, sky pixels, in increasing ``y``.
+        pi : ndarray, shape (nev,), int64
+            PI channel of each event, in the same order.
+        """
+        if not len(x) == len(y) == len(pi):
+            raise ValueError(f"columns differ in length: {len(x)}, {len(y)}, {len(pi)}")
+        index = cls.__new__(cls)
+        index.x, index.y, index.pi = x, y, pi
+        return index
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -104,18 +143,26 @@ class RegionSpectra:
     table : hpcxt.io.regions_table.RegionTable
         Region centres (sky pixels), radii (sky pixels), exposure_time
         (n, nobs) in s and used (n, nobs).
+    events : mapping, optional
+        The observations' events already sorted, as made by
+        :func:`fill_sorted_events` (e.g. in a node's shared memory); the
+        observations' own event lists are then not read. Default: sort
+        them here.
     """
 
-    def __init__(self, observations, table):
+    def __init__(self, observations, table, events=None):
         self.table = table
         self.nobs = len(observations)
         self.obs = []
-        for o in observations:
+        for k, o in enumerate(observations):
             r = o.response
             nchan = int(r.rmf_matrix.shape[1])
-            src = EventIndex(o.events["x"], o.events["y"], o.events["pi"])
-            bkg = (EventIndex(o.bkg_events["x"], o.bkg_events["y"], o.bkg_events["pi"])
-                   if o.bkg_events is not None else None)
+            if events is None:
+                src = EventIndex(o.events["x"], o.events["y"], o.events["pi"])
+                bkg = (EventIndex(o.bkg_events["x"], o.bkg_events["y"], o.bkg_events["pi"])
+                       if o.bkg_events is not None else None)
+            else:
+                src, bkg = (_sorted_index(events, k, kind) for kind in EVENT_KINDS)
             self.obs.append((src, bkg, nchan, int(r.offset), float(o.bkg_scale)))
 
     def __len__(self) -> int:
@@ -134,6 +181,58 @@ class RegionSpectra:
             bcounts = bkg.spectrum(xc, yc, rad, nchan, offset) if bkg is not None else None
             out.append(ObsSpectrum(k, counts, bcounts, expo, scale))
         return out
+
+
+# --------------------------------------------------------------------------
+# sorted events of a whole bundle, for sharing between ranks
+
+#: The event lists of an observation: source and (if any) background.
+EVENT_KINDS = ("src", "bkg")
+
+
+def _event_lists(o):
+    return zip(EVENT_KINDS, (o.events, o.bkg_events))
+
+
+def _sorted_key(k: int, kind: str, column: str) -> str:
+    return f"obs{k}/{kind}/{column}"
+
+
+def sorted_events_layout(observations) -> dict:
+    """Name, shape and dtype of every sorted event column of a bundle's observations.
+
+    Returns
+    -------
+    dict
+        ``name -> ((nev,), dtype)``, the layout :func:`fill_sorted_events`
+        fills (for :func:`hpcxt.shared.share_per_node`).
+    """
+    out = {}
+    for k, o in enumerate(observations):
+        for kind, ev in _event_lists(o):
+            if ev is not None:
+                for column, dtype in SORTED_DTYPES.items():
+                    out[_sorted_key(k, kind, column)] = ((len(ev["y"]),), dtype)
+    return out
+
+
+def fill_sorted_events(observations, arrays) -> None:
+    """Sort every event list of ``observations`` into ``arrays`` (see :func:`sorted_events_layout`).
+
+    The same sort as :class:`EventIndex` makes, so spectra cut from these
+    columns equal those of a private index bit for bit.
+    """
+    for k, o in enumerate(observations):
+        for kind, ev in _event_lists(o):
+            if ev is not None:
+                sort_events(ev["x"], ev["y"], ev["pi"],
+                            {c: arrays[_sorted_key(k, kind, c)] for c in SORTED_DTYPES})
+
+
+def _sorted_index(arrays, k: int, kind: str) -> EventIndex | None:
+    if _sorted_key(k, kind, "y") not in arrays:
+        return None
+    return EventIndex.from_sorted(*(arrays[_sorted_key(k, kind, c)] for c in ("x", "y", "pi")))
 
 
 # --------------------------------------------------------------------------

@@ -362,3 +362,28 @@ def test_fit_recovers_simulated_cluster_temperatures(prepped_small, tmp_path):
     pulls = ((res.kT - truth) / sigma)[inside]
     assert abs(pulls.mean()) < 0.3, pulls.mean()
     assert np.mean(np.abs(pulls) < 2) >= 0.95, np.mean(np.abs(pulls) < 2)
+
+
+# --------------------------------------------------------------------------
+# batch sizes with batch_size: auto (no MPI)
+
+
+def test_auto_batch_size_keeps_the_master_load_bounded():
+    from hpcxt.fit_mpi import MAX_AUTO_BATCH, MAX_MASTER_LOAD, auto_batch_size
+
+    # no fit time known yet: one region, whatever the master costs
+    assert auto_batch_size(None, 100_000, 1023, master_seconds=1e-3) == 1
+    # Sherpa-like fits: about a second of work, the master hardly loaded
+    assert auto_batch_size(0.17, 100_000, 1023, master_seconds=54e-6) == 5
+    assert auto_batch_size(0.17, 100_000, 1023) == 5
+    # the tail: half a worker's share of what is left
+    assert auto_batch_size(0.17, 10, 3, master_seconds=54e-6) == 2
+    # fast fits on many workers: half a share would be 49 regions and keep
+    # the master busy all the time; the batch grows until it is busy half of it
+    share_only = auto_batch_size(1e-3, 100_000, 1023)
+    assert share_only == 49
+    size = auto_batch_size(1e-3, 100_000, 1023, master_seconds=54e-6)
+    assert size == 111
+    assert 1023 * 54e-6 / (size * 1e-3) <= MAX_MASTER_LOAD < 1023 * 54e-6 / ((size - 1) * 1e-3)
+    # ... but never past MAX_AUTO_BATCH
+    assert auto_batch_size(1e-3, 100_000, 1023, master_seconds=1e-2) == MAX_AUTO_BATCH

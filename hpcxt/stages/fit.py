@@ -9,11 +9,14 @@ different inputs, refuses a model that cannot be evaluated here
 (:func:`check_fit_model`; every rank then exits with status 2 before any
 fit), and hands the run to :func:`hpcxt.fit_mpi.run_master_worker`;
 every fitting rank builds one :class:`BatchFitter` (bundle, region table and
-responses read once). ``hpcxt status`` is :func:`fit_status`.
+responses read once), over the bundle's events sorted once per node into
+shared memory (:func:`node_sorted_events`). ``hpcxt status`` is
+:func:`fit_status`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -30,7 +33,8 @@ from ..io.checkpoint import (FitResults, changed_keys, fit_inputs, inputs_hash, 
 from ..io.regions_table import read_regions
 from ..io.workdir import StageRecord, WorkDir, fingerprint
 from ..schema import Engine
-from ..spectra import RegionSpectra
+from ..shared import node_shared, release_free_memory
+from ..spectra import RegionSpectra, fill_sorted_events, sorted_events_layout
 
 log = logging.getLogger("hpcxt.fit")
 
@@ -52,26 +56,52 @@ class BatchFitter:
     cfg : hpcxt.io.config.Config
     rank : int
         Written into the ``worker`` column.
+    events : mapping, optional
+        The bundle's events already sorted (:func:`node_sorted_events`);
+        default: read and sort them here.
     """
 
-    def __init__(self, cfg, rank: int = 0):
+    def __init__(self, cfg, rank: int = 0, events=None):
         wd = WorkDir.of(cfg)
-        bundle = read_bundle(wd.bundle)
+        bundle = read_bundle(wd.bundle, load_events=events is None)
         table = read_regions(wd.regions)
         self.rank = rank
         self.nobs = len(bundle.observations)
-        self.spectra = RegionSpectra(bundle.observations, table)
+        self.spectra = RegionSpectra(bundle.observations, table, events=events)
         settings = FitSettings.from_config(cfg)
         self.engine = make_engine(settings, [o.response for o in bundle.observations],
                                   has_background=bundle.has_background)
         self.verify = (set(verification_sample(len(table), settings.verify_fraction).tolist())
                        if settings.engine == "template" else set())
+        del bundle
+        release_free_memory()
 
     def __call__(self, region_ids) -> RecordBatch:
         ids = [int(i) for i in region_ids]
         records = [fit_region(self.engine, self.spectra, i, verify=i in self.verify)
                    for i in ids]
         return RecordBatch.from_records(ids, records, self.nobs, worker=self.rank)
+
+
+def node_sorted_events(cfg, comm, enabled: bool = True):
+    """The bundle's events, sorted once per node into shared memory. Collective.
+
+    A context manager yielding the sorted columns
+    (:func:`hpcxt.spectra.sorted_events_layout`) or None, where shared
+    memory is off (``--no-shared-memory``) or unavailable; each fitting
+    rank then sorts its own copy, as :class:`BatchFitter` does by default.
+    """
+    path = WorkDir.of(cfg).bundle
+    loaded = {}
+
+    def layout():
+        loaded["obs"] = read_bundle(path).observations
+        return sorted_events_layout(loaded["obs"])
+
+    def fill(arrays):
+        fill_sorted_events(loaded.pop("obs"), arrays)
+
+    return node_shared(comm, layout, fill, enabled=enabled, what="sorted events")
 
 
 def prepare_results(cfg, resume: bool, nranks: int = 1):
@@ -196,7 +226,8 @@ def check_fit_model(cfg, hooks=None) -> None:
     record.mark("usable", key)
 
 
-def run_fit(cfg, comm, resume: bool = False, fit_factory=None, hooks=None) -> int:
+def run_fit(cfg, comm, resume: bool = False, fit_factory=None, hooks=None,
+            shared_memory: bool = True) -> int:
     """``hpcxt fit``: fit every region of the table, on every rank of ``comm``.
 
     Parameters
@@ -212,6 +243,10 @@ def run_fit(cfg, comm, resume: bool = False, fit_factory=None, hooks=None) -> in
         :class:`BatchFitter`. The benchmark passes one that returns at once.
     hooks : hpcxt.hooks.RunHooks, optional
         Observation and fault-injection points (tests); default: none.
+    shared_memory : bool
+        Sort the bundle's events once per node into shared memory (when
+        MPI can); False: every fitting rank holds its own sorted copy
+        (``--no-shared-memory``). Results are the same either way.
 
     Returns
     -------
@@ -219,12 +254,20 @@ def run_fit(cfg, comm, resume: bool = False, fit_factory=None, hooks=None) -> in
         See :func:`hpcxt.fit_mpi.run_master_worker`.
     """
     hooks = hooks or NO_HOOKS
-    factory = fit_factory or BatchFitter
     options = RunOptions(results_path=results_path(cfg), batch_size=cfg.fit.batch_size,
                          checkpoint_seconds=float(cfg.fit.checkpoint_seconds))
+    node = {}
+
+    @contextlib.contextmanager
+    def share(comm):
+        enabled = shared_memory and fit_factory is None
+        with node_sorted_events(cfg, comm, enabled=enabled) as node["events"]:
+            yield
 
     def make_fit_batch(rank):
-        return hooks.wrap_fit_batch(factory(cfg, rank), rank)
+        fitter = (fit_factory(cfg, rank) if fit_factory is not None
+                  else BatchFitter(cfg, rank, events=node.get("events")))
+        return hooks.wrap_fit_batch(fitter, rank)
 
     start = 0
     if comm.Get_rank() == 0:
@@ -241,7 +284,7 @@ def run_fit(cfg, comm, resume: bool = False, fit_factory=None, hooks=None) -> in
             start = res
         else:
             log.info("fit: %s is up to date (%s)", options.results_path, describe(res))
-    status = run_master_worker(comm, start, make_fit_batch, options, hooks)
+    status = run_master_worker(comm, start, make_fit_batch, options, hooks, share=share)
     if isinstance(start, FitResults):
         for line in engine_report(start):
             log.info("fit: %s", line)

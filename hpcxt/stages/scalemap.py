@@ -4,9 +4,11 @@
 
     mpiexec -n N python -m mpi4py -m hpcxt scalemap CONFIG
 
-(or ``hpcxt scalemap CONFIG`` on one rank, no launcher). Rank 0 reads the
-prep bundle and broadcasts the images, the ranks compute the scale map and
-the regions' coverage together (:mod:`hpcxt.acb_mpi`), and rank 0 writes
+(or ``hpcxt scalemap CONFIG`` on one rank, no launcher). Rank 0 reads and
+checks the prep bundle; the images are held once per node in MPI shared
+memory (broadcast to every rank with ``--no-shared-memory``); the ranks
+compute the scale map and the regions' coverage together
+(:mod:`hpcxt.acb_mpi`), and rank 0 writes
 ``<workdir>/acb/scalemap.fits`` and ``<workdir>/acb/regions.h5``. Each
 pixel's radius and each region's sums depend only on the images, never on
 the partition, so the outputs are identical bit for bit on any number of
@@ -15,9 +17,10 @@ ranks.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,13 +31,18 @@ from ..hooks import NO_HOOKS
 from ..io.regions_table import RegionTable, write_regions
 from ..io.workdir import WorkDir, fingerprint
 from ..parallel import bcast_or_raise
+from ..shared import node_shared
 
 log = logging.getLogger("hpcxt.scalemap")
 
 
+#: The images of :class:`_Inputs`: held once per node in shared memory.
+IMAGE_FIELDS = ("counts", "background", "mask", "fovs", "exposure_maps")
+
+
 @dataclass
 class _Inputs:
-    """What rank 0 loads and broadcasts."""
+    """What rank 0 loads and broadcasts (the images: see :func:`_node_images`)."""
 
     up_to_date: bool
     config_hash: str
@@ -134,15 +142,52 @@ def _load(cfg) -> _Inputs:
                                  f"{shape}", path=bundle_path, field=f"obs/{o.obsid}/{name}")
     return _Inputs(
         up_to_date=False, config_hash=stage_hash(cfg, bundle.config_hash),
-        bundle_hash=bundle.config_hash, params=params, counts=bundle.counts,
-        background=bundle.background if mode == "background_subtracted" else None,
-        mask=bundle.mask.astype(bool),
-        fovs=np.stack([o.fov.astype(bool) for o in bundle.observations]),
-        exposure_maps=np.stack([o.exposure_map for o in bundle.observations]),
+        bundle_hash=bundle.config_hash, params=params, **_images(bundle, mode),
         exposures=np.array([o.exposure for o in bundle.observations], dtype=np.float64),
         exposure_refs=np.array([acb.exposure_reference(o.exposure_map, o.fov)
                                 for o in bundle.observations], dtype=np.float64),
         obsids=list(bundle.obsids), grid=bundle.grid)
+
+
+def _images(bundle, mode: str) -> dict:
+    """The images of :data:`IMAGE_FIELDS` from a bundle (background None unless used)."""
+    return dict(
+        counts=bundle.counts,
+        background=bundle.background if mode == "background_subtracted" else None,
+        mask=bundle.mask.astype(bool),
+        fovs=np.stack([o.fov.astype(bool) for o in bundle.observations]),
+        exposure_maps=np.stack([o.exposure_map for o in bundle.observations]))
+
+
+@contextlib.contextmanager
+def _node_images(cfg, comm, mode: str, loaded: dict, shared_memory: bool):
+    """The images on every rank: once per node in shared memory, else broadcast.
+
+    Collective. ``loaded`` holds rank 0's images (empty elsewhere) and is
+    emptied. The first rank of every other node reads its own from the
+    bundle, so that no message carries them; without shared memory rank 0
+    broadcasts them, as before. Yields ``{name: ndarray or None}`` over
+    :data:`IMAGE_FIELDS`.
+    """
+    from ..io.bundle import read_bundle
+
+    def layout():
+        if not loaded:
+            loaded.update(_images(read_bundle(WorkDir.of(cfg).bundle, load_events=False), mode))
+        return {k: (v.shape, v.dtype) for k, v in loaded.items() if v is not None}
+
+    def fill(arrays):
+        for name, view in arrays.items():
+            view[...] = loaded[name]
+        loaded.clear()
+
+    with node_shared(comm, layout, fill, enabled=shared_memory, what="images") as shared:
+        if shared is None:
+            images = comm.bcast(dict(loaded) if comm.Get_rank() == 0 else None, root=0)
+            loaded.clear()
+            yield images
+        else:
+            yield {name: shared.get(name) for name in IMAGE_FIELDS}
 
 
 def write_scalemap_fits(path, radius: np.ndarray, grid, params: acb.ScaleMapParams,
@@ -160,7 +205,8 @@ def write_scalemap_fits(path, radius: np.ndarray, grid, params: acb.ScaleMapPara
         "HPCXTCFG": (config_hash, "hpcxt scalemap input hash")})
 
 
-def run_scalemap(cfg, comm, tile_size: int | None = None, hooks=None) -> None:
+def run_scalemap(cfg, comm, tile_size: int | None = None, hooks=None,
+                 shared_memory: bool = True) -> None:
     """``hpcxt scalemap``: scale map and region table, on every rank of ``comm``.
 
     Collective. Rank 0 reads ``<workdir>/prep/bundle.h5`` and writes
@@ -168,6 +214,10 @@ def run_scalemap(cfg, comm, tile_size: int | None = None, hooks=None) -> None:
     is recomputed when both outputs exist and were made from the same
     bundle and the same ``acb``, ``fit.resolution`` and
     ``fit.min_obs_fraction``.
+
+    The images are held once per node in shared memory (when MPI can);
+    ``shared_memory=False`` (``--no-shared-memory``) broadcasts a copy to
+    every rank instead. The outputs are the same either way.
 
     Raises
     ------
@@ -181,15 +231,28 @@ def run_scalemap(cfg, comm, tile_size: int | None = None, hooks=None) -> None:
     inputs are loaded (tests make one rank fail there, to check that one
     failing rank ends the whole job under ``python -m mpi4py``).
     """
-    rank, size = comm.Get_rank(), comm.Get_size()
     t_start = time.perf_counter()
-    fits_path, regions_path = scalemap_paths(cfg)
-    inputs: _Inputs = bcast_or_raise(comm, lambda: _load(cfg))
+    loaded = {}
+
+    def load():
+        inputs = _load(cfg)
+        loaded.update((k, getattr(inputs, k)) for k in IMAGE_FIELDS if not inputs.up_to_date)
+        return replace(inputs, **dict.fromkeys(IMAGE_FIELDS))
+
+    inputs: _Inputs = bcast_or_raise(comm, load)
     if inputs.up_to_date:
-        if rank == 0:
-            log.info("scale map and region table are up to date (%s, %s)", fits_path,
-                     regions_path)
+        if comm.Get_rank() == 0:
+            log.info("scale map and region table are up to date (%s, %s)",
+                     *scalemap_paths(cfg))
         return
+    with _node_images(cfg, comm, inputs.params.mode, loaded, shared_memory) as images:
+        _compute_and_write(cfg, comm, replace(inputs, **images), tile_size, hooks, t_start)
+
+
+def _compute_and_write(cfg, comm, inputs: _Inputs, tile_size, hooks, t_start: float) -> None:
+    """The scale map and region coverage on every rank; rank 0 writes them."""
+    rank, size = comm.Get_rank(), comm.Get_size()
+    fits_path, regions_path = scalemap_paths(cfg)
     (hooks or NO_HOOKS).scalemap_inputs_loaded(rank)
     params = inputs.params
     if rank == 0:
