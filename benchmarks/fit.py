@@ -8,11 +8,13 @@ Run from the repository root::
 
 Prints three figures (targets from GitHub issue 4):
 
-1. Fits per second on one core with ``errors: conf`` and ``errors: covar``
-   (target: >= 5 per core with conf, offline model ``xsphabs*xsbremss``).
-   Without ``--config`` the regions are the synthetic ones of
-   tests/fit_fixtures.py (about 1000-2000 counts each, two observations);
-   with ``--config`` the first ``--regions`` regions of that workdir.
+1. Fits per CPU-second of both engines side by side on the same regions,
+   with bounds on kT and norm (targets from issue 10: the template engine
+   >= 1000 per core and >= 100 times Sherpa). Without ``--config`` the
+   regions are the synthetic ones of tests/fit_fixtures.py (about 1000-2000
+   counts each, two observations); with ``--config`` the first
+   ``--regions`` regions of that workdir (e.g. the demo's, 1024-channel
+   ACIS-I-like responses).
 2. Master capacity: regions per second rank 0 hands out and records when
    fits take no time, with several worker ranks under the venv's mpiexec
    (target: >= 5000/s, enough for 1000 ranks at 5 fits/s each).
@@ -47,9 +49,29 @@ sys.path.insert(0, str(ROOT / "tests"))
 # 1. fits per second
 
 
-def fits_per_second(config: Path | None, n_regions: int) -> None:
+def _cpu_rate(fn, items) -> tuple[float, list]:
+    """Items per CPU-second of ``fn`` over ``items``, and its results."""
+    c0 = time.process_time()
+    out = [fn(x) for x in items]
+    return len(items) / max(time.process_time() - c0, 1e-9), out
+
+
+def fits_per_second(config: Path | None, n_regions: int, n_sherpa: int) -> None:
+    """Both fit engines side by side on the same regions, one core.
+
+    Rates are regions per CPU-second, with bounds on kT and norm:
+
+    * template kernel: the profile-likelihood fit alone (grouping included);
+    * template engine: what a run does per region (kernel, plus Sherpa for
+      the regions it cannot certify), without the verification sample;
+    * Sherpa, conf on kT and norm: the reference the engine is compared with;
+    * Sherpa, hpcxt's default (conf on kT, covar on norm).
+    """
+    from hpcxt.fit import FitRecord
+    from hpcxt.io.config import Config, load_config
+    from hpcxt.schema import Engine, Status
     from hpcxt.stages.fit import BatchFitter
-    from hpcxt.io.config import load_config
+    from hpcxt.template_fit import fit_profile
 
     with tempfile.TemporaryDirectory() as tmp:
         if config is None:
@@ -59,26 +81,45 @@ def fits_per_second(config: Path | None, n_regions: int) -> None:
         else:
             cfg_path = config
             source = f"{config}"
-        base = load_config(cfg_path, check_files=False)
-        for errors in ("conf", "covar"):
-            raw = base.to_dict()
-            raw["fit"]["errors"] = errors
-            from hpcxt.io.config import Config
-            cfg = Config(raw, cfg_path)
-            t0 = time.perf_counter()
-            fitter = BatchFitter(cfg)
-            setup = time.perf_counter() - t0
-            n = min(n_regions, len(fitter.spectra))
-            ids = np.arange(n)
-            fitter(ids[:1])  # warm up XSPEC and Sherpa
-            c0, t0 = time.process_time(), time.perf_counter()
-            batch = fitter(ids)
-            wall = time.perf_counter() - t0
-            cpu = time.process_time() - c0
-            ok = int(np.count_nonzero(batch.status == 1))
-            print(f"fits/s per core, errors={errors:5s}: {n / cpu:6.2f} per CPU-second, "
-                  f"{n / wall:6.2f} per wall-second ({n} regions, {ok} ok; "
-                  f"setup {setup:.2f} s) on {source}", flush=True)
+        raw = load_config(cfg_path, check_files=False).to_dict()
+        raw["fit"].update(errors="conf", engine="template")
+        t0 = time.perf_counter()
+        fitter = BatchFitter(Config(raw, cfg_path))
+        setup = time.perf_counter() - t0
+        eng, s = fitter.engine, fitter.engine.settings
+        n = min(n_regions, len(fitter.spectra))
+        spectra = [fitter.spectra.spectra(i) for i in range(n)]
+        plans = [eng.sherpa.prepare(sp, FitRecord(eng.nobs)) for sp in spectra]
+        fittable = [(sp, p) for sp, p in zip(spectra, plans) if p is not None]
+        eng.fit(fittable[0][0])  # warm up the compiled kernels, XSPEC and Sherpa
+
+        def kernel(item):
+            sp, p = item
+            return fit_profile(eng.templates, sp, p.statistic, p.groupings, kT_range=s.kT_range,
+                               error_sigma=s.error_sigma, errors="conf", kT_init=s.kT_init)
+
+        r_kernel, res = _cpu_rate(kernel, fittable)
+        r_engine, recs = _cpu_rate(lambda item: eng.fit(item[0]), fittable)
+        few = fittable[:n_sherpa]
+        r_conf, _ = _cpu_rate(lambda item: eng.reference.fit(item[0]), few)
+        r_default, _ = _cpu_rate(lambda item: eng.sherpa.fit(item[0]), few)
+        fallback = sum(r.engine == Engine.SHERPA_FALLBACK for r in recs)
+        ok = sum(r.status == Status.OK for r in recs)
+        print(f"fit engines on {source}: {len(fittable)} fittable regions of {n} "
+              f"(Sherpa timed on the first {len(few)}); engine set-up {setup:.2f} s "
+              f"({eng.templates.nbytes / 2**20:.1f} MiB of templates)", flush=True)
+        print("| engine (bounds on kT and norm) | fits per CPU-second | template faster by |")
+        print("|---|---|---|")
+        for name, rate in (("template kernel alone", r_kernel),
+                           (f"template engine as run ({fallback} of {len(recs)} regions "
+                            "fell back to Sherpa)", r_engine),
+                           ("Sherpa, conf on kT and norm", r_conf),
+                           ("Sherpa, hpcxt default (conf kT, covar norm)", r_default)):
+            ratio = "" if "Sherpa" in name and "fell back" not in name else \
+                f"{rate / r_conf:,.0f}x conf, {rate / r_default:,.0f}x default"
+            print(f"| {name} | {rate:,.1f} | {ratio} |", flush=True)
+        print(f"({ok} of {len(recs)} ok; {sum(not r.certified for r in res)} not certified "
+              "by the template kernel)", flush=True)
 
 
 # --------------------------------------------------------------------------
@@ -214,7 +255,9 @@ def checkpoint_cost(n_regions: int = 100_000, repeats: int = 5) -> None:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", type=Path, help="prepped and scalemapped workdir config")
-    p.add_argument("--regions", type=int, default=36, help="regions to fit per error method")
+    p.add_argument("--regions", type=int, default=400, help="regions for the template engine")
+    p.add_argument("--sherpa-regions", type=int, default=40,
+                   help="of those, regions timed with Sherpa (slow)")
     p.add_argument("--capacity-regions", type=int, default=100_000)
     p.add_argument("--nprocs", type=int, default=4, help="ranks for the capacity run")
     p.add_argument("--skip-fits", action="store_true")
@@ -225,7 +268,7 @@ def main(argv=None) -> None:
         capacity_child(args.capacity_child)
         return
     if not args.skip_fits:
-        fits_per_second(args.config, args.regions)
+        fits_per_second(args.config, args.regions, args.sherpa_regions)
     if not args.skip_capacity:
         master_capacity(args.capacity_regions, args.nprocs)
     checkpoint_cost()
