@@ -113,7 +113,8 @@ def _events_from_spectrum(rng, expected: np.ndarray, x0: float, y0: float, radiu
 def make_fit_workdir(root, n_side: int = 6, seed: int = 3, errors: str = "covar",
                      statistic: str = "wstat", checkpoint_seconds: float = 0.0,
                      batch_size="auto", exposure=(40e3, 25e3), norm_per_region: float = 4e-5,
-                     extra_fit: dict | None = None, kT_true=None, source_rate=None) -> Path:
+                     extra_fit: dict | None = None, kT_true=None, source_rate=None,
+                     wcs_header: str = "") -> Path:
     """A workdir with prep/bundle.h5, acb/regions.h5 and config.yaml.
 
     ``n_side`` x ``n_side`` regions on a grid, each a circle of 10 sky pixels
@@ -127,6 +128,8 @@ def make_fit_workdir(root, n_side: int = 6, seed: int = 3, errors: str = "covar"
     ``kT_true`` (n_side**2 values, keV) replaces the temperatures;
     ``source_rate(response, i, norm)`` (counts/s per channel of region
     ``i``) replaces :func:`model_rate` (e.g. another model).
+    ``wcs_header`` (FITS cards, newline-separated) gives the image grid a
+    celestial WCS, which ``hpcxt maps`` needs.
 
     Returns
     -------
@@ -141,7 +144,7 @@ def make_fit_workdir(root, n_side: int = 6, seed: int = 3, errors: str = "covar"
     size = spacing * (n_side + 1)
     bin_ = 4
     ny = nx = int(np.ceil(size / bin_))
-    grid = ImageGrid(shape=(ny, nx), x0=0.0, y0=0.0, bin=bin_)
+    grid = ImageGrid(shape=(ny, nx), x0=0.0, y0=0.0, bin=bin_, wcs_header=wcs_header)
     n = n_side * n_side
     cols, rows = np.meshgrid(np.arange(n_side), np.arange(n_side))
     xc = spacing * (1 + cols.ravel()).astype(float)
