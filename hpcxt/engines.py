@@ -15,6 +15,10 @@
     (:func:`verification_sample`) are refitted with Sherpa too, their
     differences stored in units of Sherpa's errors (``verify_*`` columns).
 
+With ``fit.free: [abundance]`` the template engine does not apply (it
+tabulates the model in kT alone): :func:`engine_choice` gives ``sherpa``
+for every region, and the fit stage says so in one log line.
+
 No MPI, no file I/O: an engine is built once per worker from the bundle's
 responses and fits region after region.
 """
@@ -169,10 +173,24 @@ def _store_differences(rec: FitRecord, ref: FitRecord) -> None:
     rec.verify_dkT, rec.verify_dnorm, rec.verify_dbounds = sigma_differences(rec, ref)
 
 
+def engine_choice(settings: FitSettings) -> tuple[str, str]:
+    """The engine that fits the regions, and why it is not the configured one ("" if it is).
+
+    The template engine tabulates the folded model in kT alone (norm
+    linear, everything else frozen): a free abundance is a second nonlinear
+    parameter it does not handle, so those runs use Sherpa for every region.
+    """
+    if settings.engine == "template" and settings.free_abundance:
+        return "sherpa", ("fit.engine template fits kT and norm only: with fit.free "
+                          "[abundance] every region is fitted by the Sherpa engine")
+    return settings.engine, ""
+
+
 def make_engine(settings: FitSettings, responses, has_background: bool = True):
-    """The engine ``settings.engine`` names."""
-    if settings.engine == "template":
+    """The engine :func:`engine_choice` picks for ``settings``."""
+    name, _ = engine_choice(settings)
+    if name == "template":
         return TemplateEngine(settings, responses, has_background)
-    if settings.engine == "sherpa":
+    if name == "sherpa":
         return RegionFitter(settings, responses, has_background=has_background)
     raise ValueError(f"unknown fit engine {settings.engine!r} (one of {', '.join(ENGINES)})")

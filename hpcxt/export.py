@@ -333,9 +333,12 @@ def provenance_cards(fit_inputs: dict, table, cluster_name: str) -> list[tuple]:
     band = fit.get("energy_range") or [float("nan"), float("nan")]
     table_name = (cluster.get("abundance_table") or fit.get("abundance_table")
                   or "XSPEC default")
+    free_ab = "abundance" in (fit.get("free") or ())
     return [
         ("OBJECT", str(cluster_name), "cluster"),
-        ("MODEL", str(fit.get("model", "")), "fitted model (nH, abundance, z frozen)"),
+        ("MODEL", str(fit.get("model", "")),
+         "fitted model (nH, z frozen; abundance free)" if free_ab
+         else "fitted model (nH, abundance, z frozen)"),
         ("STATISTC", str(fit.get("statistic", "")), "fit statistic"),
         ("ERRMETH", str(fit.get("errors", "")), "error method on kT"),
         ("ERRSIGMA", float(fit.get("error_sigma", float("nan"))), "error level, sigma"),
@@ -343,7 +346,8 @@ def provenance_cards(fit_inputs: dict, table, cluster_name: str) -> list[tuple]:
         ("FITEHI", float(band[1]), "fitted band, upper edge, keV"),
         ("REDSHIFT", float(cluster.get("redshift", float("nan"))), "z, frozen"),
         ("NH", float(cluster.get("nh", float("nan"))), "Galactic nH, 1e22 cm**-2, frozen"),
-        ("ABUND", float(cluster.get("abundance", float("nan"))), "abundance, solar, frozen"),
+        ("ABUND", float(cluster.get("abundance", float("nan"))),
+         "abundance, solar: start of the free fit" if free_ab else "abundance, solar, frozen"),
         ("ABUNDTBL", str(table_name), "solar abundance table"),
         ("RESOLUT", str(table.resolution), "fit resolution"),
         ("BLOCK", int(table.step), "image pixels per region block side"),

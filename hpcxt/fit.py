@@ -51,6 +51,17 @@ Errors
 A region whose bounds are not found (e.g. kT's upper bound beyond
 ``kT_range``) keeps its best fit but is marked failed with the reason.
 
+Free abundance
+--------------
+With ``fit.free: [abundance]`` the emission's abundance is a third free
+parameter, one value tied across the observations (the model is shared),
+starting from ``cluster.abundance`` in every region and bounded by the
+model's limits (a table model's grid). Its bounds come from the same error
+method as kT's. A region whose abundance bound is not found (the lines too
+weak, or the profile still below the level at the parameter's limit) keeps
+its kT and norm and stays ok: both abundance bounds are NaN and ``reason``
+says "abundance unconstrained".
+
 Background scaling
 ------------------
 The bundle gives, per observation, ``bkg_scale``: the factor that turns
@@ -139,6 +150,9 @@ class FitSettings:
         ``template`` or ``sherpa`` (see :mod:`hpcxt.engines`).
     verify_fraction : float
         Share of the regions the template engine also fits with Sherpa.
+    free_abundance : bool
+        Fit the abundance too (``fit.free: [abundance]``), starting from
+        ``abundance``.
     """
 
     model: str
@@ -161,6 +175,7 @@ class FitSettings:
     conf_norm: bool = False
     engine: str = "sherpa"
     verify_fraction: float = 0.01
+    free_abundance: bool = False
 
     @classmethod
     def from_config(cls, cfg) -> "FitSettings":
@@ -177,7 +192,8 @@ class FitSettings:
                    abundance_table=f.abundance_table,
                    wstat_min_src=int(f.group_min_source),
                    wstat_min_bkg=int(f.group_min_background), engine=f.engine,
-                   verify_fraction=float(f.verify_fraction))
+                   verify_fraction=float(f.verify_fraction),
+                   free_abundance="abundance" in (f.free or ()))
 
 
 class FitRecord(ColumnAccess):
@@ -381,7 +397,7 @@ class RegionFitter:
     """
 
     def __init__(self, settings: FitSettings, responses, has_background: bool = True):
-        from .models import make_model
+        from .models import build_model
 
         if settings.statistic not in STATISTICS:
             raise ValueError(f"unknown statistic {settings.statistic!r}")
@@ -393,10 +409,13 @@ class RegionFitter:
         self.statistic = settings.statistic
         if self.statistic == "wstat" and not has_background:
             self.statistic = "cstat"
-        self.model, self.kT_par, self.norm_par = make_model(
-            settings.model, settings.nh, settings.abundance, settings.redshift,
-            kT=settings.kT_init, norm=1.0, apec_root=settings.apec_root,
-            abundance_table=settings.abundance_table)
+        pm = build_model(settings.model, settings.nh, settings.abundance, settings.redshift,
+                         kT=settings.kT_init, norm=1.0, apec_root=settings.apec_root,
+                         abundance_table=settings.abundance_table,
+                         free_abundance=settings.free_abundance)
+        self.model, self.kT_par, self.norm_par = pm.model, pm.kT, pm.norm
+        #: The free abundance parameter (None when frozen).
+        self.abundance_par = pm.abundance if settings.free_abundance else None
         lo_kT, hi_kT = settings.kT_range
         self.kT_par.set(min=lo_kT, max=hi_kT)
         self.norm_par.set(min=0.0)
@@ -416,6 +435,8 @@ class RegionFitter:
     def _reset_pars(self, norm: float) -> None:
         self.kT_par.val = self.settings.kT_init
         self.norm_par.val = norm
+        if self.abundance_par is not None:
+            self.abundance_par.val = self.settings.abundance
 
     def band_counts(self, spectrum: ObsSpectrum) -> tuple[int, int]:
         """Source and background counts in the energy range of one spectrum."""
@@ -576,33 +597,54 @@ class RegionFitter:
         fitter = Fit(data, model, stat=self._stat(statistic), method=self._method(),
                      estmethod=None)
         nbins = sum(int(d.get_dep(filter=True).size) for d in datasets)
-        if nbins <= 2:
+        npar = 2 if self.abundance_par is None else 3
+        if nbins <= npar:
             rec.status = Status.FAILED
-            rec.reason = f"no degrees of freedom ({nbins} bins for 2 free parameters)"
+            rec.reason = f"no degrees of freedom ({nbins} bins for {npar} free parameters)"
             return
         with _quiet():
             res = fitter.fit()
         rec.stat = float(res.statval)
         rec.dof = int(res.dof)
-        rec.kT = float(self.kT_par.val)
-        rec.norm = float(self.norm_par.val)
+        self._store_values(rec)
         if not res.succeeded:
             rec.status = Status.FAILED
             rec.reason = f"fit did not converge: {str(res.message).strip().splitlines()[0]}"
             return
         if s.errors != "none":
-            (rec.kT_lo, rec.kT_hi), (rec.norm_lo, rec.norm_hi), missing = \
-                self._error_bounds(fitter)
-            rec.kT, rec.norm = float(self.kT_par.val), float(self.norm_par.val)
+            bounds, missing = self._error_bounds(fitter)
+            (rec.kT_lo, rec.kT_hi), (rec.norm_lo, rec.norm_hi) = bounds["kT"], bounds["norm"]
+            self._store_values(rec)
             rec.stat = float(fitter.calc_stat())
-            if missing:
+            fatal = [m for m in missing if not m.startswith("abundance")]
+            if fatal:
                 rec.status = Status.FAILED
-                rec.reason = f"{s.errors}: {', '.join(missing)} bound not found"
+                rec.reason = f"{s.errors}: {', '.join(fatal)} bound not found"
                 return
+            if "abundance" in bounds:
+                rec.abundance_lo, rec.abundance_hi = bounds["abundance"]
+                if len(fatal) < len(missing):
+                    # kT and norm stand; the abundance alone is not measured here
+                    rec.abundance_lo = rec.abundance_hi = math.nan
+                    sides = ", ".join(m.split()[1] for m in missing
+                                      if m.startswith("abundance"))
+                    rec.reason = _join_notes(rec.reason, f"abundance unconstrained: {s.errors} "
+                                             f"found no {sides} bound within "
+                                             f"{self.abundance_par.min:g}-"
+                                             f"{self.abundance_par.max:g} (kT kept)")
         rec.status = Status.OK
 
+    def _store_values(self, rec: FitRecord) -> None:
+        rec.kT = float(self.kT_par.val)
+        rec.norm = float(self.norm_par.val)
+        if self.abundance_par is not None:
+            rec.abundance = float(self.abundance_par.val)
+
     def _error_bounds(self, fitter):
-        """Bounds of kT and norm at the best fit: ((lo, hi), (lo, hi), missing).
+        """Bounds at the best fit: ({"kT": (lo, hi), "norm": ..., "abundance": ...}, missing).
+
+        ``abundance`` only when it is free, with the same method as kT;
+        ``missing`` names each bound not found ("kT upper", "abundance lower").
 
         conf: profile-likelihood bounds of kT (the mapped quantity); norm
         bounds from the covariance matrix at the best fit unless
@@ -616,6 +658,8 @@ class RegionFitter:
         if s.errors == "conf":
             norm_methods = ["conf"] if s.conf_norm else ["covar", "conf"]
         plan = [("kT", self.kT_par, [s.errors]), ("norm", self.norm_par, norm_methods)]
+        if self.abundance_par is not None:
+            plan.append(("abundance", self.abundance_par, [s.errors]))
         bounds = {}
         missing = []
         for name, par, methods in plan:
@@ -631,7 +675,11 @@ class RegionFitter:
                             math.nan if hi is None else val + float(hi))
             missing += [f"{name} {side}" for side, b in (("lower", lo), ("upper", hi))
                         if b is None]
-        return bounds["kT"], bounds["norm"], missing
+        return bounds, missing
+
+
+def _join_notes(*notes: str) -> str:
+    return "; ".join(n for n in notes if n)
 
 
 def fit_region(engine, spectra: RegionSpectra, region_id: int, verify: bool = False) -> FitRecord:

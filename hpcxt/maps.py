@@ -428,6 +428,17 @@ MAPS = {
                       "region circle",
                       "Source counts in the fit band (FITBAND) in the region's circle, "
                       "summed over observations; not per pixel."),
+    "abundance": MapSpec("", "abundance of the region's fit, solar", "region circle",
+                         "Best-fit abundance (fit.free: [abundance]), solar units of "
+                         "ABUNDTBL, one value tied over the observations."),
+    "abundance_lo": MapSpec("", "abundance lower bound", "region circle",
+                            "Lower bound of the abundance at fit.error_sigma (ERRSIGMA); "
+                            "NaN where unconstrained (reason in the export)."),
+    "abundance_hi": MapSpec("", "abundance upper bound", "region circle",
+                            "Upper bound of the abundance at fit.error_sigma (ERRSIGMA); "
+                            "NaN where unconstrained."),
+    "abundance_err": MapSpec("", "symmetric abundance error (hi - lo)/2", "region circle",
+                             "(abundance_hi - abundance_lo) / 2 at fit.error_sigma."),
     "density": MapSpec(DENSITY_UNIT, "pseudo density sqrt(<SB>)", "region circle",
                        "Pseudo density sqrt(<SB>). " + _PSEUDO),
     "pressure": MapSpec(PRESSURE_UNIT, "pseudo pressure kT sqrt(<SB>)", "region circle",
@@ -435,6 +446,15 @@ MAPS = {
     "entropy": MapSpec(ENTROPY_UNIT, "pseudo entropy kT <SB>**(-1/3)", "region circle",
                        "Pseudo entropy kT * sqrt(<SB>)**(-2/3). " + _PSEUDO),
 }
+
+#: Maps written only when the fit freed the abundance (``fit.free``).
+ABUNDANCE_MAPS = ("abundance", "abundance_lo", "abundance_hi", "abundance_err")
+
+
+def written_maps(free=()) -> list[str]:
+    """Names of :data:`MAPS` a fit with these free parameters (``fit.free``) fills."""
+    return [n for n in MAPS if n not in ABUNDANCE_MAPS or "abundance" in free]
+
 
 #: name -> :class:`MapSpec` of the per-pixel images written beside the maps.
 IMAGES = {
@@ -471,8 +491,12 @@ def region_values(res, table, bundle, selection: Selection, sb=None) -> dict:
         sb = surface_brightness(bundle.counts, bundle.background, bundle.exposure, bundle.mask)
     sb_mean = circle_mean(sb, bundle.mask & np.isfinite(sb), table.row, table.col, table.radius)
     density, pressure, entropy = thermodynamics(kT, sb_mean)
+    ab_lo = np.asarray(res.abundance_lo, float)
+    ab_hi = np.asarray(res.abundance_hi, float)
     values = {"temperature": kT, "temperature_lo": lo, "temperature_hi": hi,
               "temperature_err": err, "temperature_frac_err": frac,
+              "abundance": np.asarray(res.abundance, float), "abundance_lo": ab_lo,
+              "abundance_hi": ab_hi, "abundance_err": (ab_hi - ab_lo) / 2.0,
               "norm": np.asarray(res.norm, float), "fit_stat": stat, "counts": counts,
               "density": density, "pressure": pressure, "entropy": entropy}
     return {k: np.where(selection.keep, v, np.nan) for k, v in values.items()}

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -36,6 +37,8 @@ DEFAULT_ABUNDANCE_TABLE = "angr"
 
 #: Model components that take the plasma's abundance and redshift.
 _HAS_ABUNDANCE = {"xsapec": "Abundanc", "xsmekal": "Abundanc"}
+#: Emission components with an abundance ``fit.free`` can thaw (and table models that have one).
+MODELS_WITH_ABUNDANCE = tuple(sorted(_HAS_ABUNDANCE))
 _HAS_REDSHIFT = {"xsapec": "redshift", "xsmekal": "redshift", "xsbremss": None}
 
 
@@ -99,21 +102,157 @@ def _quiet_sherpa_logging() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def make_model(expr: str, nh: float, abundance: float, redshift: float,
-               kT: float = 8.0, norm: float = 1e-3, apec_root: str | None = None,
-               name: str = "src", abundance_table: str = DEFAULT_ABUNDANCE_TABLE):
-    """Build ``absorption*emission`` with nH, abundance and redshift frozen.
+#: A table model in ``fit.model``: ``atable{/path/to/model.fits}`` (XSPEC's syntax).
+_TABLE_RE = re.compile(r"^atable\{(?P<path>[^{}]+)\}$")
+
+#: How the parameters of a table model are recognised (names compared
+#: case-insensitively): as XSPEC's APEC names them (``kT``, ``Abundanc``,
+#: ``Redshift``), with a few common spellings. ``kT`` is required; a table
+#: without an abundance parameter cannot free it; other interpolation
+#: parameters stay frozen at their INITIAL value from the file.
+TABLE_PARAMETER_NAMES = {
+    "kT": ("kt",),
+    "abundance": ("abundanc", "abundance", "abund", "metallicity"),
+    "redshift": ("redshift", "z"),
+}
+
+
+def parse_model(expr: str) -> tuple[str, str, str | None]:
+    """``absorption*emission`` split into its parts.
+
+    Returns
+    -------
+    absorption : str
+    emission : str
+        ``"xsapec"``, ``"xsbremss"``, ... or ``"atable"`` for a table model.
+    table_path : str or None
+        The table model's file (as written in the expression), else None.
+    """
+    absname, _, emname = (p.strip() for p in expr.partition("*"))
+    m = _TABLE_RE.match(emname)
+    if m:
+        return absname, "atable", m.group("path").strip()
+    return absname, emname, None
+
+
+def table_role(name: str) -> str | None:
+    """``"kT"``, ``"abundance"``, ``"redshift"`` or None for a table parameter's name."""
+    low = name.strip().lower()
+    for role, names in TABLE_PARAMETER_NAMES.items():
+        if low in names:
+            return role
+    return None
+
+
+@dataclass(frozen=True)
+class TableParameter:
+    """One interpolation parameter of an OGIP table model (PARAMETERS extension).
+
+    ``values`` are the tabulated values (the grid the table covers);
+    ``role`` is what hpcxt uses it for (:func:`table_role`).
+    """
+
+    name: str
+    values: tuple
+    role: str | None
+
+    @property
+    def grid_range(self) -> tuple[float, float]:
+        return float(self.values[0]), float(self.values[-1])
+
+
+def read_table_parameters(path) -> list[TableParameter]:
+    """The interpolation parameters of an OGIP (92-009) XSPEC table model file.
+
+    Read with astropy, without Sherpa, so the config can be checked before
+    any fit. Raises ``ValueError`` (with what is wrong) for a file that is
+    not a table model.
+    """
+    from astropy.io import fits
+
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            if "PARAMETERS" not in hdul or "SPECTRA" not in hdul or "ENERGIES" not in hdul:
+                raise ValueError("not an XSPEC table model (needs PARAMETERS, ENERGIES and "
+                                 "SPECTRA extensions, OGIP 92-009)")
+            hdu = hdul["PARAMETERS"]
+            nint = int(hdu.header.get("NINTPARM", len(hdu.data)))
+            out = []
+            for row in hdu.data[:nint]:
+                name = str(row["NAME"]).strip()
+                nval = int(row["NUMBVALS"])
+                values = tuple(float(v) for v in np.ravel(row["VALUE"])[:nval])
+                out.append(TableParameter(name, values, table_role(name)))
+            return out
+    except OSError as exc:
+        raise ValueError(f"not a readable FITS file ({exc})") from None
+
+
+@dataclass
+class PlasmaModel:
+    """An absorbed thermal model and the parameters a fit uses.
+
+    Attributes
+    ----------
+    model : sherpa model
+        ``absorption * emission``.
+    kT, norm : sherpa Parameter
+        Free in every fit.
+    abundance : sherpa Parameter or None
+        The emission's abundance (None: the model has none); frozen unless
+        built with ``free_abundance``.
+    """
+
+    model: object
+    kT: object
+    norm: object
+    abundance: object = None
+
+
+def _set(par, value: float, clamp: bool) -> None:
+    if clamp:
+        value = min(max(float(value), float(par.hard_min)), float(par.hard_max))
+    par.val = value
+
+
+def _table_emission(xspec, path: str, name: str):
+    """The table model and its parameters by role (kT, abundance, redshift)."""
+    table = xspec.read_xstable_model(f"{name}_atable", path)
+    roles = {}
+    for par in table.pars:
+        role = table_role(par.name)
+        if par.name.lower() == "norm":
+            roles["norm"] = par
+        elif role and role not in roles:
+            roles[role] = par
+        else:
+            par.freeze()  # other interpolation parameters: the file's INITIAL value
+    if "kT" not in roles:
+        names = ", ".join(p.name for p in table.pars)
+        raise ValueError(f"table model {path} has no parameter named kT (has: {names})")
+    return table, roles
+
+
+def build_model(expr: str, nh: float, abundance: float, redshift: float,
+                kT: float = 8.0, norm: float = 1e-3, apec_root: str | None = None,
+                name: str = "src", abundance_table: str = DEFAULT_ABUNDANCE_TABLE,
+                free_abundance: bool = False, clamp: bool = False) -> PlasmaModel:
+    """Build ``absorption*emission`` with nH and redshift frozen.
 
     Parameters
     ----------
     expr : str
-        ``"xsphabs*xsapec"``, ``"xsphabs*xsbremss"``, ... (validated by config).
+        ``"xsphabs*xsapec"``, ``"xsphabs*xsbremss"``, ... or
+        ``"xsphabs*atable{/path/model.fits}"`` (an OGIP XSPEC additive table
+        model, read by Sherpa; its parameters' roles by name, see
+        :data:`TABLE_PARAMETER_NAMES`). Validated by the config.
     nh : float
         Absorbing column, 1e22 cm^-2 (frozen).
     abundance : float
-        Metallicity, solar (frozen; ignored by xsbremss).
+        Metallicity, solar (the value, or the start when free; ignored by
+        models without one).
     redshift : float
-        Redshift (frozen; ignored by xsbremss).
+        Redshift (frozen; ignored by models without one).
     kT : float
         Initial temperature, keV (free).
     norm : float
@@ -121,39 +260,65 @@ def make_model(expr: str, nh: float, abundance: float, redshift: float,
     abundance_table : str
         XSPEC's solar abundance table (one of :data:`ABUNDANCE_TABLES`), set
         for the whole process: it applies to the absorption too.
+    free_abundance : bool
+        Thaw the abundance (``ValueError`` when the model has none).
+    clamp : bool
+        Move values outside a parameter's limits to the nearest limit
+        (the model check's probe) instead of raising.
 
     Returns
     -------
-    model, kT_par, norm_par
-        The product model and its two free parameters.
+    PlasmaModel
     """
     xspec = load_xspec(apec_root)
     _quiet_sherpa_logging()
     with native_output_silenced(1):
         xspec.set_xsabund(abundance_table)
-    absname, emname = (p.strip() for p in expr.split("*"))
+    absname, emname, table_path = parse_model(expr)
     absorb = getattr(xspec, absname.replace("xs", "XS", 1))(f"{name}_abs")
-    emit = getattr(xspec, emname.replace("xs", "XS", 1))(f"{name}_{emname}")
     absorb.nH.val = nh
     absorb.nH.freeze()
-    if emname in _HAS_ABUNDANCE:
-        par = getattr(emit, _HAS_ABUNDANCE[emname])
-        par.val = abundance
-        par.freeze()
-    if _HAS_REDSHIFT.get(emname):
-        par = getattr(emit, _HAS_REDSHIFT[emname])
-        par.val = redshift
-        par.freeze()
-    emit.kT.val = kT
-    emit.norm.val = norm
-    return absorb * emit, emit.kT, emit.norm
+    if table_path is not None:
+        emit, roles = _table_emission(xspec, table_path, name)
+    else:
+        emit = getattr(xspec, emname.replace("xs", "XS", 1))(f"{name}_{emname}")
+        roles = {"kT": emit.kT, "norm": emit.norm}
+        if emname in _HAS_ABUNDANCE:
+            roles["abundance"] = getattr(emit, _HAS_ABUNDANCE[emname])
+        if _HAS_REDSHIFT.get(emname):
+            roles["redshift"] = getattr(emit, _HAS_REDSHIFT[emname])
+    abund = roles.get("abundance")
+    if abund is not None:
+        _set(abund, abundance, clamp)
+        abund.freeze()
+        if free_abundance:
+            abund.thaw()
+    elif free_abundance:
+        raise ValueError(f"{expr} has no abundance parameter to free")
+    if roles.get("redshift") is not None:
+        _set(roles["redshift"], redshift, clamp)
+        roles["redshift"].freeze()
+    _set(roles["kT"], kT, clamp)
+    roles["kT"].thaw()
+    roles["norm"].val = norm
+    return PlasmaModel(absorb * emit, roles["kT"], roles["norm"], abund)
+
+
+def make_model(expr: str, nh: float, abundance: float, redshift: float,
+               kT: float = 8.0, norm: float = 1e-3, apec_root: str | None = None,
+               name: str = "src", abundance_table: str = DEFAULT_ABUNDANCE_TABLE):
+    """:func:`build_model` with the abundance frozen: ``(model, kT_par, norm_par)``."""
+    pm = build_model(expr, nh, abundance, redshift, kT=kT, norm=norm, apec_root=apec_root,
+                     name=name, abundance_table=abundance_table)
+    return pm.model, pm.kT, pm.norm
 
 
 def _probe_spectrum(expr: str, apec_root: str | None = None,
                     abundance_table: str = DEFAULT_ABUNDANCE_TABLE) -> np.ndarray:
     """``expr`` at kT 5 keV, norm 1 on 0.5-8 keV (75 bins): photons/cm^2/s per bin."""
-    model, _, _ = make_model(expr, nh=0.03, abundance=0.3, redshift=0.1, kT=5.0, norm=1.0,
-                             apec_root=apec_root, abundance_table=abundance_table)
+    model = build_model(expr, nh=0.03, abundance=0.3, redshift=0.1, kT=5.0, norm=1.0,
+                        apec_root=apec_root, abundance_table=abundance_table,
+                        clamp=True).model
     edges = np.linspace(0.5, 8.0, 76)
     return np.asarray(model(edges[:-1], edges[1:]), dtype=float)
 
@@ -190,6 +355,8 @@ _ADVICE = {
               "or use {absorption}*xsbremss (no data files)",
     "xsmekal": "use CIAO's Sherpa (XSPEC's model data files), or use {absorption}*xsbremss "
                "(no data files)",
+    "atable": "check that the table model file is an OGIP XSPEC additive table covering "
+              "the fit band",
 }
 _DEFAULT_ADVICE = ("use CIAO's Sherpa, or Sherpa built against XSPEC's model library "
                    "('make setup')")
@@ -222,7 +389,7 @@ class ModelVerdict:
 
 
 def _advice(expr: str) -> str:
-    absorption, _, emission = (p.strip() for p in expr.partition("*"))
+    absorption, emission, _ = parse_model(expr)
     return _ADVICE.get(emission, _DEFAULT_ADVICE).format(absorption=absorption or "xsphabs")
 
 

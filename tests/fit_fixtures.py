@@ -113,7 +113,8 @@ def _events_from_spectrum(rng, expected: np.ndarray, x0: float, y0: float, radiu
 def make_fit_workdir(root, n_side: int = 6, seed: int = 3, errors: str = "covar",
                      statistic: str = "wstat", checkpoint_seconds: float = 0.0,
                      batch_size="auto", exposure=(40e3, 25e3), norm_per_region: float = 4e-5,
-                     extra_fit: dict | None = None) -> Path:
+                     extra_fit: dict | None = None, kT_true=None, source_rate=None,
+                     wcs_header: str = "") -> Path:
     """A workdir with prep/bundle.h5, acb/regions.h5 and config.yaml.
 
     ``n_side`` x ``n_side`` regions on a grid, each a circle of 10 sky pixels
@@ -123,6 +124,12 @@ def make_fit_workdir(root, n_side: int = 6, seed: int = 3, errors: str = "covar"
     a handful of counts (a "too few counts" failure) and region 1 is
     covered by no observation. The true temperatures are saved in
     ``kT_true.npy`` next to the config.
+
+    ``kT_true`` (n_side**2 values, keV) replaces the temperatures;
+    ``source_rate(response, i, norm)`` (counts/s per channel of region
+    ``i``) replaces :func:`model_rate` (e.g. another model).
+    ``wcs_header`` (FITS cards, newline-separated) gives the image grid a
+    celestial WCS, which ``hpcxt maps`` needs.
 
     Returns
     -------
@@ -137,12 +144,15 @@ def make_fit_workdir(root, n_side: int = 6, seed: int = 3, errors: str = "covar"
     size = spacing * (n_side + 1)
     bin_ = 4
     ny = nx = int(np.ceil(size / bin_))
-    grid = ImageGrid(shape=(ny, nx), x0=0.0, y0=0.0, bin=bin_)
+    grid = ImageGrid(shape=(ny, nx), x0=0.0, y0=0.0, bin=bin_, wcs_header=wcs_header)
     n = n_side * n_side
     cols, rows = np.meshgrid(np.arange(n_side), np.arange(n_side))
     xc = spacing * (1 + cols.ravel()).astype(float)
     yc = spacing * (1 + rows.ravel()).astype(float)
-    kT_true = np.linspace(2.0, 10.0, n)
+    kT_true = np.linspace(2.0, 10.0, n) if kT_true is None else np.asarray(kT_true, float)
+    if source_rate is None:
+        def source_rate(response, i, norm):
+            return model_rate(response, kT_true[i], norm)
     norms = np.full(n, norm_per_region)
     norms[0] = norm_per_region * 0.01
     bkg_scale = (0.8, 1.25)[:nobs] if nobs <= 2 else tuple(1.0 for _ in range(nobs))
@@ -151,7 +161,7 @@ def make_fit_workdir(root, n_side: int = 6, seed: int = 3, errors: str = "covar"
     for k in range(nobs):
         xs, ys, pis, bxs, bys, bpis = [], [], [], [], [], []
         for i in range(n):
-            mu = model_rate(resp, kT_true[i], norms[i]) * exposure[k]
+            mu = source_rate(resp, i, norms[i]) * exposure[k]
             x, y, p = _events_from_spectrum(rng, mu + brate * exposure[k], xc[i], yc[i],
                                             radius)
             xs.append(x), ys.append(y), pis.append(p)

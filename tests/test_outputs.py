@@ -24,7 +24,7 @@ from hpcxt.io.checkpoint import FitResults, fit_inputs, read_results, write_resu
 from hpcxt.io.config import load_config
 from hpcxt.io.regions_table import read_regions
 from hpcxt.io.workdir import WorkDir
-from hpcxt.maps import IMAGES, MAPS, Coverage
+from hpcxt.maps import ABUNDANCE_MAPS, IMAGES, MAPS, Coverage, written_maps
 from hpcxt.schema import COLUMNS, Status
 
 FAILED_EVERY = 17   # region ids divisible by this failed (made up)
@@ -117,7 +117,11 @@ def test_flux_is_counts_over_exposure_with_wcs_and_bunit(mapped_small):
 def test_every_map_says_what_it_is_and_how_it_was_fitted(mapped_small):
     cfg = _cfg(mapped_small)
     work = WorkDir.of(cfg)
-    for name, spec in MAPS.items():
+    # the abundance maps only when the fit freed it (fit.free)
+    assert written_maps(cfg.fit.free) == [n for n in MAPS if n not in ABUNDANCE_MAPS]
+    assert not any(work.map_file(n).exists() for n in ABUNDANCE_MAPS)
+    for name in written_maps(cfg.fit.free):
+        spec = MAPS[name]
         hdr = fits.getheader(work.map_file(name))
         assert hdr.get("BUNIT", "") == spec.bunit
         assert hdr["MAPVALUE"] == "region circle"

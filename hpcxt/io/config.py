@@ -26,7 +26,8 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError, InputError
-from ..models import ABUNDANCE_TABLES, DEFAULT_ABUNDANCE_TABLE
+from ..models import (ABUNDANCE_TABLES, DEFAULT_ABUNDANCE_TABLE, MODELS_WITH_ABUNDANCE,
+                      parse_model, read_table_parameters)
 from .workdir import WorkDir, fingerprint
 
 # --------------------------------------------------------------------------
@@ -44,7 +45,7 @@ class Spec:
 
     kind: 'str', 'int', 'float', 'bool', 'path', 'band', 'intlist', 'choice',
     'section' (nested dict of Specs), 'list' (list of sections), 'int_or_auto',
-    'float_or_null'. ``doc`` is the field's comment in the template (every
+    'float_or_null', 'choicelist' (a list of distinct ``choices``). ``doc`` is the field's comment in the template (every
     field has one); ``example`` is what the template shows instead of the
     default (``{name}`` and ``{obsid}`` are filled in).
     """
@@ -68,7 +69,9 @@ def _s(kind, default=None, **kw) -> Spec:
 
 
 MODEL_ABSORPTION = ("xsphabs", "xswabs", "xstbabs")
-MODEL_EMISSION = ("xsapec", "xsbremss", "xsmekal")
+MODEL_EMISSION = ("xsapec", "xsbremss", "xsmekal", "atable{FILE}")
+#: Parameters ``fit.free`` can thaw besides kT and norm.
+FREE_PARAMETERS = ("abundance",)
 
 _PRODUCT = "required with prep.backend: products"
 
@@ -100,7 +103,8 @@ SCHEMA: dict[str, Spec] = {
         "nh": _s("float", required=True, min=0.0, max=100.0,
                  doc="Galactic absorbing column, 1e22 cm^-2 (e.g. HEASARC's nH tool)"),
         "abundance": _s("float", 0.3, min=0.0, max=10.0,
-                        doc="metallicity, solar units of fit.abundance_table (xsapec, xsmekal)"),
+                        doc="metallicity, solar units of fit.abundance_table (xsapec, xsmekal, "
+                            "a table model's Abundanc); the start when fit.free has it"),
     }),
     "workdir": _s("path", "work", doc="where every stage writes; relative to this file's folder"),
     "lock_stale_seconds": _s("float", 600.0, min=1.0,
@@ -194,7 +198,12 @@ SCHEMA: dict[str, Spec] = {
                          doc="high | medium | low: fit every 1st | 3rd | 5th pixel"),
         "model": _s("str", "xsphabs*xsapec",
                     doc="xsapec needs AtomDB (apec_root, or CIAO's Sherpa); "
-                        "xsphabs*xsbremss needs no data files"),
+                        "xsphabs*xsbremss needs no data files; xsphabs*atable{file.fits}: "
+                        "an XSPEC table model (parameters kT, Abundanc, Redshift by name; "
+                        "path relative to this file's folder)"),
+        "free": _s("choicelist", [], choices=FREE_PARAMETERS,
+                   doc="parameters fitted besides kT and norm: [] | [abundance] (tied "
+                       "across observations; cluster.abundance is the start)"),
         "abundance_table": _s("choice", DEFAULT_ABUNDANCE_TABLE, choices=ABUNDANCE_TABLES,
                               doc="solar abundances of the model and the absorption (XSPEC "
                                   "abund): angr, Anders & Grevesse 1989, is XSPEC's default; "
@@ -456,6 +465,15 @@ class _Validator:
                 if msg:
                     self.problem(path, msg)
             return sorted(set(v))
+        if kind == "choicelist":
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                self.problem(path, f"must be a list of names, got {v!r}")
+                return v
+            for x in v:
+                if x not in spec.choices:
+                    self.problem(path, f"{x!r} cannot be freed: one of "
+                                 f"{', '.join(spec.choices)}" + _did_you_mean(x, spec.choices))
+            return sorted(set(v))
         if kind == "path":
             if not isinstance(v, (str, os.PathLike)):
                 self.problem(path, f"must be a file path, got {v!r}")
@@ -489,15 +507,65 @@ def _cross_checks(data: dict, v: _Validator) -> None:
             for key in ("events", "exposure_map", "arf", "rmf"):
                 if o.get(key) is None:
                     v.problem(f"observations[{i}].{key}", "required with prep.backend: products")
-    model = (data.get("fit") or {}).get("model")
+    fit = data.get("fit") or {}
+    model = fit.get("model")
     if isinstance(model, str):
-        parts = [p.strip() for p in model.split("*")]
-        if len(parts) != 2 or parts[0] not in MODEL_ABSORPTION or parts[1] not in MODEL_EMISSION:
+        absorption, emission, table = parse_model(model)
+        if (absorption not in MODEL_ABSORPTION
+                or (table is None and emission not in MODEL_EMISSION)):
             v.problem("fit.model", "must be <absorption>*<emission> with absorption one of "
                       f"{', '.join(MODEL_ABSORPTION)} and emission one of "
                       f"{', '.join(MODEL_EMISSION)}, got {model!r}")
+        elif table is not None:
+            p = Path(os.path.expandvars(os.path.expanduser(table)))
+            p = Path(os.path.normpath(p if p.is_absolute() else v.base_dir / p))
+            fit["model"] = f"{absorption}*atable{{{p}}}"
+            _check_table_model(data, p, v)
         else:
-            data["fit"]["model"] = "*".join(parts)
+            fit["model"] = f"{absorption}*{emission}"
+            if "abundance" in (fit.get("free") or []) and emission not in MODELS_WITH_ABUNDANCE:
+                v.problem("fit.free", f"{emission} has no abundance to free (models with one: "
+                          f"{', '.join(MODELS_WITH_ABUNDANCE)}, or a table model with an "
+                          "Abundanc parameter)")
+
+
+def _check_table_model(data: dict, path: Path, v: "_Validator") -> None:
+    """A table model in fit.model: the file, its kT parameter and grid, the free abundance."""
+    fit = data["fit"]
+    if not path.is_file():
+        if v.check_files:
+            v.problem("fit.model", f"table model file not found: {path}")
+        return
+    try:
+        params = {p.role: p for p in reversed(read_table_parameters(path)) if p.role}
+    except ValueError as exc:
+        v.problem("fit.model", f"{path}: {exc}")
+        return
+    names = ", ".join(sorted(p.name for p in params.values())) or "none recognised"
+    if "kT" not in params:
+        v.problem("fit.model", f"{path}: the table has no parameter named kT ({names}); "
+                  "hpcxt recognises kT, Abundanc and Redshift by name")
+        return
+    lo, hi = params["kT"].grid_range
+    kT_range = fit.get("kT_range")
+    if (isinstance(kT_range, list) and len(kT_range) == 2
+            and not (lo <= kT_range[0] and kT_range[1] <= hi)):
+        v.problem("fit.kT_range", f"[{kT_range[0]:g}, {kT_range[1]:g}] keV is outside the "
+                  f"table model's kT grid {lo:g}-{hi:g} keV ({path.name}): choose a range "
+                  "inside it")
+    kT_init = fit.get("kT_init")
+    if isinstance(kT_init, float) and not lo <= kT_init <= hi:
+        v.problem("fit.kT_init", f"{kT_init:g} keV is outside the table model's kT grid "
+                  f"{lo:g}-{hi:g} keV ({path.name})")
+    if "abundance" in params:
+        zlo, zhi = params["abundance"].grid_range
+        z = (data.get("cluster") or {}).get("abundance")
+        if isinstance(z, float) and not zlo <= z <= zhi:
+            v.problem("cluster.abundance", f"{z:g} is outside the table model's abundance "
+                      f"grid {zlo:g}-{zhi:g} ({path.name})")
+    elif "abundance" in (fit.get("free") or []):
+        v.problem("fit.free", f"the table model {path.name} has no abundance parameter "
+                  f"(recognised: {names}; name it Abundanc)")
 
 
 def validate(raw: Any, base_dir: Path, path: Path | None = None,

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..engines import make_engine, verification_sample
+from ..engines import engine_choice, make_engine, verification_sample
 from ..fit import FitSettings, RecordBatch, fit_region
 from ..fit_mpi import RunOptions, describe, format_seconds, run_master_worker
 from ..hooks import NO_HOOKS
@@ -72,7 +72,7 @@ class BatchFitter:
         self.engine = make_engine(settings, [o.response for o in bundle.observations],
                                   has_background=bundle.has_background)
         self.verify = (set(verification_sample(len(table), settings.verify_fraction).tolist())
-                       if settings.engine == "template" else set())
+                       if engine_choice(settings)[0] == "template" else set())
         del bundle
         release_free_memory()
 
@@ -281,6 +281,9 @@ def run_fit(cfg, comm, resume: bool = False, fit_factory=None, hooks=None,
             raise
         if todo:
             log.info("fit: statistic %s, errors %s", cfg.fit.statistic, cfg.fit.errors)
+            _, why = engine_choice(FitSettings.from_config(cfg))
+            if why:
+                log.info("fit: %s", why)
             start = res
         else:
             log.info("fit: %s is up to date (%s)", options.results_path, describe(res))

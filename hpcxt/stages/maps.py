@@ -31,7 +31,7 @@ from ..io.fitsio import write_image
 from ..io.regions_table import read_regions
 from ..io.workdir import StageRecord, WorkDir, fingerprint, write_text_atomic
 from ..maps import (IMAGES, MAPS, Coverage, assign_pixels, count_coverage, coverage_map,
-                    flux_image, paint, region_values, select_regions)
+                    flux_image, paint, region_values, select_regions, written_maps)
 
 log = logging.getLogger("hpcxt.maps")
 
@@ -114,7 +114,8 @@ def run_maps(cfg, coords: str = "fk5") -> dict:
                                   res.n_final], "maps": cfg.maps.to_dict(),
                       "cluster": cfg.cluster.to_dict(), "coords": coords})
     record = StageRecord(wd.maps_summary)
-    outputs = [wd.map_file(n) for n in (*MAPS, *IMAGES, "coverage")] + [wd.region_file]
+    maps = written_maps(((res.fit_inputs or {}).get("fit") or {}).get("free") or ())
+    outputs = [wd.map_file(n) for n in (*maps, *IMAGES, "coverage")] + [wd.region_file]
     if record.is_done("fingerprint", fp, *outputs):
         log.info("maps: up to date (%s)", outdir)
         return record.done
@@ -137,7 +138,8 @@ def run_maps(cfg, coords: str = "fk5") -> dict:
     provenance = provenance_cards(res.fit_inputs or fit_inputs(cfg), table, cfg.cluster.name)
     header = bundle.grid.header()
     images = {}
-    for name, spec in MAPS.items():
+    for name in maps:
+        spec = MAPS[name]
         images[name] = paint(values[name], owner, coverage)
         _write(wd.map_file(name), images[name].astype(np.float32), header, spec.bunit,
                _map_cards(name, spec, provenance))
@@ -167,7 +169,7 @@ def run_maps(cfg, coords: str = "fk5") -> dict:
         "dropped": sel.dropped,
         "coverage_pixels": pixels,
         "median_kT_keV": float(np.nanmedian(values["temperature"])) if sel.keep.any() else None,
-        "files": sorted([f"{n}.fits" for n in (*MAPS, *IMAGES, "coverage")]
+        "files": sorted([f"{n}.fits" for n in (*maps, *IMAGES, "coverage")]
                         + [wd.region_file.name]),
         "region_coords": coords,
     }
