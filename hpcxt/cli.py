@@ -134,7 +134,6 @@ def cmd_maps(args) -> int:
     from .stages.maps import run_maps
     from .io.config import load_config
     from .io.workdir import WorkDir
-    from .maps import run_maps
     cfg = load_config(args.config, check_files=False)
     # No lock: maps only read the fit's checkpoints, so they can be made while it runs.
     WorkDir.of(cfg).check_writable()
