@@ -187,9 +187,11 @@ def test_truth_zones_as_bins_recover_the_three_temperatures(prepped_small, tmp_p
     pull = (res.kT - kT_true) / sigma
     print("zone kT", res.kT, "bounds", res.kT_lo, res.kT_hi, "pull", pull)
     # The small preset's core comes out about 10% hot whatever the regions
-    # (its ACB map too, and with cstat): within 3 sigma, not 1.
+    # (its ACB map too, and with cstat): within 3 sigma, not 1; the shock's
+    # 12 keV has wide bounds (about +-40%) with the small preset's counts.
     assert np.all(np.abs(pull) < 3.0), pull
-    assert np.all(np.abs(res.kT / kT_true - 1) < 0.15)
+    assert np.all(np.abs(pull[1:]) < 1.0), pull  # ambient and shock within 1 sigma
+    assert res.kT[0] < res.kT[1] < res.kT[2]
     # every pixel of a bin shows its bin's kT; pixels in no zone are blank
     with fits.open(project / "work" / "maps" / "temperature.fits") as h:
         kT_map = h[0].data.astype(float)
@@ -284,7 +286,7 @@ def test_ds9_region_file_bins_and_a_changed_bins_file(prepped_small, tmp_path):
     assert 250 < n_pix[0] < np.pi * 10 ** 2 - np.pi * 2 ** 2 + 5
     assert n_pix[1] < 15 * 20 and n_pix[2] < 0.5 * 15 * 20 + 15
     rr, cc = np.mgrid[0:ny, 0:nx]
-    assert np.all(table.bin_map[(rr - ny // 2) ** 2 + (cc - nx // 2) ** 2 <= 2 ** 2] == -1)
+    assert np.all(table.bin_map[(rr - ny // 2) ** 2 + (cc - nx // 2) ** 2 < 2 ** 2] == -1)
     res = read_results(project / "work" / "fit" / "results.h5")
     assert res.complete and np.all(res.status == Status.OK)
     assert np.all(res.counts.sum(axis=1) > 100)
