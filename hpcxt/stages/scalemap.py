@@ -373,7 +373,7 @@ def run_user_bins(cfg) -> None:
         bin_map=lab.region_map, bin_id=lab.bin_id,
         bin_grid=(float(grid.x0), float(grid.y0), float(grid.bin)))
     write_regions(wd.regions, table)
-    log.info("regions: %d user bins (%s %s; %d of its bins over mapped pixels), %d to %d "
+    log.info("regions: %d user bins (%s %s; %d of its bins on the image), %d to %d "
              "image pixels each (median %d); %s in %.2f s", n,
              "bin map" if kind == "map" else "region file", path, n_file,
              int(lab.n_pixels.min()), int(lab.n_pixels.max()), int(np.median(lab.n_pixels)),
