@@ -352,5 +352,6 @@ def provenance_cards(fit_inputs: dict, table, cluster_name: str) -> list[tuple]:
         ("RESOLUT", str(table.resolution), "fit resolution"),
         ("BLOCK", int(table.step), "image pixels per region block side"),
         ("TARGETSN", float(table.target_sn), "S/N each region's circle reaches"),
+        ("BINS", str(getattr(table, "bins", "acb")), "regions: acb circles or user bins"),
         ("ORIGIN", "hpcxt", ""),
     ]

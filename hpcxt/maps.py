@@ -474,8 +474,8 @@ def region_values(res, table, bundle, selection: Selection, sb=None) -> dict:
     """Per-region values of every map (NaN where not kept).
 
     ``sb`` is the background-subtracted flux image (:func:`flux_image`)
-    whose circle means make the pseudo density; default: no exposure
-    threshold.
+    whose circle means (bin means, for a table of user bins) make the
+    pseudo density; default: no exposure threshold.
     """
     kT = np.asarray(res.kT, float)
     lo = np.asarray(res.kT_lo, float)
@@ -489,7 +489,12 @@ def region_values(res, table, bundle, selection: Selection, sb=None) -> dict:
         counts = counts.sum(axis=1)
     if sb is None:
         sb = surface_brightness(bundle.counts, bundle.background, bundle.exposure, bundle.mask)
-    sb_mean = circle_mean(sb, bundle.mask & np.isfinite(sb), table.row, table.col, table.radius)
+    if getattr(table, "bin_map", None) is not None:
+        from .bins import bin_mean
+        sb_mean = bin_mean(sb, bundle.mask & np.isfinite(sb), table.bin_map, len(table))
+    else:
+        sb_mean = circle_mean(sb, bundle.mask & np.isfinite(sb), table.row, table.col,
+                              table.radius)
     density, pressure, entropy = thermodynamics(kT, sb_mean)
     ab_lo = np.asarray(res.abundance_lo, float)
     ab_hi = np.asarray(res.abundance_hi, float)

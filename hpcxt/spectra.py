@@ -106,6 +106,42 @@ class EventIndex:
         return np.bincount(chan, minlength=nchan).astype(np.int64)
 
 
+class BinnedEvents:
+    """Events of one list grouped by the region of the image pixel they fall in.
+
+    For regions of any shape (user bins): a region's events are one slice.
+
+    Parameters
+    ----------
+    x, y, pi
+        As for :class:`EventIndex`.
+    region_map : ndarray (ny, nx) int
+        Region id of each image pixel, -1 in none.
+    grid : (x0, y0, bin)
+        Sky position of the image grid's lower-left corner and sky pixels
+        per image pixel.
+    n_regions : int
+    """
+
+    def __init__(self, x, y, pi, region_map, grid, n_regions: int):
+        from .bins import event_regions
+
+        region = event_regions(x, y, region_map, *grid)
+        keep = np.flatnonzero(region >= 0)
+        order = keep[np.argsort(region[keep], kind="stable")]
+        self.pi = np.ascontiguousarray(np.asarray(pi, dtype=np.int64)[order])
+        self.starts = np.searchsorted(region[order], np.arange(n_regions + 1))
+
+    def __len__(self) -> int:
+        return int(self.pi.shape[0])
+
+    def spectrum(self, region_id: int, nchan: int, offset: int = 1) -> np.ndarray:
+        """PI histogram of the events of one region (as :meth:`EventIndex.spectrum`)."""
+        chan = self.pi[self.starts[region_id]:self.starts[region_id + 1]] - offset
+        chan = chan[(chan >= 0) & (chan < nchan)]
+        return np.bincount(chan, minlength=nchan).astype(np.int64)
+
+
 @dataclass
 class ObsSpectrum:
     """One observation's spectra of one region, ready to fit.
@@ -148,6 +184,9 @@ class RegionSpectra:
         :func:`fill_sorted_events` (e.g. in a node's shared memory); the
         observations' own event lists are then not read. Default: sort
         them here.
+        A table with a bin map (user bins) selects each region's events by
+        the image pixel they fall in (:class:`BinnedEvents`); otherwise by
+        the circle (:class:`EventIndex`).
     """
 
     def __init__(self, observations, table, events=None):
@@ -158,27 +197,40 @@ class RegionSpectra:
             r = o.response
             nchan = int(r.rmf_matrix.shape[1])
             if events is None:
-                src = EventIndex(o.events["x"], o.events["y"], o.events["pi"])
-                bkg = (EventIndex(o.bkg_events["x"], o.bkg_events["y"], o.bkg_events["pi"])
-                       if o.bkg_events is not None else None)
+                lists = (o.events, o.bkg_events)
             else:
-                src, bkg = (_sorted_index(events, k, kind) for kind in EVENT_KINDS)
+                lists = tuple(_sorted_columns(events, k, kind) for kind in EVENT_KINDS)
+            src, bkg = (None if ev is None else self._index(ev, table, presorted=events is not None)
+                        for ev in lists)
             self.obs.append((src, bkg, nchan, int(r.offset), float(o.bkg_scale)))
 
     def __len__(self) -> int:
         return len(self.table)
 
+    @staticmethod
+    def _index(ev: dict, table, presorted: bool):
+        """The event index of one list: by pixel with a bin map, else by circle."""
+        if table.has_bin_map:
+            return BinnedEvents(ev["x"], ev["y"], ev["pi"], table.bin_map, table.bin_grid,
+                                len(table))
+        if presorted:
+            return EventIndex.from_sorted(ev["x"], ev["y"], ev["pi"])
+        return EventIndex(ev["x"], ev["y"], ev["pi"])
+
     def spectra(self, region_id: int) -> list[ObsSpectrum]:
         """Spectra of every used observation of one region (may be empty)."""
         t = self.table
-        xc, yc, rad = float(t.x[region_id]), float(t.y[region_id]), float(t.radius_sky[region_id])
+        if t.has_bin_map:
+            where = (int(region_id),)
+        else:
+            where = (float(t.x[region_id]), float(t.y[region_id]), float(t.radius_sky[region_id]))
         out = []
         for k, (src, bkg, nchan, offset, scale) in enumerate(self.obs):
             expo = float(t.exposure_time[region_id, k])
             if not bool(t.used[region_id, k]) or not expo > 0:
                 continue
-            counts = src.spectrum(xc, yc, rad, nchan, offset)
-            bcounts = bkg.spectrum(xc, yc, rad, nchan, offset) if bkg is not None else None
+            counts = src.spectrum(*where, nchan, offset)
+            bcounts = bkg.spectrum(*where, nchan, offset) if bkg is not None else None
             out.append(ObsSpectrum(k, counts, bcounts, expo, scale))
         return out
 
@@ -229,10 +281,11 @@ def fill_sorted_events(observations, arrays) -> None:
                             {c: arrays[_sorted_key(k, kind, c)] for c in SORTED_DTYPES})
 
 
-def _sorted_index(arrays, k: int, kind: str) -> EventIndex | None:
+def _sorted_columns(arrays, k: int, kind: str) -> dict | None:
+    """x, y, pi of one sorted event list in ``arrays`` (None where there is none)."""
     if _sorted_key(k, kind, "y") not in arrays:
         return None
-    return EventIndex.from_sorted(*(arrays[_sorted_key(k, kind, c)] for c in ("x", "y", "pi")))
+    return {c: arrays[_sorted_key(k, kind, c)] for c in ("x", "y", "pi")}
 
 
 # --------------------------------------------------------------------------

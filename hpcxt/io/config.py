@@ -45,7 +45,8 @@ class Spec:
 
     kind: 'str', 'int', 'float', 'bool', 'path', 'band', 'intlist', 'choice',
     'section' (nested dict of Specs), 'list' (list of sections), 'int_or_auto',
-    'float_or_null', 'choicelist' (a list of distinct ``choices``). ``doc`` is the field's comment in the template (every
+    'float_or_null', 'choicelist' (a list of distinct ``choices``), 'bins' (``acb`` or
+    a path). ``doc`` is the field's comment in the template (every
     field has one); ``example`` is what the template shows instead of the
     default (``{name}`` and ``{obsid}`` are filled in).
     """
@@ -196,6 +197,11 @@ SCHEMA: dict[str, Spec] = {
               children={
         "resolution": _s("choice", "high", choices=("high", "medium", "low"),
                          doc="high | medium | low: fit every 1st | 3rd | 5th pixel"),
+        "bins": _s("bins", "acb", must_exist=True,
+                   doc="acb: adaptive circular binning (the scale map) | a bin map (FITS "
+                       "image of integer bin numbers on any celestial WCS, -1 or NaN "
+                       "outside, as contbin and vtbin write) | a ds9 region file (one "
+                       "region per bin): fit these bins instead"),
         "model": _s("str", "xsphabs*xsapec",
                     doc="xsapec needs AtomDB (apec_root, or CIAO's Sherpa); "
                         "xsphabs*xsbremss needs no data files; xsphabs*atable{file.fits}: "
@@ -474,6 +480,10 @@ class _Validator:
                     self.problem(path, f"{x!r} cannot be freed: one of "
                                  f"{', '.join(spec.choices)}" + _did_you_mean(x, spec.choices))
             return sorted(set(v))
+        if kind == "bins":
+            if v == "acb":
+                return v
+            return self.value(v, Spec("path", must_exist=True), path, is_default)
         if kind == "path":
             if not isinstance(v, (str, os.PathLike)):
                 self.problem(path, f"must be a file path, got {v!r}")

@@ -21,6 +21,22 @@ Layout of ``<workdir>/acb/regions.h5`` (format version 1)::
 
 A circle holds the image pixels whose centres are within ``radius`` of the
 region's pixel centre (pixels beyond the image edge do not exist).
+
+Attribute ``bins`` says what the regions are: ``acb`` (circles of the scale
+map) or user-supplied bins (``fit.bins``), ``map`` (a bin map) or
+``regions`` (a ds9 region file; ``bins_file`` names the file). User bins
+add::
+
+    bin_map            (ny, nx)   int32    region id of each image pixel, -1 in none;
+                                           attrs x0, y0 (sky pixels, lower-left
+                                           corner of the grid) and bin (sky pixels
+                                           per image pixel)
+    bin_id             (n,)       int64    the user's bin number of each region
+
+and then a region is its pixels in ``bin_map`` (x, y its geometric centre,
+row, col its pixel nearest to that centre, radius that of a circle of the
+same area), and ``fraction``, ``effective_exposure`` and ``exposure_time``
+are taken over those pixels.
 """
 
 from __future__ import annotations
@@ -40,6 +56,9 @@ from .workdir import atomic_write
 FORMAT_VERSION = 1
 ROW_FIELDS = ("region_id", "row", "col", "x", "y", "radius", "radius_sky")
 OBS_FIELDS = ("fraction", "effective_exposure", "exposure_time", "used")
+BIN_FIELDS = ("bin_map", "bin_id")
+#: Kinds of regions (attribute ``bins``).
+BIN_KINDS = ("acb", "map", "regions")
 
 
 @dataclass
@@ -62,6 +81,15 @@ class RegionTable:
     config_hash: str = ""
     bundle_hash: str = ""
     inputs: dict = field(default_factory=dict)
+    bins: str = "acb"
+    bins_file: str = ""
+    bin_map: np.ndarray | None = None
+    bin_id: np.ndarray | None = None
+    bin_grid: tuple = ()  # (x0, y0, bin) of bin_map, sky pixels
+
+    @property
+    def has_bin_map(self) -> bool:
+        return self.bin_map is not None
 
     def __len__(self) -> int:
         return int(self.region_id.shape[0])
@@ -69,13 +97,16 @@ class RegionTable:
     def content_hash(self) -> str:
         """SHA-256 (16 hex) of every dataset's bytes and the obsids."""
         h = hashlib.sha256()
-        for name in ROW_FIELDS + OBS_FIELDS:
+        names = ROW_FIELDS + OBS_FIELDS + (BIN_FIELDS if self.has_bin_map else ())
+        for name in names:
             arr = np.ascontiguousarray(getattr(self, name))
             h.update(name.encode())
             h.update(str(arr.dtype).encode())
             h.update(str(arr.shape).encode())
             h.update(arr.tobytes())
         h.update(",".join(self.obsids).encode())
+        if self.has_bin_map:
+            h.update(json.dumps([self.bins, [float(v) for v in self.bin_grid]]).encode())
         return h.hexdigest()[:16]
 
 
@@ -91,6 +122,14 @@ def write_regions(path, table: RegionTable) -> Path:
         f.attrs["obsids"] = np.array(table.obsids, dtype="S")
         for name in ROW_FIELDS + OBS_FIELDS:
             f.create_dataset(name, data=getattr(table, name))
+        f.attrs["bins"] = table.bins
+        f.attrs["bins_file"] = table.bins_file
+        if table.has_bin_map:
+            d = f.create_dataset("bin_map", data=np.asarray(table.bin_map, np.int32),
+                                 compression="gzip", shuffle=True)
+            d.attrs.update(x0=float(table.bin_grid[0]), y0=float(table.bin_grid[1]),
+                           bin=float(table.bin_grid[2]))
+            f.create_dataset("bin_id", data=np.asarray(table.bin_id, np.int64))
     return path
 
 
@@ -102,7 +141,18 @@ def read_regions(path) -> RegionTable:
         if missing:
             raise InputError("missing datasets " + ", ".join(missing), path=path, field=missing[0])
         data = {n: f[n][()] for n in ROW_FIELDS + OBS_FIELDS}
-        table = RegionTable(**data, obsids=[s.decode() for s in f.attrs["obsids"]],
+        bins = str(f.attrs.get("bins", "acb"))
+        if bins != "acb":
+            missing = [n for n in BIN_FIELDS if n not in f]
+            if missing:
+                raise InputError(f"bins {bins!r} without dataset {missing[0]}", path=path,
+                                 field=missing[0])
+            d = f["bin_map"]
+            data.update(bin_map=d[()], bin_id=f["bin_id"][()],
+                        bin_grid=(float(d.attrs["x0"]), float(d.attrs["y0"]),
+                                  float(d.attrs["bin"])))
+        table = RegionTable(**data, bins=bins, bins_file=str(f.attrs.get("bins_file", "")),
+                            obsids=[s.decode() for s in f.attrs["obsids"]],
                             resolution=str(f.attrs["resolution"]), step=int(f.attrs["step"]),
                             target_sn=float(f.attrs["target_sn"]),
                             config_hash=str(f.attrs["config_hash"]),

@@ -139,6 +139,35 @@ class RegionSet:
                 out.append((shape, include))
         return out
 
+    def shape_masks(self, x, y, frame: SkyFrame):
+        """Each include shape's mask, and the union of the exclude shapes.
+
+        Parameters
+        ----------
+        x, y : array_like
+            Sky pixel coordinates (1-based, as in event files).
+        frame : SkyFrame
+
+        Returns
+        -------
+        include : ndarray (n_include, *x.shape) bool
+            In file order.
+        exclude : ndarray x.shape bool
+        """
+        from regions import PixCoord
+
+        x = np.asarray(x, float)
+        y = np.asarray(y, float)
+        pix = PixCoord(x - 1.0, y - 1.0)
+        include, exclude = [], np.zeros(x.shape, bool)
+        for pshape, inc in self._pixel_shapes(frame):
+            hit = np.asarray(pshape.contains(pix), bool)
+            if inc:
+                include.append(hit)
+            else:
+                exclude |= hit
+        return np.array(include, dtype=bool).reshape((len(include),) + x.shape), exclude
+
     def include_bbox(self, frame: SkyFrame):
         """(xmin, xmax, ymin, ymax) in sky pixels of the include shapes."""
         boxes = []

@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 
+from ..bins import assign_bins
 from ..errors import InputError
 from ..export import ds9_regions, provenance_cards
 from ..io.bundle import read_bundle
@@ -64,13 +65,18 @@ def _comment_cards(text: str) -> list[tuple]:
     return [("COMMENT", line, None) for line in textwrap.wrap(text, 70)]
 
 
-def _map_cards(name: str, spec, provenance: list[tuple]) -> list[tuple]:
+def _map_cards(name: str, spec, provenance: list[tuple], bins: str = "acb") -> list[tuple]:
     cards = [("HDUNAME", name.upper(), None),
              ("MAPTITLE", spec.title, None),
              ("MAPVALUE", spec.value_of, "one value per region circle or image pixel")]
     cards += provenance
     cards += _comment_cards(spec.detail)
-    if spec.value_of == "region circle":
+    if spec.value_of == "region circle" and bins != "acb":
+        cards += _comment_cards(
+            "Regions are user-supplied bins (BINS): every pixel of a bin shows its bin's "
+            "value, over the bin's pixels instead of a circle. NaN pixels: the code in "
+            "coverage.fits says why.")
+    elif spec.value_of == "region circle":
         cards += _comment_cards(
             "Each pixel shows the region whose block (BLOCK x BLOCK image pixels around "
             "the fitted pixel) holds it; edge strips the blocks miss show the nearest "
@@ -133,7 +139,10 @@ def run_maps(cfg, coords: str = "fk5") -> dict:
             "flux_bkgsub": flux_image(bundle.counts, bundle.exposure, bundle.mask, threshold,
                                       background=bundle.background)}
     values = region_values(res, table, bundle, sel, sb=flux["flux_bkgsub"])
-    owner, how = assign_pixels(table.row, table.col, table.step, bundle.mask)
+    if table.has_bin_map:
+        owner, how = assign_bins(table.bin_map, bundle.mask)
+    else:
+        owner, how = assign_pixels(table.row, table.col, table.step, bundle.mask)
     coverage = coverage_map(owner, how, sel.codes)
     provenance = provenance_cards(res.fit_inputs or fit_inputs(cfg), table, cfg.cluster.name)
     header = bundle.grid.header()
@@ -142,7 +151,7 @@ def run_maps(cfg, coords: str = "fk5") -> dict:
         spec = MAPS[name]
         images[name] = paint(values[name], owner, coverage)
         _write(wd.map_file(name), images[name].astype(np.float32), header, spec.bunit,
-               _map_cards(name, spec, provenance))
+               _map_cards(name, spec, provenance, table.bins))
     band = [("IMGELO", float(bundle.energy_band[0]), "image band, lower edge, keV"),
             ("IMGEHI", float(bundle.energy_band[1]), "image band, upper edge, keV"),
             ("EXPTHRSH", threshold, "fraction of the peak exposure left out")]
@@ -158,8 +167,10 @@ def run_maps(cfg, coords: str = "fk5") -> dict:
                             "a NaN pixel, and the code says why (COVERn cards)."))
     write_text_atomic(wd.region_file, ds9_regions(
         table, res.status, np.where(sel.keep, kT, np.nan), bundle.grid.wcs(), coords,
-        header=(f"hpcxt regions of {cfg.cluster.name}: the circle each spectrum was "
-                "extracted from",
+        header=((f"hpcxt regions of {cfg.cluster.name}: the circle each spectrum was "
+                 "extracted from") if not table.has_bin_map else
+                (f"hpcxt regions of {cfg.cluster.name}: user bins ({table.bins}), drawn as "
+                 "circles of the same area at their centres (not their shapes)"),
                 "text = region id and kT, tag = region id, colour = status "
                 "(green ok, red failed, yellow pending)")), fsync=False)
     pixels = count_coverage(coverage)

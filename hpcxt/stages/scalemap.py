@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import acb, acb_mpi
+from .. import acb, acb_mpi, bins
 from ..errors import InputError
 from ..hooks import NO_HOOKS
 from ..io.regions_table import RegionTable, write_regions
-from ..io.workdir import WorkDir, fingerprint
+from ..io.workdir import FileHashes, WorkDir, fingerprint
 from ..parallel import bcast_or_raise
 from ..shared import node_shared
 
@@ -71,8 +71,21 @@ def stage_hash(cfg, bundle_hash: str) -> str:
 
 
 def scalemap_inputs(cfg) -> dict:
-    """The config values that decide the scale map and the region table."""
-    return {"acb": cfg.acb.to_dict(), "fit.resolution": cfg.fit.resolution,
+    """The config values that decide the scale map and the region table.
+
+    With user bins (``fit.bins`` a file), the bins file's kind and content
+    (size and SHA-256, not its path: an edited file makes a new table, a
+    moved one does not) take the place of ``acb`` and ``fit.resolution``.
+    """
+    if cfg.fit.bins == "acb":
+        return {"acb": cfg.acb.to_dict(), "fit.resolution": cfg.fit.resolution,
+                "fit.min_obs_fraction": cfg.fit.min_obs_fraction}
+    from ..io.binmap import bins_kind
+
+    hashes = FileHashes(WorkDir.of(cfg).file_hashes)
+    content = hashes.fingerprint(cfg.fit.bins)
+    hashes.save()
+    return {"fit.bins": {"kind": bins_kind(cfg.fit.bins), "content": content},
             "fit.min_obs_fraction": cfg.fit.min_obs_fraction}
 
 
@@ -210,7 +223,9 @@ def run_scalemap(cfg, comm, tile_size: int | None = None, hooks=None,
     """``hpcxt scalemap``: scale map and region table, on every rank of ``comm``.
 
     Collective. Rank 0 reads ``<workdir>/prep/bundle.h5`` and writes
-    ``<workdir>/acb/scalemap.fits`` and ``<workdir>/acb/regions.h5``. Nothing
+    ``<workdir>/acb/scalemap.fits`` and ``<workdir>/acb/regions.h5``; with
+    user bins (``fit.bins`` a file), only the region table, made by rank 0
+    from the bins (:func:`run_user_bins`). Nothing
     is recomputed when both outputs exist and were made from the same
     bundle and the same ``acb``, ``fit.resolution`` and
     ``fit.min_obs_fraction``.
@@ -231,6 +246,9 @@ def run_scalemap(cfg, comm, tile_size: int | None = None, hooks=None,
     inputs are loaded (tests make one rank fail there, to check that one
     failing rank ends the whole job under ``python -m mpi4py``).
     """
+    if cfg.fit.bins != "acb":
+        bcast_or_raise(comm, lambda: run_user_bins(cfg))
+        return
     t_start = time.perf_counter()
     loaded = {}
 
@@ -309,3 +327,117 @@ def _compute_and_write(cfg, comm, inputs: _Inputs, tile_size, hooks, t_start: fl
              "%s s)", fits_path, time.perf_counter() - t_start, t_map - t_start,
              stats.get("tiles", 0), ", ".join(str(n) for n in stats.get("tiles_per_rank", [])),
              ", ".join(f"{s:.2f}" for s in secs))
+
+
+# --------------------------------------------------------------------------
+# user bins
+
+
+def _grid_sky_frame(grid):
+    """The sky frame whose 1-based pixels are sky x, y, from the image grid's WCS."""
+    from ..io.fitsio import SkyFrame
+
+    h = grid.header()
+    return SkyFrame(ra0=float(h["CRVAL1"]), dec0=float(h["CRVAL2"]),
+                    crpix_x=grid.x0 + (float(h["CRPIX1"]) - 0.5) * grid.bin,
+                    crpix_y=grid.y0 + (float(h["CRPIX2"]) - 0.5) * grid.bin,
+                    cdelt_x=float(h["CDELT1"]) / grid.bin, cdelt_y=float(h["CDELT2"]) / grid.bin)
+
+
+def user_bins_on_grid(path, kind: str, grid) -> np.ndarray:
+    """The user's bin number of each image pixel (-1 in none), from a bin map or region file.
+
+    A bin map is reprojected by the nearest bin-map pixel centre
+    (:func:`hpcxt.bins.reproject_bin_map`); a region file's include shapes
+    are bins 0, 1, ... in file order, holding the image pixels whose
+    centres they contain (the first shape wins where they overlap), and
+    its exclude shapes (``-circle``) are left out of every bin.
+    """
+    from ..io.binmap import FIELD, read_bin_map
+
+    if kind == "map":
+        values, wcs = read_bin_map(path)
+        try:
+            return bins.reproject_bin_map(values, wcs, grid.wcs(), grid.shape)
+        except ValueError as exc:
+            raise InputError(str(exc), path=path, field=FIELD) from None
+    from ..prep.regionfile import read_region_file
+
+    regions = read_region_file(path, FIELD)
+    rows, cols = np.mgrid[0:grid.shape[0], 0:grid.shape[1]]
+    x, y = grid.pixel_to_sky(rows, cols)
+    include, exclude = regions.shape_masks(x, y, _grid_sky_frame(grid))
+    if include.shape[0] == 0:
+        raise InputError("has no include region to use as a bin", path=path, field=FIELD)
+    return bins.bin_map_from_masks(include, exclude)
+
+
+def run_user_bins(cfg) -> None:
+    """Rank 0 of ``hpcxt scalemap`` with ``fit.bins`` a file: the region table of the bins.
+
+    One region per bin with mapped pixels (ids in increasing order of the
+    user's bin numbers); per observation, the share of the bin's mapped
+    pixels in its field, the exposure map averaged over them and the
+    effective exposure time (:func:`hpcxt.bins.bin_coverage`,
+    :func:`hpcxt.acb.effective_time`); the bin map on the image grid is
+    stored in the table. Nothing is redone when regions.h5 was made from
+    the same bundle, bins file content and ``fit.min_obs_fraction``.
+
+    Raises
+    ------
+    InputError
+        No bundle, an unreadable bins file, or no bin over a mapped pixel.
+    """
+    from ..io.binmap import FIELD, bins_kind
+    from ..io.bundle import read_bundle
+
+    t_start = time.perf_counter()
+    wd = WorkDir.of(cfg)
+    path = Path(cfg.fit.bins)
+    bh = _bundle_hash_only(wd.bundle)
+    if bh is not None and wd.regions.exists():
+        want = stage_hash(cfg, bh)
+        if _stored_hashes(wd.scalemap, wd.regions)[1] == want:
+            log.info("region table of the bins in %s is up to date (%s)", path, wd.regions)
+            return
+    bundle = read_bundle(wd.bundle, load_events=False)
+    if not bundle.observations:
+        raise InputError("bundle has no observations", path=wd.bundle, field="obs")
+    grid = bundle.grid
+    kind = bins_kind(path)
+    user = user_bins_on_grid(path, kind, grid)
+    mask = bundle.mask.astype(bool)
+    lab = bins.label_bins(user, mask)
+    n_file = np.unique(user[user >= 0]).size
+    if len(lab) == 0:
+        raise InputError(f"none of its {n_file} bins covers a mapped pixel of the image "
+                         "(wrong sky position, or bins on another field?)", path=path,
+                         field=FIELD)
+    fovs = np.stack([o.fov.astype(bool) for o in bundle.observations])
+    expmaps = np.stack([o.exposure_map for o in bundle.observations])
+    fraction, effective = bins.bin_coverage(mask, fovs, expmaps, lab.region_map, len(lab))
+    exposures = np.array([o.exposure for o in bundle.observations], dtype=np.float64)
+    refs = np.array([acb.exposure_reference(o.exposure_map, o.fov)
+                     for o in bundle.observations], dtype=np.float64)
+    x, y = grid.pixel_to_sky(lab.centre_row, lab.centre_col)
+    radius = np.sqrt(lab.n_pixels / np.pi)
+    inputs = scalemap_inputs(cfg)
+    config_hash = stage_hash(cfg, bundle.config_hash)
+    n = len(lab)
+    table = RegionTable(
+        region_id=np.arange(n, dtype=np.int64), row=lab.row, col=lab.col,
+        x=np.asarray(x, dtype=np.float64), y=np.asarray(y, dtype=np.float64),
+        radius=radius, radius_sky=radius * grid.bin, fraction=fraction,
+        effective_exposure=effective,
+        exposure_time=acb.effective_time(fraction, effective, exposures, refs),
+        used=fraction >= float(cfg.fit.min_obs_fraction), obsids=list(bundle.obsids),
+        resolution="bins", step=1, target_sn=0.0, config_hash=config_hash,
+        bundle_hash=bundle.config_hash, inputs=inputs, bins=kind, bins_file=str(path),
+        bin_map=lab.region_map, bin_id=lab.bin_id,
+        bin_grid=(float(grid.x0), float(grid.y0), float(grid.bin)))
+    write_regions(wd.regions, table)
+    log.info("regions: %d user bins (%s %s; %d of its bins on the image), %d to %d "
+             "image pixels each (median %d); %s in %.2f s", n,
+             "bin map" if kind == "map" else "region file", path, n_file,
+             int(lab.n_pixels.min()), int(lab.n_pixels.max()), int(np.median(lab.n_pixels)),
+             wd.regions, time.perf_counter() - t_start)
