@@ -218,3 +218,28 @@ def test_chunk_rows_is_a_config_field(prepped_small, tmp_path):
     with pytest.raises(InputError, match="prep.chunk_rows"):
         load_config(bad, check_files=False)
     assert load_config(prepped_small).prep.chunk_rows == P.DEFAULT_CHUNK_ROWS
+
+
+def test_blockwise_binning_and_crop_match_one_block(monkeypatch):
+    """bin_events and crop_events work a block of events at a time; the answer is the same."""
+    from hpcxt.data import ImageGrid
+
+    rng = np.random.default_rng(11)
+    n = 10_000
+    ce = P.CleanEvents(x=rng.uniform(3900, 4300, n), y=rng.uniform(3900, 4300, n),
+                       pi=rng.integers(1, 1025, n).astype(np.int32),
+                       energy=rng.uniform(300, 11000, n).astype(np.float32), exposure=1.0,
+                       removed={r: 0 for r in P.REASONS}, n_input=n)
+    grid = ImageGrid(shape=(60, 70), x0=3950.5, y0=3960.5, bin=4, wcs_header="")
+    frame = SkyFrame(ra0=150.0, dec0=2.0)
+    select = ce.energy < 5000
+    one_block = (P.bin_events(ce.x[select], ce.y[select], grid),
+                 P.crop_events(ce, None, grid, frame))
+    monkeypatch.setattr(P, "EVENT_BLOCK", 999)
+    image = P.bin_events(ce.x, ce.y, grid, select)
+    np.testing.assert_array_equal(image, one_block[0])
+    assert image.sum() > 0.1 * n
+    cropped = P.crop_events(ce, None, grid, frame, in_place=True)
+    assert cropped is ce
+    _assert_same_clean(cropped, one_block[1])
+    assert 0 < cropped.removed["outside_crop"] < n

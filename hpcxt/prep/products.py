@@ -177,14 +177,31 @@ def scale_counts(src: "CleanEvents", bkg: "CleanEvents") -> tuple[int, int, str]
     return src.scale_band_counts, bkg.scale_band_counts, "whole_field"
 
 
-def bin_events(x, y, grid: ImageGrid) -> np.ndarray:
-    """Counts image (ny, nx) of events at sky x, y (sky pixels) on ``grid``."""
+#: Events per block of the whole-observation steps (binning, crop): their
+#: temporaries (~50 bytes an event) stay small beside the events themselves.
+EVENT_BLOCK = 1 << 20
+
+
+def _blocks(n: int):
+    for start in range(0, n, EVENT_BLOCK):
+        yield slice(start, min(start + EVENT_BLOCK, n))
+
+
+def bin_events(x, y, grid: ImageGrid, select=None) -> np.ndarray:
+    """Counts image (ny, nx) of events at sky x, y (sky pixels) on ``grid``.
+
+    ``select`` (bool, like ``x``) bins only those events, without copying them.
+    """
     ny, nx = grid.shape
-    row, col = grid.sky_to_pixel(x, y)
-    r = np.floor(row).astype(np.int64)
-    c = np.floor(col).astype(np.int64)
-    ok = (r >= 0) & (r < ny) & (c >= 0) & (c < nx)
-    img = np.bincount(r[ok] * nx + c[ok], minlength=ny * nx)
+    img = np.zeros(ny * nx, np.int64)
+    for b in _blocks(len(x)):
+        row, col = grid.sky_to_pixel(x[b], y[b])
+        r = np.floor(row).astype(np.int64)
+        c = np.floor(col).astype(np.int64)
+        ok = (r >= 0) & (r < ny) & (c >= 0) & (c < nx)
+        if select is not None:
+            ok &= select[b]
+        img += np.bincount(r[ok] * nx + c[ok], minlength=ny * nx)
     return img.reshape(ny, nx).astype(np.float64)
 
 
@@ -431,14 +448,27 @@ def _column_names(ev: EventFile) -> set:
     return {low for low, *_ in ev.table.columns}
 
 
-def crop_events(ce: CleanEvents, crop, grid: ImageGrid, frame: SkyFrame) -> CleanEvents:
-    """Keep events inside the crop shapes and the image grid (reason ``outside_crop``)."""
+def crop_events(ce: CleanEvents, crop, grid: ImageGrid, frame: SkyFrame,
+                in_place: bool = False) -> CleanEvents:
+    """Keep events inside the crop shapes and the image grid (reason ``outside_crop``).
+
+    ``in_place`` replaces ``ce``'s columns one at a time, so that the events
+    are never held twice (prep's peak memory is the bundle's events plus
+    one column), and returns ``ce``.
+    """
     ny, nx = grid.shape
-    row, col = grid.sky_to_pixel(ce.x, ce.y)
-    inside = (row >= 0) & (row < ny) & (col >= 0) & (col < nx)
-    if crop is not None:
-        inside &= crop.contains(ce.x, ce.y, frame)
-    out = ce.select(inside)
+    inside = np.empty(len(ce.x), bool)
+    for b in _blocks(len(ce.x)):
+        row, col = grid.sky_to_pixel(ce.x[b], ce.y[b])
+        inside[b] = (row >= 0) & (row < ny) & (col >= 0) & (col < nx)
+        if crop is not None:
+            inside[b] &= crop.contains(ce.x[b], ce.y[b], frame)
+    if in_place:
+        for name in ("x", "y", "pi", "energy"):
+            setattr(ce, name, getattr(ce, name)[inside])
+        out = ce
+    else:
+        out = ce.select(inside)
     out.removed["outside_crop"] += int((~inside).sum())
     return out
 

@@ -323,7 +323,7 @@ def _make_bundle(cfg, obs_products, clean_fps, wd: WorkDir, frame, crop, point_s
     for o, clean_path in zip(obs_products, clean_paths):
         obsid = o["obsid"]
         _, meta, src, bkg = _load_clean(clean_path)
-        src = P.crop_events(src, crop, grid, frame)
+        src = P.crop_events(src, crop, grid, frame, in_place=True)
         expimg = read_image(o["exposure_map"], role=f"observation {obsid} exposure map")
         expmap = P.sample_image_on_grid(expimg.data, expimg.wcs, grid, frame)
         checks.check_exposure_overlap(P.bin_events(src.x, src.y, grid), expmap, o["events"],
@@ -331,13 +331,13 @@ def _make_bundle(cfg, obs_products, clean_fps, wd: WorkDir, frame, crop, point_s
         fov = (expmap > 0) & in_crop & ~in_ps
         expmap = np.where(fov, expmap, 0.0)
         in_band = (src.energy >= band[0] * 1000) & (src.energy < band[1] * 1000)
-        counts += P.bin_events(src.x[in_band], src.y[in_band], grid)
+        counts += P.bin_events(src.x, src.y, grid, in_band)
         bkg_scale = meta.get("bkg_scale", 0.0)
         bkg_events = None
         if bkg is not None and has_background:
-            bkg = P.crop_events(bkg, crop, grid, frame)
+            bkg = P.crop_events(bkg, crop, grid, frame, in_place=True)
             bkg_in_band = (bkg.energy >= band[0] * 1000) & (bkg.energy < band[1] * 1000)
-            background += bkg_scale * P.bin_events(bkg.x[bkg_in_band], bkg.y[bkg_in_band], grid)
+            background += bkg_scale * P.bin_events(bkg.x, bkg.y, grid, bkg_in_band)
             bkg_events = bkg.as_dict()
         exposure += expmap
         response = read_response(o["arf"], o["rmf"])
