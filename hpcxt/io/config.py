@@ -154,6 +154,10 @@ SCHEMA: dict[str, Spec] = {
         "background_scale_band": _s("band", [9.5, 12.0], min=0.1, max=15.0,
                                     doc="keV, band of the source/background count ratio "
                                         "that scales the background"),
+        "chunk_rows": _s("int", 2_000_000, min=1,
+                         doc="event-file rows read and filtered at a time: prep's memory "
+                             "holds the kept events and one chunk (~70 bytes a row), not "
+                             "the whole file; the bundle does not depend on it"),
         "ciao": _s("section", {}, doc="Only with prep.backend: ciao.", children={
             "download": _s("bool", True,
                            doc="download_chandra_obsid when the data are not in data_dir"),

@@ -10,10 +10,13 @@ the file and the extension, column or keyword.
 from __future__ import annotations
 
 import contextlib
+import re
 import unicodedata
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import quote
 
 import numpy as np
@@ -115,9 +118,30 @@ class EventFile:
     header: dict
     gti: dict = field(default_factory=dict)  # ccd_id (or -1 for all) -> (start, stop) arrays
     pi_range: tuple | None = None  # (TLMIN, TLMAX) of the PI column, when the header has them
+    #: Where the rows are on disk, when they were not read (:func:`open_events`).
+    table: "EventTable | None" = None
 
     def __len__(self) -> int:
+        if self.table is not None and not self.columns:
+            return self.table.n_rows
         return int(self.columns["x"].shape[0])
+
+    def chunks(self, chunk_rows: int, stats: "ChunkStats | None" = None) -> Iterator[dict]:
+        """The columns of consecutive row ranges of at most ``chunk_rows`` rows.
+
+        From the file (:meth:`EventTable.read_chunks`) when the events were
+        not read, else views of the columns in memory, so that both take the
+        same path through prep. Each chunk is a dict like ``columns``.
+        """
+        if self.table is not None and not self.columns:
+            yield from self.table.read_chunks(chunk_rows, stats)
+            return
+        n = len(self)
+        for start in range(0, max(n, 1), chunk_rows):
+            chunk = {k: v[start:start + chunk_rows] for k, v in self.columns.items()}
+            if stats is not None:
+                stats.record(chunk, 0)
+            yield chunk
 
 
 #: Bytes of a FITS block: every header and data unit fills whole blocks.
@@ -317,6 +341,137 @@ def _events_table(hdul, path, need_time: bool):
     return hdu, names, frame
 
 
+#: numpy storage of each FITS binary-table format letter (FITS 4.0, table 18), big-endian.
+_TFORM_DTYPES = {"L": "i1", "X": "u1", "B": "u1", "I": ">i2", "J": ">i4", "K": ">i8",
+                 "A": "S1", "E": ">f4", "D": ">f8", "C": ">c8", "M": ">c16"}
+_TFORM = re.compile(r"^\s*(\d*)([LXBIJKAEDCM])")
+
+#: dtype of each event column as prep holds it (lower-case names; others are not read).
+EVENT_DTYPES = {"x": np.float64, "y": np.float64, "pi": np.int32, "energy": np.float32,
+                "time": np.float64, "ccd_id": np.int16}
+
+
+@dataclass
+class ChunkStats:
+    """What a chunked read of event files held: the seam tests and benchmarks watch.
+
+    Passed in by the caller; the reader records every chunk it hands out.
+    ``max_live_chunks`` is the most chunks whose column arrays were alive at
+    once (1: one chunk in memory at a time), found with weak references, so
+    it counts what the consumer really kept, not what it meant to.
+    """
+
+    chunks: int = 0
+    rows: int = 0
+    max_chunk_rows: int = 0
+    #: Largest memory of one chunk, bytes: its raw rows as read plus its columns.
+    max_chunk_bytes: int = 0
+    max_live_chunks: int = 0
+    _live: list = field(default_factory=list, repr=False)
+
+    def record(self, columns: dict, raw_bytes: int) -> None:
+        self._live = [refs for refs in self._live if any(r() is not None for r in refs)]
+        arrays = list(columns.values())
+        self._live.append([weakref.ref(a) for a in arrays])
+        n = int(arrays[0].shape[0]) if arrays else 0
+        self.chunks += 1
+        self.rows += n
+        self.max_chunk_rows = max(self.max_chunk_rows, n)
+        self.max_chunk_bytes = max(self.max_chunk_bytes,
+                                   raw_bytes + sum(int(a.nbytes) for a in arrays))
+        self.max_live_chunks = max(self.max_live_chunks, len(self._live))
+
+
+@dataclass(frozen=True)
+class EventTable:
+    """Where an EVENTS table's rows lie in its file, to read them a row range at a time.
+
+    The rows are read as raw bytes (``numpy.fromfile`` of a structured
+    big-endian dtype built from TFORMn), then only prep's columns are
+    converted, so a chunk costs ``chunk_rows`` times (row bytes + 34 bytes).
+    """
+
+    path: Path
+    data_offset: int  # bytes from the start of the file to the first row
+    n_rows: int
+    row_dtype: np.dtype
+    #: lower-case name -> (name as written, TSCAL, TZERO) of the columns prep reads
+    columns: tuple
+
+    @classmethod
+    def of(cls, hdul, index: int, names: dict, path: Path) -> "EventTable | None":
+        """The layout of HDU ``index``, or None when it cannot be read by rows (then read whole)."""
+        hdu = hdul[index]
+        h = hdu.header
+        fields = []
+        for i, name in enumerate(hdu.columns.names, start=1):
+            m = _TFORM.match(str(h.get(f"TFORM{i}", "")))
+            if m is None:  # variable-length (P, Q) or malformed: let astropy read it
+                return None
+            repeat = int(m.group(1) or 1)
+            code = m.group(2)
+            if code == "X":
+                fields.append((f"c{i}", "u1", ((repeat + 7) // 8,)))
+            elif code == "A":
+                fields.append((f"c{i}", f"S{repeat}"))
+            else:
+                base = _TFORM_DTYPES[code]
+                fields.append((f"c{i}", base, (repeat,)) if repeat != 1 else (f"c{i}", base))
+        row_dtype = np.dtype(fields)
+        if row_dtype.itemsize != int(h["NAXIS1"]):
+            return None
+        index_of = {n.lower(): i for i, n in enumerate(hdu.columns.names, start=1)}
+        cols = []
+        for low in EVENT_DTYPES:
+            if low in names:
+                i = index_of[low]
+                if row_dtype[f"c{i}"].shape:  # a vector column where prep needs a scalar
+                    return None
+                cols.append((low, f"c{i}", h.get(f"TSCAL{i}"), h.get(f"TZERO{i}")))
+        return cls(path=path, data_offset=int(hdul.fileinfo(index)["datLoc"]),
+                   n_rows=int(h["NAXIS2"]), row_dtype=row_dtype, columns=tuple(cols))
+
+    def read_chunks(self, chunk_rows: int, stats: ChunkStats | None = None) -> Iterator[dict]:
+        """Columns (dtypes of :data:`EVENT_DTYPES`) of row ranges of at most ``chunk_rows`` rows.
+
+        Only one chunk's raw rows are held at a time; a chunk with a
+        non-finite x, y or energy raises the InputError of :func:`read_events`.
+        """
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be positive, not {chunk_rows}")
+        with open(self.path, "rb") as f:
+            for start in range(0, max(self.n_rows, 1), chunk_rows):
+                n = min(chunk_rows, self.n_rows - start)
+                f.seek(self.data_offset + start * self.row_dtype.itemsize)
+                raw = np.fromfile(f, dtype=self.row_dtype, count=n)
+                if raw.shape[0] != n:
+                    raise InputError(f"truncated or corrupt events file: rows {start + raw.shape[0]:,}"
+                                     f"-{start + n:,} are missing", path=self.path)
+                chunk = {}
+                for low, raw_name, scale, zero in self.columns:
+                    values = raw[raw_name]
+                    if scale is not None or zero is not None:
+                        values = values * float(scale if scale is not None else 1.0) + \
+                            float(zero if zero is not None else 0.0)
+                    chunk[low] = np.asarray(values, dtype=EVENT_DTYPES[low])
+                raw_bytes = int(raw.nbytes)
+                del raw, values
+                _check_finite(chunk, self.path, start)
+                if stats is not None:
+                    stats.record(chunk, raw_bytes)
+                yield chunk
+                del chunk
+
+
+def _check_finite(cols: dict, path: Path, first_row: int | None = None) -> None:
+    for col in ("x", "y", "energy"):
+        if cols[col].size and not np.all(np.isfinite(cols[col])):
+            bad = int(np.count_nonzero(~np.isfinite(cols[col])))
+            where = "" if first_row is None else \
+                f" (in rows {first_row + 1:,}-{first_row + cols[col].size:,})"
+            raise InputError(f"{bad} events have non-finite '{col}'{where}", path=path, field=col)
+
+
 def read_events_header(path, role: str = "events", need_time: bool = True) -> EventFile:
     """The columns' names and limits and the sky frame of an event file, without its events.
 
@@ -359,25 +514,39 @@ def read_events(path, role: str = "events", need_time: bool = True) -> EventFile
         column missing (x, y, pi, energy, and time for source events), no
         sky WCS, no positive EXPOSURE.
     """
+    return _event_file(path, role, need_time, whole=True)
+
+
+def open_events(path, role: str = "events", need_time: bool = True) -> EventFile:
+    """An event file's headers, GTIs and row layout, for reading its events in chunks.
+
+    Like :func:`read_events`, but ``columns`` stays empty and ``table``
+    says where the rows are: :meth:`EventFile.chunks` reads them a row
+    range at a time, so memory does not grow with the file. A table whose
+    rows cannot be read by range (variable-length columns) is read whole.
+    Raises the same InputErrors as :func:`read_events` (non-finite values
+    when their chunk is read).
+    """
+    return _event_file(path, role, need_time, whole=False)
+
+
+def _event_file(path, role: str, need_time: bool, whole: bool) -> EventFile:
     path = Path(path)
     hdul = open_fits(path, f"{role} file")
     with hdul, reading(path, f"{role} file"):
         hdu, names, frame = _events_table(hdul, path, need_time)
-        data = hdu.data
-        cols = {
-            "x": np.asarray(data[names["x"]], dtype=np.float64),
-            "y": np.asarray(data[names["y"]], dtype=np.float64),
-            "pi": np.asarray(data[names["pi"]], dtype=np.int32),
-        }
-        cols["energy"] = np.asarray(data[names["energy"]], dtype=np.float32)
-        if "time" in names:
-            cols["time"] = np.asarray(data[names["time"]], dtype=np.float64)
-        if "ccd_id" in names:
-            cols["ccd_id"] = np.asarray(data[names["ccd_id"]], dtype=np.int16)
-        for col in ("x", "y", "energy"):
-            if cols[col].size and not np.all(np.isfinite(cols[col])):
-                bad = int(np.count_nonzero(~np.isfinite(cols[col])))
-                raise InputError(f"{bad} events have non-finite '{col}'", path=path, field=col)
+        table = None
+        if not whole:
+            index = next(i for i, h in enumerate(hdul) if h is hdu)
+            table = EventTable.of(hdul, index, names, path)
+        cols = {}
+        if table is None:
+            data = hdu.data
+            for low, dtype in EVENT_DTYPES.items():
+                if low in names:
+                    cols[low] = np.asarray(data[names[low]], dtype=dtype)
+            del data
+            _check_finite(cols, path)
         h = hdu.header
         exposure = None
         for key in ("EXPOSURE", "LIVETIME", "ONTIME"):
@@ -410,7 +579,7 @@ def read_events(path, role: str = "events", need_time: bool = True) -> EventFile
                 gti[ccd] = (start[order], stop[order])
         pi_range = _column_limits(hdu, names["pi"])
     return EventFile(path=path, columns=cols, frame=frame, exposure=exposure,
-                     header=header, gti=gti, pi_range=pi_range)
+                     header=header, gti=gti, pi_range=pi_range, table=table)
 
 
 @dataclass

@@ -24,6 +24,13 @@ in ``prep.energy_band``, and the background is scaled by the ratio of
 source to background counts in ``prep.background_scale_band`` (9.5-12 keV,
 where the particle background dominates).
 
+Event files are filtered a chunk of rows at a time (``prep.chunk_rows``),
+so memory is set by the events kept and the chunk, not by the file: every
+filter is a test of one event, and what needs the whole observation is
+accumulated over the chunks first (the deflaring light curve is a
+histogram on bins fixed by the GTIs; the removed and background-scaling
+counts are sums), so the result is the same for any chunk size.
+
 The functions that do science take arrays and return arrays; reading files
 and choosing what to do lives in :mod:`hpcxt.driver`.
 """
@@ -37,7 +44,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..data import ImageGrid
-from ..io.fitsio import EventFile, SkyFrame
+from ..io.fitsio import ChunkStats, EventFile, SkyFrame
 from . import intervals
 from .deflare import DeflareError, DeflareRule, good_bins, kept_fraction, low_kept_message
 
@@ -48,19 +55,20 @@ SPECTRAL_RANGE_KEV = (0.3, 11.0)
 #: Background-scaling counts needed outside the crop region to use only them.
 MIN_SCALE_COUNTS = 400
 REASONS = ("ccd", "gti", "flare", "point_source", "energy", "outside_crop")
+#: Rows of an event file filtered at a time (``prep.chunk_rows``): about 70 MB of a
+#: Chandra evt2 file's rows and 70 MB of the columns prep converts.
+DEFAULT_CHUNK_ROWS = 2_000_000
 
 
 # --------------------------------------------------------------------------
 # kernels
 
 
-def light_curve(time, good, bin_seconds: float):
-    """Counts and exposure per time bin, restricted to good time.
+def light_curve_bins(good, bin_seconds: float):
+    """Bin edges and good time per bin of a light curve; they depend on the GTIs alone.
 
     Parameters
     ----------
-    time : ndarray (n,)
-        Event times, s.
     good : (starts, stops)
         Good-time intervals, s.
     bin_seconds : float
@@ -69,16 +77,14 @@ def light_curve(time, good, bin_seconds: float):
     Returns
     -------
     edges : ndarray (m+1,)   bin edges, s
-    counts : ndarray (m,)    events per bin
     exposure : ndarray (m,)  good time in each bin, s
     """
     starts, stops = intervals.normalise(*good)
     if starts.size == 0:
-        return np.zeros(1), np.zeros(0), np.zeros(0)
+        return np.zeros(1), np.zeros(0)
     t0, t1 = starts[0], stops[-1]
     nbin = max(1, int(np.ceil((t1 - t0) / bin_seconds)))
     edges = t0 + bin_seconds * np.arange(nbin + 1)
-    counts = np.histogram(time, bins=edges)[0].astype(float)
     # good time per bin: integrate the GTI indicator between edges
     cum_edges = np.concatenate([[0.0], np.cumsum(stops - starts)])
     def covered(t):
@@ -87,8 +93,24 @@ def light_curve(time, good, bin_seconds: float):
         within = np.where(idx >= 0, np.clip(t - starts[np.clip(idx, 0, None)], 0.0,
                                             (stops - starts)[np.clip(idx, 0, None)]), 0.0)
         return base + within
-    exposure = np.diff(covered(edges))
-    return edges, counts, exposure
+    return edges, np.diff(covered(edges))
+
+
+def light_curve_counts(time, edges) -> np.ndarray:
+    """Events per light-curve bin (m,), int64; sums over chunks of ``time`` add up exactly."""
+    if edges.size < 2:
+        return np.zeros(0, np.int64)
+    return np.histogram(time, bins=edges)[0].astype(np.int64)
+
+
+def light_curve(time, good, bin_seconds: float):
+    """Counts and exposure per time bin of events at ``time`` (s), restricted to good time.
+
+    :func:`light_curve_bins` and :func:`light_curve_counts` in one call;
+    returns ``edges`` (m+1,), ``counts`` (m,) and ``exposure`` (m,).
+    """
+    edges, exposure = light_curve_bins(good, bin_seconds)
+    return edges, light_curve_counts(time, edges).astype(float), exposure
 
 
 def flare_bins(counts, exposure, rule: DeflareRule, path=None, obsid: str = "") -> np.ndarray:
@@ -155,14 +177,31 @@ def scale_counts(src: "CleanEvents", bkg: "CleanEvents") -> tuple[int, int, str]
     return src.scale_band_counts, bkg.scale_band_counts, "whole_field"
 
 
-def bin_events(x, y, grid: ImageGrid) -> np.ndarray:
-    """Counts image (ny, nx) of events at sky x, y (sky pixels) on ``grid``."""
+#: Events per block of the whole-observation steps (binning, crop): their
+#: temporaries (~50 bytes an event) stay small beside the events themselves.
+EVENT_BLOCK = 1 << 20
+
+
+def _blocks(n: int):
+    for start in range(0, n, EVENT_BLOCK):
+        yield slice(start, min(start + EVENT_BLOCK, n))
+
+
+def bin_events(x, y, grid: ImageGrid, select=None) -> np.ndarray:
+    """Counts image (ny, nx) of events at sky x, y (sky pixels) on ``grid``.
+
+    ``select`` (bool, like ``x``) bins only those events, without copying them.
+    """
     ny, nx = grid.shape
-    row, col = grid.sky_to_pixel(x, y)
-    r = np.floor(row).astype(np.int64)
-    c = np.floor(col).astype(np.int64)
-    ok = (r >= 0) & (r < ny) & (c >= 0) & (c < nx)
-    img = np.bincount(r[ok] * nx + c[ok], minlength=ny * nx)
+    img = np.zeros(ny * nx, np.int64)
+    for b in _blocks(len(x)):
+        row, col = grid.sky_to_pixel(x[b], y[b])
+        r = np.floor(row).astype(np.int64)
+        c = np.floor(col).astype(np.int64)
+        ok = (r >= 0) & (r < ny) & (c >= 0) & (c < nx)
+        if select is not None:
+            ok &= select[b]
+        img += np.bincount(r[ok] * nx + c[ok], minlength=ny * nx)
     return img.reshape(ny, nx).astype(np.float64)
 
 
@@ -229,56 +268,110 @@ class CleanEvents:
         return {"x": self.x, "y": self.y, "pi": self.pi, "energy": self.energy}
 
 
-def _all_chip_gti(ev: EventFile, ccds):
-    if not ev.gti:
-        return None
-    chips = [c for c in ev.gti if c in ccds] or list(ev.gti)
-    start = np.concatenate([ev.gti[c][0] for c in chips])
-    stop = np.concatenate([ev.gti[c][1] for c in chips])
-    return intervals.normalise(start, stop)
-
-
-def _in_gti(ev: EventFile, ccds) -> np.ndarray:
-    """Events inside their chip's good-time intervals (or all chips' if not per chip)."""
-    c, n = ev.columns, len(ev)
-    if "ccd_id" not in c or not any(k >= 0 for k in ev.gti):
-        return intervals.contains(c["time"], _all_chip_gti(ev, ccds))
+def _in_gti(c: dict, gti: dict, ccds) -> np.ndarray:
+    """Events (columns ``c``) inside their chip's good-time intervals (or all chips' if not per chip)."""
+    n = c["time"].shape[0]
+    if "ccd_id" not in c or not any(k >= 0 for k in gti):
+        return intervals.contains(c["time"], _all_chip_gti_of(gti, ccds))
     in_gti = np.zeros(n, bool)
-    for chip, (s, e) in ev.gti.items():
+    for chip, (s, e) in gti.items():
         sel = c["ccd_id"] == chip if chip >= 0 else np.ones(n, bool)
         in_gti[sel] = intervals.contains(c["time"][sel], (s, e))
     return in_gti
 
 
-def _flare_intervals(ev: EventFile, keep, total, deflare_cfg, point_sources):
-    """(starts, stops) of the light-curve bins that ``prep.deflare``'s rule rejects.
+def _all_chip_gti_of(gti: dict, ccds):
+    chips = [c for c in gti if c in ccds] or list(gti)
+    start = np.concatenate([gti[c][0] for c in chips])
+    stop = np.concatenate([gti[c][1] for c in chips])
+    return intervals.normalise(start, stop)
 
-    The light curve is of the kept events in ``prep.deflare.band`` outside
-    the point sources, binned by ``bin_seconds`` over the good time ``total``.
+
+@dataclass
+class _Plan:
+    """What :func:`clean_events` applies to every chunk of one event file."""
+
+    ev: EventFile
+    ccds: np.ndarray
+    deflare_cfg: object
+    point_sources: object
+    frame: SkyFrame
+    use_time: bool
+    scale_band: tuple
+    scale_exclude: object
+    flare_iv: tuple = ((), ())
+
+
+def _flare_light_curve_chunk(c: dict, plan: _Plan, edges) -> np.ndarray:
+    """Counts per light-curve bin of one chunk's events that would enter deflare's light curve.
+
+    Those that pass the ccd and GTI filters, in ``prep.deflare.band``,
+    outside the point sources.
     """
-    c = ev.columns
+    keep = np.ones(c["x"].shape[0], bool)
+    if "ccd_id" in c:
+        keep &= np.isin(c["ccd_id"], plan.ccds)
+    keep &= _in_gti(c, plan.ev.gti, plan.ccds)
+    lo, hi = plan.deflare_cfg.band
     e_kev = c["energy"] / 1000.0
-    lo, hi = deflare_cfg.band
-    in_band = keep & (e_kev >= lo) & (e_kev < hi)
-    if point_sources is not None:
-        in_band &= ~point_sources.contains(c["x"], c["y"], ev.frame)
-    edges, counts, expo = light_curve(c["time"][in_band], total, deflare_cfg.bin_seconds)
-    bad = flare_bins(counts, expo, DeflareRule.from_config(deflare_cfg), path=ev.path,
-                     obsid=str(ev.header.get("OBS_ID", "")))
-    if not bad.any():
-        return ((), ())
-    return intervals.normalise(edges[:-1][bad], edges[1:][bad])
+    keep &= (e_kev >= lo) & (e_kev < hi)
+    idx = np.flatnonzero(keep)
+    if plan.point_sources is not None and idx.size:
+        keep[idx] = ~plan.point_sources.contains(c["x"][idx], c["y"][idx], plan.ev.frame)
+    return light_curve_counts(c["time"][keep], edges)
+
+
+def _filter_chunk(c: dict, plan: _Plan, removed: dict, scale: list):
+    """The events of one chunk that pass every filter, reprojected; counts added in place.
+
+    ``removed`` gains the chunk's removed events per reason, ``scale`` its
+    [in-band, in-band outside ``scale_exclude``] background-scaling counts.
+    Returns x, y (sky pixels of ``plan.frame``), pi, energy of the kept events.
+    """
+    keep = np.ones(c["x"].shape[0], bool)
+
+    def drop(reason, bad):
+        bad &= keep
+        removed[reason] += int(np.count_nonzero(bad))
+        keep[bad] = False
+
+    if "ccd_id" in c:
+        drop("ccd", ~np.isin(c["ccd_id"], plan.ccds))
+    if plan.use_time:
+        drop("gti", ~_in_gti(c, plan.ev.gti, plan.ccds))
+        if len(plan.flare_iv[0]):
+            drop("flare", intervals.contains(c["time"], plan.flare_iv))
+    if plan.point_sources is not None and keep.size:
+        drop("point_source", plan.point_sources.contains(c["x"], c["y"], plan.ev.frame))
+    e_kev = c["energy"] / 1000.0
+    in_scale_band = keep & (e_kev >= plan.scale_band[0]) & (e_kev < plan.scale_band[1])
+    scale[0] += int(np.count_nonzero(in_scale_band))
+    idx = np.flatnonzero(in_scale_band)
+    if plan.scale_exclude is not None and idx.size:
+        scale[1] += int(np.count_nonzero(
+            ~plan.scale_exclude.contains(c["x"][idx], c["y"][idx], plan.ev.frame)))
+    drop("energy", (e_kev < SPECTRAL_RANGE_KEV[0]) | (e_kev >= SPECTRAL_RANGE_KEV[1]))
+    x, y = plan.ev.frame.reproject_to(plan.frame, c["x"][keep], c["y"][keep])
+    return (np.asarray(x, np.float64), np.asarray(y, np.float64), c["pi"][keep],
+            c["energy"][keep])
 
 
 def clean_events(ev: EventFile, ccds, deflare_cfg, point_sources, frame: SkyFrame,
                  is_background: bool = False, scale_band=(9.5, 12.0),
-                 scale_exclude=None) -> CleanEvents:
+                 scale_exclude=None, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                 stats: ChunkStats | None = None) -> CleanEvents:
     """Apply ccd, energy, GTI, flare and point-source filters to one event file.
+
+    The events are filtered ``chunk_rows`` at a time (read from the file
+    when ``ev`` came from :func:`~hpcxt.io.fitsio.open_events`), so memory
+    holds the kept events and one chunk; with deflaring, a first pass over
+    the chunks builds the light curve. The result does not depend on
+    ``chunk_rows``.
 
     Parameters
     ----------
     ev : EventFile
-        Events as read.
+        Events as read, or opened for reading in chunks.
     ccds : list of int
         Chips to keep.
     deflare_cfg : Section or None
@@ -294,6 +387,10 @@ def clean_events(ev: EventFile, ccds, deflare_cfg, point_sources, frame: SkyFram
     scale_exclude : RegionSet, optional
         Area also left out of a second count, ``scale_band_counts_outside``
         (the crop region: see :func:`scale_counts`).
+    chunk_rows : int
+        Rows filtered at a time (``prep.chunk_rows``).
+    stats : ChunkStats, optional
+        Records every chunk read (tests and benchmarks watch memory with it).
 
     Returns
     -------
@@ -301,60 +398,77 @@ def clean_events(ev: EventFile, ccds, deflare_cfg, point_sources, frame: SkyFram
         With ``removed`` counts per reason, the deflared exposure (s) and
         ``scale_band_counts``.
     """
-    c = ev.columns
     n = len(ev)
-    keep = np.ones(n, bool)
     removed = {r: 0 for r in REASONS}
-
-    def drop(reason, bad):
-        nonlocal keep
-        bad = bad & keep
-        removed[reason] += int(bad.sum())
-        keep &= ~bad
-
-    if "ccd_id" in c:
-        drop("ccd", ~np.isin(c["ccd_id"], np.asarray(ccds)))
-    e_kev = c["energy"] / 1000.0
+    use_time = not is_background and "time" in _column_names(ev) and bool(ev.gti)
+    plan = _Plan(ev=ev, ccds=np.asarray(ccds), deflare_cfg=deflare_cfg,
+                 point_sources=point_sources, frame=frame, use_time=use_time,
+                 scale_band=tuple(scale_band), scale_exclude=scale_exclude)
 
     exposure = ev.exposure
     good_time = ((), ())
-    flare_iv = ((), ())
-    if not is_background and "time" in c and ev.gti:
-        drop("gti", ~_in_gti(ev, ccds))
-        total = _all_chip_gti(ev, ccds)
+    if use_time:
+        total = _all_chip_gti_of(ev.gti, ccds)
         good_time = total
         if deflare_cfg is not None and deflare_cfg.enabled:
-            flare_iv = _flare_intervals(ev, keep, total, deflare_cfg, point_sources)
-            if len(flare_iv[0]):
-                drop("flare", intervals.contains(c["time"], flare_iv))
-                good_time = intervals.subtract(total, flare_iv)
+            edges, expo = light_curve_bins(total, deflare_cfg.bin_seconds)
+            counts = np.zeros(max(edges.size - 1, 0), np.int64)
+            for c in ev.chunks(chunk_rows, stats):
+                counts += _flare_light_curve_chunk(c, plan, edges)
+                del c
+            bad = flare_bins(counts.astype(float), expo, DeflareRule.from_config(deflare_cfg),
+                             path=ev.path, obsid=str(ev.header.get("OBS_ID", "")))
+            if bad.any():
+                plan.flare_iv = intervals.normalise(edges[:-1][bad], edges[1:][bad])
+                good_time = intervals.subtract(total, plan.flare_iv)
             before = intervals.length(total)
             exposure = ev.exposure * (intervals.length(good_time) / before if before > 0 else 1.0)
-    if point_sources is not None:
-        drop("point_source", point_sources.contains(c["x"], c["y"], ev.frame))
-    in_scale_band = keep & (e_kev >= scale_band[0]) & (e_kev < scale_band[1])
-    scale_counts = int(np.count_nonzero(in_scale_band))
-    scale_outside = -1
-    if scale_exclude is not None:
-        outside = in_scale_band & ~scale_exclude.contains(c["x"], c["y"], ev.frame)
-        scale_outside = int(np.count_nonzero(outside))
-    drop("energy", (e_kev < SPECTRAL_RANGE_KEV[0]) | (e_kev >= SPECTRAL_RANGE_KEV[1]))
-    x, y = ev.frame.reproject_to(frame, c["x"][keep], c["y"][keep])
-    return CleanEvents(x=np.asarray(x, np.float64), y=np.asarray(y, np.float64),
-                       pi=c["pi"][keep], energy=c["energy"][keep], exposure=float(exposure),
+
+    kept = []
+    scale = [0, 0]
+    for c in ev.chunks(chunk_rows, stats):
+        kept.append(_filter_chunk(c, plan, removed, scale))
+        del c
+    # one column at a time, so the kept events are never held twice over
+    columns = []
+    for i in range(4):
+        columns.append(np.concatenate([k[i] for k in kept]))
+        kept = [k[:i] + (None,) + k[i + 1:] for k in kept]
+    del kept
+    x, y, pi, energy = columns
+    return CleanEvents(x=x, y=y, pi=pi, energy=energy, exposure=float(exposure),
                        removed=removed, n_input=n, good_time=good_time,
-                       flare_intervals=flare_iv, scale_band_counts=scale_counts,
-                       scale_band_counts_outside=scale_outside)
+                       flare_intervals=plan.flare_iv, scale_band_counts=scale[0],
+                       scale_band_counts_outside=scale[1] if scale_exclude is not None else -1)
 
 
-def crop_events(ce: CleanEvents, crop, grid: ImageGrid, frame: SkyFrame) -> CleanEvents:
-    """Keep events inside the crop shapes and the image grid (reason ``outside_crop``)."""
+def _column_names(ev: EventFile) -> set:
+    if ev.columns:
+        return set(ev.columns)
+    return {low for low, *_ in ev.table.columns}
+
+
+def crop_events(ce: CleanEvents, crop, grid: ImageGrid, frame: SkyFrame,
+                in_place: bool = False) -> CleanEvents:
+    """Keep events inside the crop shapes and the image grid (reason ``outside_crop``).
+
+    ``in_place`` replaces ``ce``'s columns one at a time, so that the events
+    are never held twice (prep's peak memory is the bundle's events plus
+    one column), and returns ``ce``.
+    """
     ny, nx = grid.shape
-    row, col = grid.sky_to_pixel(ce.x, ce.y)
-    inside = (row >= 0) & (row < ny) & (col >= 0) & (col < nx)
-    if crop is not None:
-        inside &= crop.contains(ce.x, ce.y, frame)
-    out = ce.select(inside)
+    inside = np.empty(len(ce.x), bool)
+    for b in _blocks(len(ce.x)):
+        row, col = grid.sky_to_pixel(ce.x[b], ce.y[b])
+        inside[b] = (row >= 0) & (row < ny) & (col >= 0) & (col < nx)
+        if crop is not None:
+            inside[b] &= crop.contains(ce.x[b], ce.y[b], frame)
+    if in_place:
+        for name in ("x", "y", "pi", "energy"):
+            setattr(ce, name, getattr(ce, name)[inside])
+        out = ce
+    else:
+        out = ce.select(inside)
     out.removed["outside_crop"] += int((~inside).sum())
     return out
 

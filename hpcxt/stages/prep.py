@@ -35,7 +35,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io.bundle import Bundle, ImageGrid, ObsData, write_bundle
-from ..io.fitsio import SkyFrame, read_events, read_image, write_image
+from ..io.fitsio import ChunkStats, SkyFrame, open_events, read_image, write_image
 from ..io.workdir import (FileHashes, StageRecord, WorkDir, atomic_write, fingerprint,
                          write_json_atomic)
 from ..io.hdf5 import open_checked
@@ -150,30 +150,34 @@ def _remove_stale_clean_files(wd: WorkDir, obs_products, clean_fps) -> None:
             path.unlink(missing_ok=True)
 
 
-def _clean_observation(cfg, o: dict, out: Path, frame, crop, point_sources):
+def _clean_observation(cfg, o: dict, out: Path, frame, crop, point_sources, chunk_rows: int,
+                       read_stats: ChunkStats | None):
     """Filter one observation's events (and background) and save them to ``out``.
 
-    Returns the sky frame of the bundle (the first observation's).
+    The event files are read ``chunk_rows`` rows at a time. Returns the sky
+    frame of the bundle (the first observation's).
     """
     obsid = o["obsid"]
-    ev = read_events(o["events"], role=f"observation {obsid} events")
+    ev = open_events(o["events"], role=f"observation {obsid} events")
     frame = frame or ev.frame
     scale_band = cfg.prep.background_scale_band
     # Products of the ciao backend were deflared by CIAO with the same rule.
     deflare = None if o.get("deflared") else cfg.prep.deflare
     src = P.clean_events(ev, cfg.prep.ccds, deflare, point_sources, frame,
-                         scale_band=scale_band, scale_exclude=crop)
+                         scale_band=scale_band, scale_exclude=crop, chunk_rows=chunk_rows,
+                         stats=read_stats)
     if len(src.x) == 0:
         raise InputError("no events left after the ccd, energy, GTI and flare filters",
                          path=o["events"], field="prep.ccds")
     bkg = None
     if o.get("background"):
-        bev = read_events(o["background"], role=f"observation {obsid} background",
+        bev = open_events(o["background"], role=f"observation {obsid} background",
                           need_time=False)
         # The blank-sky file is reprojected to this observation's pointing;
         # its own column WCS says so, and clean_events reprojects with it.
         bkg = P.clean_events(bev, cfg.prep.ccds, None, point_sources, frame,
-                             is_background=True, scale_band=scale_band, scale_exclude=crop)
+                             is_background=True, scale_band=scale_band, scale_exclude=crop,
+                             chunk_rows=chunk_rows, stats=read_stats)
     meta = {"obsid": obsid, "header": {k: str(v) for k, v in ev.header.items()}}
     if bkg is not None:
         n_src, n_bkg, area = P.scale_counts(src, bkg)
@@ -187,7 +191,8 @@ def _clean_observation(cfg, o: dict, out: Path, frame, crop, point_sources):
     return frame
 
 
-def run_prep(cfg, force: bool = False) -> Path:
+def run_prep(cfg, force: bool = False, chunk_rows: int | None = None,
+             read_stats: ChunkStats | None = None) -> Path:
     """Run every prep stage that is not up to date; return the bundle path.
 
     Parameters
@@ -196,19 +201,28 @@ def run_prep(cfg, force: bool = False) -> Path:
         Validated config.
     force : bool
         Re-run every stage regardless of the stage record.
+    chunk_rows : int, optional
+        Rows of an event file read and filtered at a time (default
+        ``prep.chunk_rows``). Not part of any fingerprint: the outputs do not
+        depend on it.
+    read_stats : ChunkStats, optional
+        Records every chunk read (the seam through which tests and
+        benchmarks see how much of an event file was held at once).
     """
     t_start = time.perf_counter()
     wd = WorkDir.of(cfg)
     record = StageRecord(wd.prep_stages)
     hashes = FileHashes(wd.file_hashes)
+    if chunk_rows is None:
+        chunk_rows = cfg.prep.chunk_rows
     try:
-        return _run_prep(cfg, wd, record, hashes, force, t_start)
+        return _run_prep(cfg, wd, record, hashes, force, t_start, chunk_rows, read_stats)
     finally:
         hashes.save()
 
 
 def _run_prep(cfg, wd: WorkDir, record: StageRecord, hashes: FileHashes, force: bool,
-              t_start: float) -> Path:
+              t_start: float, chunk_rows: int, read_stats: ChunkStats | None) -> Path:
     obs_products = _observation_products(cfg, wd.root, force)
     checks.check_products(obs_products)
     file_fp = hashes.fingerprint
@@ -234,7 +248,8 @@ def _run_prep(cfg, wd: WorkDir, record: StageRecord, hashes: FileHashes, force: 
             frame = frame or _load_clean(out)[0]
             log.info("clean %s: up to date", o["obsid"])
             continue
-        frame = _clean_observation(cfg, o, out, frame, crop, point_sources)
+        frame = _clean_observation(cfg, o, out, frame, crop, point_sources, chunk_rows,
+                                   read_stats)
 
     # ---- bundle
     bundle_path = wd.bundle
@@ -257,19 +272,36 @@ def _run_prep(cfg, wd: WorkDir, record: StageRecord, hashes: FileHashes, force: 
     return bundle_path
 
 
+def _clean_source_bbox(paths) -> tuple[float, float, float, float]:
+    """xmin, xmax, ymin, ymax (sky pixels) of the source events of clean-event files."""
+    lo = np.array([np.inf, np.inf])
+    hi = -lo
+    for path in paths:
+        with open_checked(path, "clean-event file (re-make it: hpcxt prep --force)") as f:
+            for i, col in enumerate(("x", "y")):
+                v = f["source"][col][()]
+                if v.size:
+                    lo[i], hi[i] = min(lo[i], v.min()), max(hi[i], v.max())
+    return lo[0], hi[0], lo[1], hi[1]
+
+
+def _clean_has_background(path) -> bool:
+    with open_checked(path, "clean-event file (re-make it: hpcxt prep --force)") as f:
+        return "background" in f
+
+
 def _make_bundle(cfg, obs_products, clean_fps, wd: WorkDir, frame, crop, point_sources,
                  bundle_fp):
     from ..prep.response import read_response
 
     bin_ = cfg.prep.bin
-    cleaned = [_load_clean(wd.clean_events(o["obsid"], fp))
-               for o, fp in zip(obs_products, clean_fps)]
+    # One observation's clean events in memory at a time besides the bundle's
+    # (cropped) ones, so the peak is the bundle plus one observation.
+    clean_paths = [wd.clean_events(o["obsid"], fp) for o, fp in zip(obs_products, clean_fps)]
     if crop is not None:
         xmin, xmax, ymin, ymax = crop.include_bbox(frame)
     else:
-        xs = np.concatenate([c[2].x for c in cleaned])
-        ys = np.concatenate([c[2].y for c in cleaned])
-        xmin, xmax, ymin, ymax = xs.min(), xs.max(), ys.min(), ys.max()
+        xmin, xmax, ymin, ymax = _clean_source_bbox(clean_paths)
     x0, y0, shape = P.grid_for_box(xmin, xmax, ymin, ymax, bin_)
     if shape[0] * shape[1] > 20_000_000:
         raise InputError(f"image of {shape[1]}x{shape[0]} pixels is too large; draw a crop "
@@ -287,10 +319,11 @@ def _make_bundle(cfg, obs_products, clean_fps, wd: WorkDir, frame, crop, point_s
     observations = []
     summary = {"grid": {"shape": list(shape), "x0": x0, "y0": y0, "bin": bin_},
                "observations": []}
-    has_background = all(c[3] is not None for c in cleaned)
-    for o, (_, meta, src, bkg) in zip(obs_products, cleaned):
+    has_background = all(_clean_has_background(p) for p in clean_paths)
+    for o, clean_path in zip(obs_products, clean_paths):
         obsid = o["obsid"]
-        src = P.crop_events(src, crop, grid, frame)
+        _, meta, src, bkg = _load_clean(clean_path)
+        src = P.crop_events(src, crop, grid, frame, in_place=True)
         expimg = read_image(o["exposure_map"], role=f"observation {obsid} exposure map")
         expmap = P.sample_image_on_grid(expimg.data, expimg.wcs, grid, frame)
         checks.check_exposure_overlap(P.bin_events(src.x, src.y, grid), expmap, o["events"],
@@ -298,13 +331,13 @@ def _make_bundle(cfg, obs_products, clean_fps, wd: WorkDir, frame, crop, point_s
         fov = (expmap > 0) & in_crop & ~in_ps
         expmap = np.where(fov, expmap, 0.0)
         in_band = (src.energy >= band[0] * 1000) & (src.energy < band[1] * 1000)
-        counts += P.bin_events(src.x[in_band], src.y[in_band], grid)
+        counts += P.bin_events(src.x, src.y, grid, in_band)
         bkg_scale = meta.get("bkg_scale", 0.0)
         bkg_events = None
         if bkg is not None and has_background:
-            bkg = P.crop_events(bkg, crop, grid, frame)
+            bkg = P.crop_events(bkg, crop, grid, frame, in_place=True)
             bkg_in_band = (bkg.energy >= band[0] * 1000) & (bkg.energy < band[1] * 1000)
-            background += bkg_scale * P.bin_events(bkg.x[bkg_in_band], bkg.y[bkg_in_band], grid)
+            background += bkg_scale * P.bin_events(bkg.x, bkg.y, grid, bkg_in_band)
             bkg_events = bkg.as_dict()
         exposure += expmap
         response = read_response(o["arf"], o["rmf"])
