@@ -13,7 +13,7 @@ from astropy.io import fits
 
 from hpcxt.io.checkpoint import read_results
 from hpcxt.io.regions_table import read_regions
-from hpcxt.maps import IMAGES, MAPS
+from hpcxt.maps import IMAGES, MAPS, written_maps
 
 from conftest import run_hpcxt
 
@@ -39,7 +39,9 @@ def test_run_writes_every_map_with_the_bundle_wcs(finished_run):
     with fits.open(work / "prep" / "counts.fits") as h:
         ref = h[0].header
         shape = h[0].data.shape
-    for name, spec in {**MAPS, **IMAGES, "coverage": None}.items():
+    written = {name: MAPS[name] for name in written_maps(free=())}
+    assert not (work / "maps" / "abundance.fits").exists()  # frozen abundance: no map
+    for name, spec in {**written, **IMAGES, "coverage": None}.items():
         with fits.open(work / "maps" / f"{name}.fits") as h:
             hdr, data = h[0].header, h[0].data
         assert data.shape == shape, name
