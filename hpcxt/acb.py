@@ -380,90 +380,144 @@ class TileResult:
     start_index: int = 0
 
 
-def solve_tile(problem: ScaleMapProblem, r0: int, r1: int, c0: int, c1: int) -> TileResult:
-    """Scale-map indices of the pixels in rows ``r0:r1``, columns ``c0:c1``.
+class _TileColumns:
+    """The padded image's columns around one tile, pre-summed in pairs.
 
-    Every pixel's result is the definition's answer (module docstring),
-    whatever tile it is solved in: where float rounding could decide a
-    comparison with the target, the pixel is recomputed exactly.
+    A circle centred in the tile covers the offsets ``(di, dj)`` and
+    ``(di, -dj)`` together, so columns ``+dj`` and ``-dj`` are summed once
+    (:meth:`pair`) and every ring term is one contiguous slice of a pair.
 
-    Returns
-    -------
-    TileResult
+    Parameters
+    ----------
+    problem : ScaleMapProblem
+    r0, r1, c0, c1 : int
+        The tile: image rows ``r0:r1`` and columns ``c0:c1`` (image pixels).
+
+    Attributes
+    ----------
+    pairs : dict of int to ndarray (nch, (h + 2*reach) * w) float64
+        Summed column pairs already built, keyed by ``dj`` (image pixels);
+        read directly in the hot loop, filled by :meth:`pair`.
     """
-    p = problem
-    t = p.table
-    R = t.reach
-    mode = p.params.mode
-    target = float(p.params.target_sn)
-    h, w = r1 - r0, c1 - c0
-    todo = p.mask[r0:r1, c0:c1].ravel()  # a copy (the slice is not contiguous)
-    if todo.base is not None:
-        todo = todo.copy()
-    index = np.zeros(h * w, dtype=np.int32)
-    flagged = np.zeros(h * w, dtype=bool)
-    span = _span(todo)
-    if span is None:
-        return TileResult(index.reshape(h, w))
-    pad = p.padded
-    nch = pad.shape[0]
-    acc = np.zeros((nch, h * w))
-    rows = slice(r0, r1 + 2 * R)
 
-    pairs: dict[int, np.ndarray] = {}
+    def __init__(self, problem: ScaleMapProblem, r0: int, r1: int, c0: int, c1: int):
+        self.pad = problem.padded
+        self.half_width = problem.table.half_width
+        self.exact_channels = list(problem.exact_channels)
+        self.reach = problem.table.reach
+        self.nch = self.pad.shape[0]
+        self.h, self.w = r1 - r0, c1 - c0
+        self.c0, self.c1 = c0, c1
+        self.rows = slice(r0, r1 + 2 * self.reach)
+        self.pairs: dict[int, np.ndarray] = {}
 
-    def pair_cols(dj):
+    def pair(self, dj: int) -> np.ndarray:
         """Columns +dj and -dj of the padded image summed, tile rows +- reach, flat."""
-        v = pairs.get(dj)
+        v = self.pairs.get(dj)
         if v is None:
-            v = pad[:, rows, c0 + R + dj:c1 + R + dj]
-            v = v + pad[:, rows, c0 + R - dj:c1 + R - dj] if dj else v.copy()
-            v = pairs[dj] = v.reshape(nch, -1)
+            R, c0, c1 = self.reach, self.c0, self.c1
+            v = self.pad[:, self.rows, c0 + R + dj:c1 + R + dj]
+            v = v + self.pad[:, self.rows, c0 + R - dj:c1 + R - dj] if dj else v.copy()
+            v = self.pairs[dj] = v.reshape(self.nch, -1)
         return v
 
-    def circle_sums_at(k):
+    def circle_sums(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """All channels' sums over circle k for every tile pixel, and error bounds.
 
         One column pair (dj, -dj) at a time: a difference of cumulative sums
         down the pair array. Exact for integer-valued channels.
+
+        Returns
+        -------
+        sums : ndarray (nch, h * w) float64
+        errors : ndarray (nch,) float64
+            Bound on each channel's rounding error (counts); 0 for exact
+            channels.
         """
-        hw = t.half_width[k - 1]
+        nch, h, w, R = self.nch, self.h, self.w, self.reach
+        hw = self.half_width[k - 1]
         out = np.zeros((nch, h * w))
         band = np.zeros(nch)
         for dj in range(int(np.count_nonzero(hw >= 0))):
             hh = int(hw[dj])
-            seg = pair_cols(dj).reshape(nch, h + 2 * R, w)[:, R - hh:R + hh + h]
+            seg = self.pair(dj).reshape(nch, h + 2 * R, w)[:, R - hh:R + hh + h]
             cs = np.zeros((nch, 2 * hh + h + 1, w))
             np.cumsum(seg, axis=1, out=cs[:, 1:])
             out += (cs[:, 2 * hh + 1:] - cs[:, :h]).reshape(nch, -1)
             band += cs[:, -1].sum(axis=1)
         # cumulative sums of <= h + 2R terms, differences, then <= R + 1 adds
         errors = (4.0 * (h + 2 * R) + 2.0 * R + 8.0) * _U * band
-        errors[list(p.exact_channels)] = 0.0
+        errors[self.exact_channels] = 0.0
         return out, errors
 
-    c_skip = p.c_skip
-    start_k = 0
-    start_error = np.zeros(nch)
+
+def _warm_start(problem: ScaleMapProblem, cols: _TileColumns, todo: np.ndarray,
+                r0: int, r1: int, c0: int, c1: int):
+    """Largest proven-short circle a tile's circles may start from.
+
+    Start the circles large when every pixel of the tile surely needs
+    more: then no smaller circle can reach the target (S/N <= sqrt(C),
+    C grows with the radius) and the rings inside need no growing.
+
+    Returns
+    -------
+    start_k : int
+        Radius index the circles start at (0: from one pixel).
+    sums : ndarray (nch, h * w) float64 or None
+        Circle sums at ``start_k``; None when ``start_k`` is 0.
+    errors : ndarray (nch,) float64
+        Rounding bound of ``sums`` per channel (counts); zeros without a start.
+    """
+    p = problem
+    t = p.table
     step = float(p.params.radius_step)
-    if c_skip > 0.0:
-        # Start the circles large when every pixel of the tile surely needs
-        # more: then no smaller circle can reach the target (S/N <= sqrt(C),
-        # C grows with the radius) and the rings inside need no growing.
-        guess = float(np.min(p.radius_guess[r0:r1, c0:c1], where=todo.reshape(h, w),
+    if p.c_skip > 0.0:
+        guess = float(np.min(p.radius_guess[r0:r1, c0:c1], where=todo.reshape(r1 - r0, c1 - c0),
                              initial=np.inf))
         for factor in _WARM_START_FACTORS:
             k = min(int(factor * guess / step), t.radii.size)
             if k * step < _WARM_START_RADIUS:
                 break
-            sums, errors = circle_sums_at(k)
-            if np.max(sums[0], where=todo, initial=0.0) + errors[0] < c_skip:
-                acc[:] = sums
-                start_k, start_error = k, errors
-                break
-    c_skip -= start_error[0]
-    e_start = float(start_error.sum())
+            sums, errors = cols.circle_sums(k)
+            if np.max(sums[0], where=todo, initial=0.0) + errors[0] < p.c_skip:
+                return k, sums, errors
+    return 0, None, np.zeros(cols.nch)
 
+
+def _grow_circles(problem: ScaleMapProblem, cols: _TileColumns, acc: np.ndarray,
+                  todo: np.ndarray, start_k: int, start_error: np.ndarray):
+    """Grow every tile pixel's circle ring by ring until it reaches the target.
+
+    Parameters
+    ----------
+    problem : ScaleMapProblem
+    cols : _TileColumns
+    acc : ndarray (nch, h * w) float64
+        Circle sums at ``start_k``; updated in place.
+    todo : ndarray (h * w,) bool
+        Pixels still growing; updated in place.
+    start_k : int
+        Radius index the sums in ``acc`` belong to (0: empty circles).
+    start_error : ndarray (nch,) float64
+        Rounding bound of ``acc`` per channel (counts).
+
+    Returns
+    -------
+    index : ndarray (h * w,) int32
+        Radius index reached per pixel (0: none).
+    flagged : ndarray (h * w,) bool
+        Pixels whose float S/N came within rounding of the target at some
+        checked radius, to be recomputed exactly.
+    """
+    p = problem
+    t = p.table
+    R, w, nch = cols.reach, cols.w, cols.nch
+    mode = p.params.mode
+    target = float(p.params.target_sn)
+    index = np.zeros(todo.size, dtype=np.int32)
+    flagged = np.zeros(todo.size, dtype=bool)
+    c_skip = p.c_skip - start_error[0]
+    e_start = float(start_error.sum())
     # a term (di, dj) reads the pair array dj shifted by di rows: one
     # contiguous slice of the flattened arrays
     term_off = ((t.term_di + R) * w).tolist()
@@ -471,7 +525,8 @@ def solve_tile(problem: ScaleMapProblem, r0: int, r1: int, c0: int, c1: int) -> 
     term_end = t.term_end.tolist()
     n_inside = t.n_inside.tolist()
     exact = p.exact
-    f0, f1 = span
+    pairs = cols.pairs
+    f0, f1 = _span(todo)
     start = term_end[start_k - 1] if start_k else 0
     for k in t.eval_k.tolist():
         if k <= start_k:
@@ -482,7 +537,7 @@ def solve_tile(problem: ScaleMapProblem, r0: int, r1: int, c0: int, c1: int) -> 
             o = term_off[i]
             v = pairs.get(term_dj[i])
             if v is None:
-                v = pair_cols(term_dj[i])
+                v = cols.pair(term_dj[i])
             acc_s += v[:, o + f0:o + f1]
         start = end
         c = acc_s[0]
@@ -502,6 +557,33 @@ def solve_tile(problem: ScaleMapProblem, r0: int, r1: int, c0: int, c1: int) -> 
             if span is None:
                 break
             f0, f1 = span
+    return index, flagged
+
+
+def solve_tile(problem: ScaleMapProblem, r0: int, r1: int, c0: int, c1: int) -> TileResult:
+    """Scale-map indices of the pixels in rows ``r0:r1``, columns ``c0:c1``.
+
+    Every pixel's result is the definition's answer (module docstring),
+    whatever tile it is solved in: where float rounding could decide a
+    comparison with the target, the pixel is recomputed exactly.
+
+    Returns
+    -------
+    TileResult
+    """
+    p = problem
+    h, w = r1 - r0, c1 - c0
+    todo = p.mask[r0:r1, c0:c1].ravel()  # a copy (the slice is not contiguous)
+    if todo.base is not None:
+        todo = todo.copy()
+    if _span(todo) is None:
+        return TileResult(np.zeros((h, w), dtype=np.int32))
+    cols = _TileColumns(p, r0, r1, c0, c1)
+    acc = np.zeros((cols.nch, h * w))
+    start_k, start_sums, start_error = _warm_start(p, cols, todo, r0, r1, c0, c1)
+    if start_sums is not None:
+        acc[:] = start_sums
+    index, flagged = _grow_circles(p, cols, acc, todo, start_k, start_error)
     index = index.reshape(h, w)
     n_exact = 0
     if flagged.any():

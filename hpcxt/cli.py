@@ -243,15 +243,8 @@ def _add_shared_memory_flag(parser, what: str) -> None:
                              "node in MPI shared memory (same results)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="hpcxt",
-        description="Temperature maps of galaxy clusters from Chandra ACIS data, under MPI.")
-    p.add_argument("--version", action="version", version=f"hpcxt {__version__}")
-    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_setup_commands(sub) -> None:
+    """``init`` and ``simulate``: what comes before a project."""
     s = sub.add_parser("init", help="write a commented config template")
     s.add_argument("name", help="cluster name; writes NAME.yaml")
     s.add_argument("--dir", default=".", help="folder to write into (default: .)")
@@ -266,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=1)
     s.set_defaults(func=cmd_simulate)
 
+
+def _add_stage_commands(sub) -> None:
+    """The stages (``prep``, ``scalemap``, ``fit``, ``maps``) and ``status``."""
     s = sub.add_parser("prep", help="serial prep: events, images and responses into the bundle")
     s.add_argument("config")
     s.add_argument("--force", action="store_true", help="redo every prep stage")
@@ -294,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "physical (sky pixels)")
     s.set_defaults(func=cmd_maps)
 
+
+def _add_result_commands(sub) -> None:
+    """``regions``, ``export`` and ``compare``: reading the fit results."""
     s = sub.add_parser("regions", help="every number of one fitted region")
     s.add_argument("config")
     s.add_argument("--id", type=int, required=True, help="region id (as in regions.reg)")
@@ -311,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("config")
     s.set_defaults(func=cmd_compare)
 
+
+def _add_jobs_command(sub) -> None:
+    """``jobs``: batch scripts, with the scheduler options they take."""
     s = sub.add_parser("jobs", help="Slurm/PBS job scripts that checkpoint and resubmit themselves")
     s.add_argument("config")
     s.add_argument("--scheduler", choices=("slurm", "pbs"), required=True)
@@ -346,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="submit too: run (default), fit, scalemap, or mpi (scalemap, then fit after it)")
     s.set_defaults(func=cmd_jobs)
 
+
+def _add_pipeline_commands(sub) -> None:
+    """``run``, ``demo`` and ``doctor``: whole runs and the installation check."""
     s = sub.add_parser("run", help="prep, scalemap, fit and maps in order (MPI stages via mpiexec)")
     s.add_argument("config")
     s.add_argument("--np", type=int, default=None,
@@ -361,6 +366,21 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("doctor", help="what is installed: MPI, Sherpa, XSPEC models, CIAO")
     s.add_argument("config", nargs="?", help="also check this config's fit.model")
     s.set_defaults(func=cmd_doctor)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``hpcxt`` parser: global flags, then every command's subparser."""
+    p = argparse.ArgumentParser(
+        prog="hpcxt",
+        description="Temperature maps of galaxy clusters from Chandra ACIS data, under MPI.")
+    p.add_argument("--version", action="version", version=f"hpcxt {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    for add_commands in (_add_setup_commands, _add_stage_commands, _add_result_commands,
+                         _add_jobs_command, _add_pipeline_commands):
+        add_commands(sub)
     return p
 
 

@@ -376,9 +376,18 @@ def job_name(cluster_name: str) -> str:
     return name[:40]
 
 
-def build_context(cfg, options: JobOptions, jobs_dir: Path) -> dict:
-    """Everything the templates need except the per-script values."""
-    o = options
+def _checked_resources(o: JobOptions, jobs_dir: Path) -> tuple[int, int, int]:
+    """Refuse bad options with one InputError; return what the job asks for.
+
+    Returns
+    -------
+    ntasks_per_node : int
+        MPI ranks per node.
+    seconds : int
+        Wall time, s (as Slurm grants it, for Slurm).
+    signal_seconds : int
+        How long before the wall time the job checkpoints, s.
+    """
     _check_choice(o.scheduler, SCHEDULERS, "--scheduler")
     _check_choice(o.pbs_resources, PBS_RESOURCES, "--pbs-resources")
     for value, name in ((o.nodes, "--nodes"), (o.max_resubmits, "--max-resubmits")):
@@ -406,7 +415,23 @@ def build_context(cfg, options: JobOptions, jobs_dir: Path) -> dict:
     if re.search(r"\s", str(jobs_dir)):
         raise InputError("the jobs folder goes into #SBATCH/#PBS lines and must not contain "
                          "spaces", path=jobs_dir, field="workdir")
+    return ntpn, seconds, signal
 
+
+def _environment(o: JobOptions) -> tuple[list[str], str, str | None, str]:
+    """The job's environment: setup lines, python, srun's MPI plugin, PBS launcher.
+
+    Returns
+    -------
+    setup : list of str
+        Shell lines run before hpcxt (modules, conda or venv activation).
+    python : str
+        The python that runs hpcxt.
+    srun_mpi : str or None
+        ``srun --mpi=`` plugin (None: the site's default).
+    mpiexec : str
+        PBS launcher: the venv's mpiexec if it has one, else ``mpiexec``.
+    """
     setup = [f"module load {m}" for m in o.modules]
     venv = o.venv if o.venv is not None else (None if o.conda_env else _current_venv())
     python = o.python
@@ -423,7 +448,11 @@ def build_context(cfg, options: JobOptions, jobs_dir: Path) -> dict:
     if mpiexec is None:
         candidate = Path(venv) / "bin" / "mpiexec" if venv else None
         mpiexec = str(candidate) if candidate is not None and candidate.exists() else "mpiexec"
+    return setup, python, srun_mpi, mpiexec
 
+
+def _directives(o: JobOptions, ntpn: int) -> tuple[str, list[str]]:
+    """PBS resource request and the extra #SBATCH/#PBS lines (``--directive``)."""
     if o.pbs_resources == "select":
         pbs_resources = f"select={o.nodes}:ncpus={ntpn}:mpiprocs={ntpn}"
     else:
@@ -435,7 +464,15 @@ def build_context(cfg, options: JobOptions, jobs_dir: Path) -> dict:
         if "\n" in d or not d:
             raise InputError(f"one option per directive, got {d!r}", field="--directive")
         directives.append(d if d.startswith(prefix) else f"{prefix} {d}")
+    return pbs_resources, directives
 
+
+def build_context(cfg, options: JobOptions, jobs_dir: Path) -> dict:
+    """Everything the templates need except the per-script values."""
+    o = options
+    ntpn, seconds, signal = _checked_resources(o, jobs_dir)
+    setup, python, srun_mpi, mpiexec = _environment(o)
+    pbs_resources, directives = _directives(o, ntpn)
     return {
         "hpcxt_version": __version__,
         "job_name": job_name(cfg.cluster.name),

@@ -478,17 +478,66 @@ def build_templates(settings, responses, band_masks=None, step: float = GRID_STE
         band_masks = [energy_band(settings, r) for r in responses]
     bands = [band_slice(b) for b in band_masks]
     rates_at = ModelRates(settings, responses, bands)
+    knots, probes = _start_knots(settings, lo, hi, step)
+    for k in range(len(bands)):
+        if not max(rates_at(u)[k].max() for u in probes) > 0:
+            raise ValueError(f"model {settings.model!r} gives no counts in the band of "
+                             f"observation {k} (xsapec needs AtomDB files)")
+    offsets = np.cumsum([0] + [b.stop - b.start for b in bands]).astype(np.int64)
+    kn, coef, gaps, err = _refine_grid(rates_at, knots, offsets, tol)
+    obs = [ObsTemplate(band=band, knots=kn, coef=coef[:, :, offsets[k]:offsets[k + 1]])
+           for k, band in enumerate(bands)]
+    breaks = np.array([0.5 * (kn[j] + kn[j + 1]) for j in gaps])
+    return Templates(obs=obs, knots=kn, coef=coef, offsets=offsets, breaks=breaks,
+                     check_error=float(err.max()), n_evals=len(rates_at.cache),
+                     build_seconds=time.perf_counter() - t0)
+
+
+def _start_knots(settings, lo: float, hi: float, step: float):
+    """The starting grid in ln kT over ``[lo, hi]`` keV, finer below half the band's edge.
+
+    Returns
+    -------
+    knots : set of float
+        ln kT (kT in keV) of the starting knots.
+    probes : (float, float, float)
+        ln kT of the grid's ends and of where the fine part stops: where a
+        model with counts in the band must give some.
+    """
     u_lo, u_hi = math.log(lo), math.log(hi)
     # The band sees only the exponential tail of a spectrum much cooler than
     # its lower edge, where the rates are steepest in ln kT.
     u_fine = min(max(math.log(0.5 * float(settings.energy_range[0])), u_lo), u_hi)
     knots = set(np.linspace(u_lo, u_fine, max(2, int(math.ceil((u_fine - u_lo) / (0.5 * step))) + 1)))
     knots |= set(np.linspace(u_fine, u_hi, max(2, int(math.ceil((u_hi - u_fine) / step)) + 1)))
-    for k in range(len(bands)):
-        if not max(rates_at(u)[k].max() for u in (u_lo, u_fine, u_hi)) > 0:
-            raise ValueError(f"model {settings.model!r} gives no counts in the band of "
-                             f"observation {k} (xsapec needs AtomDB files)")
-    offsets = np.cumsum([0] + [b.stop - b.start for b in bands]).astype(np.int64)
+    return knots, (u_lo, u_fine, u_hi)
+
+
+def _refine_grid(rates_at, knots: set, offsets: np.ndarray, tol: float):
+    """Halve the failing intervals and break the spline at jumps until every check passes.
+
+    Parameters
+    ----------
+    rates_at : ModelRates
+        Folded model rates (counts s^-1 per channel) at a ln kT.
+    knots : set of float
+        Starting knots, ln kT; grown in place.
+    offsets : ndarray (n_obs + 1,) int64
+        Where each observation's channels start in the concatenated rates.
+    tol : float
+        Largest relative error accepted at the check points.
+
+    Returns
+    -------
+    kn : ndarray (n_knots,) float64
+        Final knots, ln kT, sorted.
+    coef : ndarray
+        Spline coefficients (:func:`_piecewise_coef`).
+    gaps : list of int
+        Intervals the spline is broken across (a jump inside).
+    err : ndarray (n_knots - 1,) float64
+        Relative error at each interval's check point.
+    """
     gap_left: set = set()  # knots that start an interval holding a jump
     frozen: set = set()    # knots that start a narrow interval with no jump in it
     for _ in range(100):
@@ -515,12 +564,7 @@ def build_templates(settings, responses, band_masks=None, step: float = GRID_STE
         knots.update(0.5 * (kn[j] + kn[j + 1]) for j in bad)
     else:
         raise RuntimeError("template grid did not converge")
-    obs = [ObsTemplate(band=band, knots=kn, coef=coef[:, :, offsets[k]:offsets[k + 1]])
-           for k, band in enumerate(bands)]
-    breaks = np.array([0.5 * (kn[j] + kn[j + 1]) for j in gaps])
-    return Templates(obs=obs, knots=kn, coef=coef, offsets=offsets, breaks=breaks,
-                     check_error=float(err.max()), n_evals=len(rates_at.cache),
-                     build_seconds=time.perf_counter() - t0)
+    return kn, coef, gaps, err
 
 
 # --------------------------------------------------------------------------

@@ -408,6 +408,18 @@ class _Validator:
         return out
 
     def value(self, v, spec: Spec, path: str, is_default: bool = False):
+        """The checked value of one field; problems are recorded, not raised.
+
+        Parameters
+        ----------
+        v : object
+            The value as read from YAML (or the schema's default).
+        spec : Spec
+        path : str
+            Dotted key of the field, for the messages.
+        is_default : bool
+            ``v`` is the schema's default: a default path need not exist.
+        """
         kind = spec.kind
         if v is None and kind != "section":
             return None
@@ -418,92 +430,115 @@ class _Validator:
                 self.problem(path, "must be a non-empty list")
                 return []
             return [self.section(item, spec.children, f"{path}[{i}].") for i, item in enumerate(v)]
-        if kind == "str":
-            if isinstance(v, (dict, list)):
-                self.problem(path, f"must be a string, got {type(v).__name__}")
-                return None
-            return str(v)
-        if kind == "choice":
-            if v not in spec.choices:
-                self.problem(path, f"must be one of {', '.join(spec.choices)}, got {v!r}"
-                             + _did_you_mean(str(v), spec.choices))
-            return v
-        if kind == "bool":
-            if not isinstance(v, bool):
-                self.problem(path, f"must be true or false, got {v!r}")
-            return v
-        if kind in ("int", "int_or_auto"):
-            if kind == "int_or_auto" and v == "auto":
-                return v
-            if isinstance(v, bool) or not isinstance(v, int):
-                want = "an integer or 'auto'" if kind == "int_or_auto" else "an integer"
-                self.problem(path, f"must be {want}, got {v!r}")
-                return v
-            msg = _range_problem(spec, v)
-            if msg:
-                self.problem(path, msg)
-            return v
-        if kind in ("float", "float_or_null"):
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                self.problem(path, f"must be a number, got {v!r}")
-                return v
-            msg = _range_problem(spec, float(v))
-            if msg:
-                self.problem(path, msg)
-            return float(v)
-        if kind == "band":
-            if (not isinstance(v, (list, tuple)) or len(v) != 2
-                    or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
-                self.problem(path, f"must be [low, high] in keV, got {v!r}")
-                return v
-            lo, hi = float(v[0]), float(v[1])
-            if not lo < hi:
-                self.problem(path, f"low must be below high, got [{lo}, {hi}]")
-            for x in (lo, hi):
-                msg = _range_problem(spec, x)
-                if msg:
-                    self.problem(path, msg)
-                    break
-            return [lo, hi]
-        if kind == "intlist":
-            if not isinstance(v, list) or not v or not all(
-                    isinstance(x, int) and not isinstance(x, bool) for x in v):
-                self.problem(path, f"must be a non-empty list of integers, got {v!r}")
-                return v
-            for x in v:
-                msg = _range_problem(spec, x)
-                if msg:
-                    self.problem(path, msg)
-            return sorted(set(v))
-        if kind == "choicelist":
-            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-                self.problem(path, f"must be a list of names, got {v!r}")
-                return v
-            for x in v:
-                if x not in spec.choices:
-                    self.problem(path, f"{x!r} cannot be freed: one of "
-                                 f"{', '.join(spec.choices)}" + _did_you_mean(x, spec.choices))
-            return sorted(set(v))
         if kind == "bins":
             if v == "acb":
                 return v
             return self.value(v, Spec("path", must_exist=True), path, is_default)
         if kind == "path":
-            if not isinstance(v, (str, os.PathLike)):
-                self.problem(path, f"must be a file path, got {v!r}")
-                return v
-            p = Path(os.path.expandvars(os.path.expanduser(str(v))))
-            if not p.is_absolute():
-                p = self.base_dir / p
-            p = Path(os.path.normpath(p))
-            if spec.must_exist and self.check_files and not is_default:
-                if not p.exists():
-                    self.problem(path, f"file not found: {p}")
-                elif p.is_dir() != spec.folder:
-                    self.problem(path, f"is a {'file' if spec.folder else 'folder'}, not a "
-                                       f"{'folder' if spec.folder else 'file'}: {p}")
-            return str(p)
-        raise AssertionError(f"unknown schema kind {kind}")  # a bug in SCHEMA, not user input
+            return self._path(v, spec, path, is_default)
+        check = self._CHECKS.get(kind)
+        if check is None:
+            raise AssertionError(f"unknown schema kind {kind}")  # a bug in SCHEMA, not user input
+        return check(self, v, spec, path)
+
+    def _str(self, v, spec: Spec, path: str):
+        if isinstance(v, (dict, list)):
+            self.problem(path, f"must be a string, got {type(v).__name__}")
+            return None
+        return str(v)
+
+    def _choice(self, v, spec: Spec, path: str):
+        if v not in spec.choices:
+            self.problem(path, f"must be one of {', '.join(spec.choices)}, got {v!r}"
+                         + _did_you_mean(str(v), spec.choices))
+        return v
+
+    def _bool(self, v, spec: Spec, path: str):
+        if not isinstance(v, bool):
+            self.problem(path, f"must be true or false, got {v!r}")
+        return v
+
+    def _int(self, v, spec: Spec, path: str):
+        """An integer in range, or (kind ``int_or_auto``) the string 'auto'."""
+        kind = spec.kind
+        if kind == "int_or_auto" and v == "auto":
+            return v
+        if isinstance(v, bool) or not isinstance(v, int):
+            want = "an integer or 'auto'" if kind == "int_or_auto" else "an integer"
+            self.problem(path, f"must be {want}, got {v!r}")
+            return v
+        msg = _range_problem(spec, v)
+        if msg:
+            self.problem(path, msg)
+        return v
+
+    def _float(self, v, spec: Spec, path: str):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            self.problem(path, f"must be a number, got {v!r}")
+            return v
+        msg = _range_problem(spec, float(v))
+        if msg:
+            self.problem(path, msg)
+        return float(v)
+
+    def _band(self, v, spec: Spec, path: str):
+        """An energy band ``[low, high]`` in keV, as two floats."""
+        if (not isinstance(v, (list, tuple)) or len(v) != 2
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
+            self.problem(path, f"must be [low, high] in keV, got {v!r}")
+            return v
+        lo, hi = float(v[0]), float(v[1])
+        if not lo < hi:
+            self.problem(path, f"low must be below high, got [{lo}, {hi}]")
+        for x in (lo, hi):
+            msg = _range_problem(spec, x)
+            if msg:
+                self.problem(path, msg)
+                break
+        return [lo, hi]
+
+    def _intlist(self, v, spec: Spec, path: str):
+        if not isinstance(v, list) or not v or not all(
+                isinstance(x, int) and not isinstance(x, bool) for x in v):
+            self.problem(path, f"must be a non-empty list of integers, got {v!r}")
+            return v
+        for x in v:
+            msg = _range_problem(spec, x)
+            if msg:
+                self.problem(path, msg)
+        return sorted(set(v))
+
+    def _choicelist(self, v, spec: Spec, path: str):
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            self.problem(path, f"must be a list of names, got {v!r}")
+            return v
+        for x in v:
+            if x not in spec.choices:
+                self.problem(path, f"{x!r} cannot be freed: one of "
+                             f"{', '.join(spec.choices)}" + _did_you_mean(x, spec.choices))
+        return sorted(set(v))
+
+    def _path(self, v, spec: Spec, path: str, is_default: bool):
+        """An absolute, normalised path (relative ones are to the config's folder)."""
+        if not isinstance(v, (str, os.PathLike)):
+            self.problem(path, f"must be a file path, got {v!r}")
+            return v
+        p = Path(os.path.expandvars(os.path.expanduser(str(v))))
+        if not p.is_absolute():
+            p = self.base_dir / p
+        p = Path(os.path.normpath(p))
+        if spec.must_exist and self.check_files and not is_default:
+            if not p.exists():
+                self.problem(path, f"file not found: {p}")
+            elif p.is_dir() != spec.folder:
+                self.problem(path, f"is a {'file' if spec.folder else 'folder'}, not a "
+                                   f"{'folder' if spec.folder else 'file'}: {p}")
+        return str(p)
+
+    #: The check of each leaf kind (sections, lists, bins and paths are in :meth:`value`).
+    _CHECKS = {"str": _str, "choice": _choice, "bool": _bool,
+               "int": _int, "int_or_auto": _int, "float": _float, "float_or_null": _float,
+               "band": _band, "intlist": _intlist, "choicelist": _choicelist}
 
 
 def _cross_checks(data: dict, v: _Validator) -> None:

@@ -408,24 +408,56 @@ def clean_events(ev: EventFile, ccds, deflare_cfg, point_sources, frame: SkyFram
     exposure = ev.exposure
     good_time = ((), ())
     if use_time:
-        total = _all_chip_gti_of(ev.gti, ccds)
-        good_time = total
-        if deflare_cfg is not None and deflare_cfg.enabled:
-            edges, expo = light_curve_bins(total, deflare_cfg.bin_seconds)
-            counts = np.zeros(max(edges.size - 1, 0), np.int64)
-            for c in ev.chunks(chunk_rows, stats):
-                counts += _flare_light_curve_chunk(c, plan, edges)
-                del c
-            bad = flare_bins(counts.astype(float), expo, DeflareRule.from_config(deflare_cfg),
-                             path=ev.path, obsid=str(ev.header.get("OBS_ID", "")))
-            if bad.any():
-                plan.flare_iv = intervals.normalise(edges[:-1][bad], edges[1:][bad])
-                good_time = intervals.subtract(total, plan.flare_iv)
-            before = intervals.length(total)
-            exposure = ev.exposure * (intervals.length(good_time) / before if before > 0 else 1.0)
-
-    kept = []
+        good_time, exposure = _deflare(ev, plan, ccds, deflare_cfg, chunk_rows, stats)
     scale = [0, 0]
+    x, y, pi, energy = _filter_chunks(ev, plan, removed, scale, chunk_rows, stats)
+    return CleanEvents(x=x, y=y, pi=pi, energy=energy, exposure=float(exposure),
+                       removed=removed, n_input=n, good_time=good_time,
+                       flare_intervals=plan.flare_iv, scale_band_counts=scale[0],
+                       scale_band_counts_outside=scale[1] if scale_exclude is not None else -1)
+
+
+def _deflare(ev: EventFile, plan: _Plan, ccds, deflare_cfg, chunk_rows: int,
+             stats: ChunkStats | None):
+    """Good time of the chips after deflaring, and the exposure left (s).
+
+    With deflaring enabled, one pass over the chunks builds the light curve;
+    flare intervals found in it are set on ``plan.flare_iv`` for the
+    filtering pass.
+
+    Returns
+    -------
+    good_time : (starts, stops) of float
+        Good time intervals (s, mission time).
+    exposure : float
+        ``ev.exposure`` (s) scaled by the good time kept after deflaring.
+    """
+    total = _all_chip_gti_of(ev.gti, ccds)
+    if deflare_cfg is None or not deflare_cfg.enabled:
+        return total, ev.exposure
+    good_time = total
+    edges, expo = light_curve_bins(total, deflare_cfg.bin_seconds)
+    counts = np.zeros(max(edges.size - 1, 0), np.int64)
+    for c in ev.chunks(chunk_rows, stats):
+        counts += _flare_light_curve_chunk(c, plan, edges)
+        del c
+    bad = flare_bins(counts.astype(float), expo, DeflareRule.from_config(deflare_cfg),
+                     path=ev.path, obsid=str(ev.header.get("OBS_ID", "")))
+    if bad.any():
+        plan.flare_iv = intervals.normalise(edges[:-1][bad], edges[1:][bad])
+        good_time = intervals.subtract(total, plan.flare_iv)
+    before = intervals.length(total)
+    return good_time, ev.exposure * (intervals.length(good_time) / before if before > 0 else 1.0)
+
+
+def _filter_chunks(ev: EventFile, plan: _Plan, removed: dict, scale: list, chunk_rows: int,
+                   stats: ChunkStats | None) -> list[np.ndarray]:
+    """Filter the events chunk by chunk; the kept ``[x, y, pi, energy]`` concatenated.
+
+    ``removed`` (events per reason) and ``scale`` (scale-band counts, all
+    and outside ``scale_exclude``) are added to in place.
+    """
+    kept = []
     for c in ev.chunks(chunk_rows, stats):
         kept.append(_filter_chunk(c, plan, removed, scale))
         del c
@@ -434,12 +466,7 @@ def clean_events(ev: EventFile, ccds, deflare_cfg, point_sources, frame: SkyFram
     for i in range(4):
         columns.append(np.concatenate([k[i] for k in kept]))
         kept = [k[:i] + (None,) + k[i + 1:] for k in kept]
-    del kept
-    x, y, pi, energy = columns
-    return CleanEvents(x=x, y=y, pi=pi, energy=energy, exposure=float(exposure),
-                       removed=removed, n_input=n, good_time=good_time,
-                       flare_intervals=plan.flare_iv, scale_band_counts=scale[0],
-                       scale_band_counts_outside=scale[1] if scale_exclude is not None else -1)
+    return columns
 
 
 def _column_names(ev: EventFile) -> set:

@@ -94,6 +94,86 @@ def _write(path, data, header, bunit, cards) -> None:
     write_image(path, data, h, bunit)
 
 
+def _refuse_without_fit(res, wd) -> None:
+    """Raise InputError when results.h5 holds no successful fit (nothing to map)."""
+    if res.n_ok == 0:
+        top = res.failure_summary(1)
+        why = f"; most common failure: {top[0][1]}" if top else ""
+        raise InputError(f"holds no successful fit ({res.n_failed} failed, {res.n_pending} "
+                         f"pending{why}): no maps written; see 'hpcxt status'",
+                         path=wd.results, field="status")
+
+
+def _write_fitted_maps(wd, maps, values, owner, coverage, header, provenance, table) -> dict:
+    """Paint each fitted map by region and write its FITS file; return the images.
+
+    Parameters
+    ----------
+    maps : sequence of str
+        Names in :data:`hpcxt.maps.MAPS` to write.
+    values : dict of str to ndarray (n_regions,)
+        Each map's value per region, in the map's unit.
+    owner, coverage : ndarray (ny, nx)
+        Region of each image pixel and its :class:`Coverage` code.
+
+    Returns
+    -------
+    dict of str to ndarray (ny, nx) float64
+    """
+    images = {}
+    for name in maps:
+        spec = MAPS[name]
+        images[name] = paint(values[name], owner, coverage)
+        _write(wd.map_file(name), images[name].astype(np.float32), header, spec.bunit,
+               _map_cards(name, spec, provenance, table.bins))
+    return images
+
+
+def _write_flux_images(wd, flux, header, bundle, threshold: float, cluster: str) -> None:
+    """Write the flux images (:data:`hpcxt.maps.IMAGES`) with their band and threshold."""
+    band = [("IMGELO", float(bundle.energy_band[0]), "image band, lower edge, keV"),
+            ("IMGEHI", float(bundle.energy_band[1]), "image band, upper edge, keV"),
+            ("EXPTHRSH", threshold, "fraction of the peak exposure left out")]
+    for name, spec in IMAGES.items():
+        _write(wd.map_file(name), flux[name].astype(np.float32), header, spec.bunit,
+               _map_cards(name, spec, band + [("OBJECT", cluster, "cluster")]))
+
+
+def _write_coverage(wd, coverage, header, provenance) -> None:
+    """Write ``coverage.fits``, with a COVERn card saying what each code means."""
+    legend = [(f"COVER{int(c)}", f"{c.name.lower()}: {c.meaning}", None) for c in Coverage]
+    _write(wd.map_file("coverage"), coverage, header, "",
+           [("HDUNAME", "COVERAGE", None),
+            ("MAPTITLE", "what each pixel of the maps shows", None)] + legend + provenance
+           + _comment_cards("Codes 0 and 1 carry a value in the maps; every other code is "
+                            "a NaN pixel, and the code says why (COVERn cards)."))
+
+
+def _write_region_file(wd, table, res, sel, kT, bundle, coords: str, cluster: str) -> None:
+    """Write ``regions.reg``: each region's circle, id and kT (keV) for ds9."""
+    write_text_atomic(wd.region_file, ds9_regions(
+        table, res.status, np.where(sel.keep, kT, np.nan), bundle.grid.wcs(), coords,
+        header=((f"hpcxt regions of {cluster}: the circle each spectrum was "
+                 "extracted from") if not table.has_bin_map else
+                (f"hpcxt regions of {cluster}: user bins ({table.bins}), drawn as "
+                 "circles of the same area at their centres (not their shapes)"),
+                "text = region id and kT, tag = region id, colour = status "
+                "(green ok, red failed, yellow pending)")), fsync=False)
+
+
+def _log_summary(summary: dict, sel, n_regions: int, seconds: float, outdir) -> None:
+    """Log the regions mapped and dropped, the median kT (keV) and the blank pixels."""
+    pixels = summary["coverage_pixels"]
+    dropped = ", ".join(f"{k} {v}" for k, v in sel.dropped.items() if v) or "none"
+    blank = ", ".join(f"{k} {v}" for k, v in pixels.items()
+                      if v and not Coverage[k.upper()].has_value) or "none"
+    log.info("maps: %d of %d regions mapped (dropped: %s), median kT %.2f keV, %.1f s -> %s",
+             summary["mapped_regions"], n_regions, dropped,
+             summary["median_kT_keV"] or float("nan"), seconds, outdir)
+    log.info("maps: %d pixels with a value (%d filled at the edges); blank pixels: %s",
+             pixels["mapped"] + pixels["filled"], pixels["filled"], blank)
+
+
 def run_maps(cfg, coords: str = "fk5") -> dict:
     """Write ``<workdir>/maps/`` (see the module docstring); return a summary dict.
 
@@ -110,12 +190,7 @@ def run_maps(cfg, coords: str = "fk5") -> dict:
     wd = WorkDir.of(cfg)
     outdir = wd.maps
     res = read_results(wd.results)
-    if res.n_ok == 0:
-        top = res.failure_summary(1)
-        why = f"; most common failure: {top[0][1]}" if top else ""
-        raise InputError(f"holds no successful fit ({res.n_failed} failed, {res.n_pending} "
-                         f"pending{why}): no maps written; see 'hpcxt status'",
-                         path=wd.results, field="status")
+    _refuse_without_fit(res, wd)
     fp = fingerprint({"results": [res.config_hash, res.region_table_hash, res.updated,
                                   res.n_final], "maps": cfg.maps.to_dict(),
                       "cluster": cfg.cluster.to_dict(), "coords": coords})
@@ -146,33 +221,11 @@ def run_maps(cfg, coords: str = "fk5") -> dict:
     coverage = coverage_map(owner, how, sel.codes)
     provenance = provenance_cards(res.fit_inputs or fit_inputs(cfg), table, cfg.cluster.name)
     header = bundle.grid.header()
-    images = {}
-    for name in maps:
-        spec = MAPS[name]
-        images[name] = paint(values[name], owner, coverage)
-        _write(wd.map_file(name), images[name].astype(np.float32), header, spec.bunit,
-               _map_cards(name, spec, provenance, table.bins))
-    band = [("IMGELO", float(bundle.energy_band[0]), "image band, lower edge, keV"),
-            ("IMGEHI", float(bundle.energy_band[1]), "image band, upper edge, keV"),
-            ("EXPTHRSH", threshold, "fraction of the peak exposure left out")]
-    for name, spec in IMAGES.items():
-        images[name] = flux[name]
-        _write(wd.map_file(name), flux[name].astype(np.float32), header, spec.bunit,
-               _map_cards(name, spec, band + [("OBJECT", cfg.cluster.name, "cluster")]))
-    legend = [(f"COVER{int(c)}", f"{c.name.lower()}: {c.meaning}", None) for c in Coverage]
-    _write(wd.map_file("coverage"), coverage, header, "",
-           [("HDUNAME", "COVERAGE", None),
-            ("MAPTITLE", "what each pixel of the maps shows", None)] + legend + provenance
-           + _comment_cards("Codes 0 and 1 carry a value in the maps; every other code is "
-                            "a NaN pixel, and the code says why (COVERn cards)."))
-    write_text_atomic(wd.region_file, ds9_regions(
-        table, res.status, np.where(sel.keep, kT, np.nan), bundle.grid.wcs(), coords,
-        header=((f"hpcxt regions of {cfg.cluster.name}: the circle each spectrum was "
-                 "extracted from") if not table.has_bin_map else
-                (f"hpcxt regions of {cfg.cluster.name}: user bins ({table.bins}), drawn as "
-                 "circles of the same area at their centres (not their shapes)"),
-                "text = region id and kT, tag = region id, colour = status "
-                "(green ok, red failed, yellow pending)")), fsync=False)
+    images = _write_fitted_maps(wd, maps, values, owner, coverage, header, provenance, table)
+    _write_flux_images(wd, flux, header, bundle, threshold, cfg.cluster.name)
+    images.update((name, flux[name]) for name in IMAGES)
+    _write_coverage(wd, coverage, header, provenance)
+    _write_region_file(wd, table, res, sel, kT, bundle, coords, cfg.cluster.name)
     pixels = count_coverage(coverage)
     summary = {
         "regions": len(table),
@@ -189,12 +242,5 @@ def run_maps(cfg, coords: str = "fk5") -> dict:
         summary["png"] = write_quicklooks(outdir, images, bundle, cfg.cluster.name)
     record.done = summary
     record.mark("fingerprint", fp)
-    dropped = ", ".join(f"{k} {v}" for k, v in sel.dropped.items() if v) or "none"
-    blank = ", ".join(f"{k} {v}" for k, v in pixels.items()
-                      if v and not Coverage[k.upper()].has_value) or "none"
-    log.info("maps: %d of %d regions mapped (dropped: %s), median kT %.2f keV, %.1f s -> %s",
-             summary["mapped_regions"], len(table), dropped,
-             summary["median_kT_keV"] or float("nan"), time.perf_counter() - t0, outdir)
-    log.info("maps: %d pixels with a value (%d filled at the edges); blank pixels: %s",
-             pixels["mapped"] + pixels["filled"], pixels["filled"], blank)
+    _log_summary(summary, sel, len(table), time.perf_counter() - t0, outdir)
     return summary

@@ -290,14 +290,17 @@ def _clean_has_background(path) -> bool:
         return "background" in f
 
 
-def _make_bundle(cfg, obs_products, clean_fps, wd: WorkDir, frame, crop, point_sources,
-                 bundle_fp):
-    from ..prep.response import read_response
+def _bundle_grid(cfg, clean_paths, frame, crop, point_sources):
+    """The image grid around the crop (or the clean events) and its pixel masks.
 
+    Returns
+    -------
+    grid : ImageGrid
+        ``prep.bin`` sky pixels per image pixel.
+    in_crop, in_ps : ndarray (ny, nx) bool
+        Image pixels inside the crop region and inside a point source.
+    """
     bin_ = cfg.prep.bin
-    # One observation's clean events in memory at a time besides the bundle's
-    # (cropped) ones, so the peak is the bundle plus one observation.
-    clean_paths = [wd.clean_events(o["obsid"], fp) for o, fp in zip(obs_products, clean_fps)]
     if crop is not None:
         xmin, xmax, ymin, ymax = crop.include_bbox(frame)
     else:
@@ -311,13 +314,24 @@ def _make_bundle(cfg, obs_products, clean_fps, wd: WorkDir, frame, crop, point_s
     in_crop = P.pixel_mask(crop, grid, frame) if crop is not None else np.ones(shape, bool)
     in_ps = (P.pixel_mask(point_sources, grid, frame) if point_sources is not None
              else np.zeros(shape, bool))
+    return grid, in_crop, in_ps
 
+
+def _make_bundle(cfg, obs_products, clean_fps, wd: WorkDir, frame, crop, point_sources,
+                 bundle_fp):
+    from ..prep.response import read_response
+
+    # One observation's clean events in memory at a time besides the bundle's
+    # (cropped) ones, so the peak is the bundle plus one observation.
+    clean_paths = [wd.clean_events(o["obsid"], fp) for o, fp in zip(obs_products, clean_fps)]
+    grid, in_crop, in_ps = _bundle_grid(cfg, clean_paths, frame, crop, point_sources)
+    shape = grid.shape
     band = cfg.prep.energy_band
     counts = np.zeros(shape)
     background = np.zeros(shape)
     exposure = np.zeros(shape)
     observations = []
-    summary = {"grid": {"shape": list(shape), "x0": x0, "y0": y0, "bin": bin_},
+    summary = {"grid": {"shape": list(shape), "x0": grid.x0, "y0": grid.y0, "bin": grid.bin},
                "observations": []}
     has_background = all(_clean_has_background(p) for p in clean_paths)
     for o, clean_path in zip(obs_products, clean_paths):
