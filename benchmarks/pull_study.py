@@ -5,6 +5,10 @@ Run from the repository root::
     .venv/bin/python benchmarks/pull_study.py --quick   # 200 spectra per cell
     .venv/bin/python benchmarks/pull_study.py           # 1,000 per cell (README table)
 
+``--jobs N`` shares the cells out over N forked processes; ``--counts``,
+``--kT``, ``--choices``, ``--backgrounds`` select cells and choices (the
+README's rerun of the hot 1,000-count cells uses them).
+
 Simulated regions: two observations (40 and 25 ks) with the ACIS-I-like
 1024-channel responses of :func:`hpcxt.prep.response.acis_i_response` (the
 second with 20% more contaminant), ``xsphabs*xsbremss`` (nH 0.03e22, z 0.1)
@@ -262,6 +266,7 @@ def _cell(cell):
 
 
 def main(argv=None) -> None:
+    global COUNTS, TEMPERATURES
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="200 regions per cell")
     ap.add_argument("--per-cell", type=int, help="regions per cell (default 1000; 200 quick)")
@@ -270,11 +275,17 @@ def main(argv=None) -> None:
     ap.add_argument("--choices", default=",".join(c.key for c in CHOICES),
                     help="comma-separated keys: " + ", ".join(c.key for c in CHOICES))
     ap.add_argument("--backgrounds", default=",".join(BACKGROUNDS))
+    ap.add_argument("--counts", default=",".join(map(str, COUNTS)),
+                    help="comma-separated source counts of the cells")
+    ap.add_argument("--kT", default=",".join(f"{v:g}" for v in TEMPERATURES),
+                    help="comma-separated true temperatures of the cells, keV")
     args = ap.parse_args(argv)
     per_cell = args.per_cell or (200 if args.quick else 1000)
     keys = args.choices.split(",")
     choices = [c for c in CHOICES if c.key in keys]
     backgrounds = args.backgrounds.split(",")
+    COUNTS = tuple(int(v) for v in args.counts.split(","))
+    TEMPERATURES = tuple(float(v) for v in args.kT.split(","))
     t0, c0 = time.perf_counter(), time.process_time()
     resps, bands, templates, per_choice = setup(choices)
     cells = [(bg, counts, kT, (args.seed, b_i, counts, int(round(kT * 10))),
@@ -294,9 +305,7 @@ def main(argv=None) -> None:
     print_tables(table, choices, backgrounds, per_cell)
     print(f"\n{n_fits:,} fits in {time.perf_counter() - t0:.0f} s wall, {cpu:.0f} s CPU "
           f"({n_fits / cpu:.0f} fits per CPU-second, simulation included); command: "
-          f"benchmarks/pull_study.py{' --quick' if args.quick else ''}"
-          f"{'' if args.per_cell is None else f' --per-cell {args.per_cell}'}"
-          f" --seed {args.seed}")
+          f"benchmarks/pull_study.py {' '.join(sys.argv[1:] if argv is None else argv)}")
 
 
 if __name__ == "__main__":
