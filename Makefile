@@ -12,13 +12,18 @@ setup:
 demo: setup
 	$(PY) -m hpcxt demo --outdir $(DEMO) --np $(NP)
 
+# Serial by default (XDIST="-n 4 --dist loadgroup" runs four pytest workers;
+# tests that share a Slurm or a finished run stay on one worker, but the
+# Slurm chains then miss their wall-time windows on two cores).
+XDIST   ?=
+
 test:
 	HPCXT_BOOTSTRAP_TEST=1 bash scripts/bootstrap.sh
-	$(PYTEST) -q
+	$(PYTEST) -q $(XDIST)
 
 test-fast:
 	HPCXT_BOOTSTRAP_TEST=1 bash scripts/bootstrap.sh
-	$(PYTEST) -q -m "not slow and not slurm"
+	$(PYTEST) -q $(XDIST) -m "not slow and not slurm"
 
 bench: setup
 	$(PY) benchmarks/prep.py

@@ -17,7 +17,8 @@ from hpcxt.maps import IMAGES, MAPS, written_maps
 
 from conftest import run_hpcxt
 
-pytestmark = [pytest.mark.mpi, pytest.mark.slow]
+# One group: the tests share one finished `hpcxt run` (module fixture).
+pytestmark = [pytest.mark.mpi, pytest.mark.slow, pytest.mark.xdist_group("pipeline")]
 
 
 @pytest.fixture(scope="module")

@@ -45,7 +45,8 @@ SLURM_LOCAL = REPO / "scripts" / "slurm-local.sh"
 MARKER = "# written by hpcxt scripts/slurm-local.sh"
 CHAIN_TIMEOUT = 300
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+# One group: the session fixture starts one Slurm, on one xdist worker.
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
 
 def _ours() -> bool:
