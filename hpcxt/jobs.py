@@ -18,7 +18,7 @@
     (serial); a resubmitted job starts from the fit.
 
 The canonical templates live in the package, ``hpcxt/templates/jobs/``
-(``jobs/`` at the top of the source tree is a copy for people who read the
+(``jobs/`` at the top of the source tree is a link to it, for people who read the
 repository; a test keeps them equal). Placeholders are ``{{name}}``,
 ``{{name|q}}`` (shell-quoted) and ``{{include path}}`` (a fragment under the
 templates folder). A ``#SBATCH``/``#PBS`` line whose placeholder is empty is

@@ -387,6 +387,7 @@ def save(state):
     os.replace(state_path + ".tmp", state_path)
 
 if args[:3] == ["-m", "hpcxt.jobs", "progress"]:
+    time.sleep(float(os.environ.get("FAKE_PROGRESS_DELAY", "0")))
     state = load()
     print(*(state["final"], state["total"]) if state else (0, 0))
 elif args[:3] == ["-m", "hpcxt", "fit"]:
@@ -486,7 +487,7 @@ def test_warning_checkpoints_and_resubmits_then_next_job_finishes(cfg, tmp_path,
     assert f"resubmitted as job {jobid} (attempt 2, from stage fit)" in log
     submitted = (tmp_path / "submitted").read_text().splitlines()
     assert submitted[-1] == str(paths["fit"])
-    variables = "HPCXT_ATTEMPT=2,HPCXT_START_STAGE=fit,HPCXT_MAX_RESUBMITS=20"
+    variables = "HPCXT_ATTEMPT=2,HPCXT_START_STAGE=fit,HPCXT_MAX_RESUBMITS=20,HPCXT_STALLED=0"
     if scheduler == "slurm":
         assert submitted[:2] == ["--parsable", f"--export=ALL,{variables}"]
     else:
@@ -555,13 +556,32 @@ def test_crash_is_not_resubmitted(cfg, tmp_path, standins):
     assert not (tmp_path / "submitted").exists()
 
 
-def test_no_progress_is_not_resubmitted(cfg, tmp_path, standins):
+@pytest.mark.parametrize("when", ["during", "before"])
+def test_one_job_without_progress_is_retried_two_end_the_chain(cfg, tmp_path, standins, when):
+    """No region finished: the fit stalled, or Slurm's warning (which may come
+    up to a minute early) arrived before the fit started."""
     bindir, env = standins
     paths = render(cfg, tmp_path, scheduler="slurm", python=str(bindir / "fakepython"))
-    env["FAKE_FIT_MODE"] = "stall"
-    status, out = run_script(paths["fit"], env, signal_after=1.0)
-    assert status == 85, out
-    assert "not resubmitting: no region finished in this job" in chain_log(tmp_path / "jobs")
+    if when == "during":
+        env["FAKE_FIT_MODE"] = "stall"
+        why, second_status = "no region finished in this job", 85
+    else:
+        env["FAKE_PROGRESS_DELAY"] = "2"
+        why, second_status = "the wall-time warning came before the fit started", 1
+    status, out = run_script(paths["fit"], env, signal_after=1.0 if when == "during" else 0.5)
+    assert status == 0, out
+    log = chain_log(tmp_path / "jobs")
+    assert f"fit: {why} (Slurm may warn up to a minute early); one more job will try" in log
+    assert "resubmitted as job 4242 (attempt 2, from stage fit)" in log
+    assert ("-m hpcxt fit" in (tmp_path / "calls.log").read_text()) == (when == "during")
+    submitted = (tmp_path / "submitted").read_text().splitlines()
+    assert submitted[1].endswith(",HPCXT_STALLED=1")
+    (tmp_path / "submitted").unlink()
+    env.update(HPCXT_ATTEMPT="2", HPCXT_STALLED="1")
+    status, out = run_script(paths["fit"], env, signal_after=1.0 if when == "during" else 0.5)
+    assert status == second_status, out
+    assert (f"not resubmitting: {why}, and the job before made no progress either"
+            in chain_log(tmp_path / "jobs"))
     assert not (tmp_path / "submitted").exists()
 
 

@@ -72,6 +72,20 @@ hpcxt_progress() {
     fi
 }
 
+# hpcxt_stalled REASON: this job made no progress. Returns 0 (and counts it
+# for the next job) when that is the first such job in a row, else logs why
+# the chain ends and returns 1.
+hpcxt_stalled() {
+    if [ "$HPCXT_STALLED" -ge 1 ]; then
+        hpcxt_log "not resubmitting: $1, and the job before made no progress either;" \
+            "give the job more time (--time) or a shorter warning (--signal-seconds)"
+        return 1
+    fi
+    hpcxt_log "fit: $1 (Slurm may warn up to a minute early); one more job will try"
+    HPCXT_STALLED_NEXT=$((HPCXT_STALLED + 1))
+    return 0
+}
+
 # hpcxt_resubmit STAGE: continue the chain in a new job from STAGE.
 # Returns 3 when a job was submitted, 1 when not (the reason is logged).
 hpcxt_resubmit() {
@@ -101,9 +115,11 @@ hpcxt_fit_stage() {
         return 0
     fi
     if [ "$HPCXT_WARNED" = 1 ]; then
-        hpcxt_log "not resubmitting: the wall-time warning came before the fit started;" \
-            "give the job more time (--time) or a shorter warning (--signal-seconds)"
-        return 1
+        # Slurm may send the warning up to a minute early: one job that made
+        # no progress is retried, two in a row end the chain.
+        hpcxt_stalled "the wall-time warning came before the fit started" || return 1
+        hpcxt_resubmit fit
+        return
     fi
     if [ "$total" = 0 ]; then
         hpcxt_log "fit: no results yet; starting on $(hpcxt_ntasks) tasks"
@@ -133,10 +149,11 @@ hpcxt_fit_stage() {
         return "$status"
     fi
     if [ "$after" -le "$before" ]; then
-        hpcxt_log "not resubmitting: no region finished in this job, so another would not" \
-            "finish either; give it more time (--time) or warn earlier (--signal-seconds)"
-        return "$status"
+        hpcxt_stalled "no region finished in this job" || return "$status"
+        hpcxt_resubmit fit
+        return
     fi
+    HPCXT_STALLED_NEXT=0
     hpcxt_log "fit: checkpointed at the wall-time warning ($((after - before)) regions done in this job)"
     hpcxt_resubmit fit
 }

@@ -53,6 +53,6 @@ hpcxt_submit_next() {
         dep=(-W "depend=afterany:$parent")
     fi
     (cd "$HPCXT_JOBS_DIR" && qsub -V \
-        -v "HPCXT_ATTEMPT=$2,HPCXT_START_STAGE=$1,HPCXT_MAX_RESUBMITS=$HPCXT_MAX_RESUBMITS" \
+        -v "HPCXT_ATTEMPT=$2,HPCXT_START_STAGE=$1,HPCXT_MAX_RESUBMITS=$HPCXT_MAX_RESUBMITS,HPCXT_STALLED=$HPCXT_STALLED_NEXT" \
         ${dep[@]+"${dep[@]}"} "$HPCXT_SCRIPT")
 }

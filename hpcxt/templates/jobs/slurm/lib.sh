@@ -23,6 +23,6 @@ hpcxt_submit_next() {
         dep=(--dependency="afterany:$SLURM_JOB_ID")
     fi
     sbatch --parsable ${dep[@]+"${dep[@]}"} \
-        --export="ALL,HPCXT_ATTEMPT=$2,HPCXT_START_STAGE=$1,HPCXT_MAX_RESUBMITS=$HPCXT_MAX_RESUBMITS" \
+        --export="ALL,HPCXT_ATTEMPT=$2,HPCXT_START_STAGE=$1,HPCXT_MAX_RESUBMITS=$HPCXT_MAX_RESUBMITS,HPCXT_STALLED=$HPCXT_STALLED_NEXT" \
         "$HPCXT_SCRIPT"
 }
