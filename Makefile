@@ -12,10 +12,10 @@ setup:
 demo: setup
 	$(PY) -m hpcxt demo --outdir $(DEMO) --np $(NP)
 
-# Serial by default (XDIST="-n 4 --dist loadgroup" runs four pytest workers;
-# tests that share a Slurm or a finished run stay on one worker, but the
-# Slurm chains then miss their wall-time windows on two cores).
-XDIST   ?=
+# Two pytest workers, one module each at a time (module fixtures, such as
+# the one-machine Slurm or a finished run, are built once): the Slurm tests,
+# mostly waiting on their jobs, run beside the rest. XDIST= runs serially.
+XDIST   ?= -n 2 --dist loadscope
 
 test:
 	HPCXT_BOOTSTRAP_TEST=1 bash scripts/bootstrap.sh

@@ -66,7 +66,8 @@ class TemplateEngine:
 
     Built once per worker: the templates of every observation (about 1 s of
     CPU and 9 MB per 1024-channel observation, see
-    :func:`hpcxt.template_fit.build_templates`) and two Sherpa
+    :func:`hpcxt.template_fit.build_templates`; the fit stage builds them
+    once per node into shared memory and passes them in) and two Sherpa
     :class:`RegionFitter`: one with the run's settings for the regions the
     template engine cannot certify (their answer is exactly what the
     ``sherpa`` engine gives), and one that searches the norm's bounds with
@@ -78,11 +79,15 @@ class TemplateEngine:
     settings : FitSettings
     responses : list of hpcxt.data.Response
     has_background : bool
+    templates : hpcxt.template_fit.Templates, optional
+        Built already (once per node, in shared memory) from the same
+        settings and responses; default: built here.
     """
 
     name = "template"
 
-    def __init__(self, settings: FitSettings, responses, has_background: bool = True):
+    def __init__(self, settings: FitSettings, responses, has_background: bool = True,
+                 templates=None):
         from dataclasses import replace
 
         from .template_fit import build_templates
@@ -92,8 +97,13 @@ class TemplateEngine:
         self.reference = RegionFitter(replace(settings, conf_norm=settings.errors == "conf"),
                                       responses, has_background=has_background)
         self.nobs = self.sherpa.nobs
-        self.templates = build_templates(settings, responses,
-                                         band_masks=[r.band for r in self.sherpa.responses])
+        bands = [r.band for r in self.sherpa.responses]
+        if templates is None:
+            templates = build_templates(settings, responses, band_masks=bands)
+        elif [(o.band.start, o.band.stop) for o in templates.obs] != \
+                [(int(np.flatnonzero(b)[0]), int(np.flatnonzero(b)[-1]) + 1) for b in bands]:
+            raise ValueError("the templates given were built for other channels")
+        self.templates = templates
 
     def fit(self, spectra, verify: bool = False) -> FitRecord:
         """Fit one region; never raises for a bad region.
@@ -186,11 +196,13 @@ def engine_choice(settings: FitSettings) -> tuple[str, str]:
     return settings.engine, ""
 
 
-def make_engine(settings: FitSettings, responses, has_background: bool = True):
-    """The engine :func:`engine_choice` picks for ``settings``."""
+def make_engine(settings: FitSettings, responses, has_background: bool = True,
+                templates=None):
+    """The engine :func:`engine_choice` picks for ``settings`` (``templates``:
+    see :class:`TemplateEngine`; ignored by the Sherpa engine)."""
     name, _ = engine_choice(settings)
     if name == "template":
-        return TemplateEngine(settings, responses, has_background)
+        return TemplateEngine(settings, responses, has_background, templates=templates)
     if name == "sherpa":
         return RegionFitter(settings, responses, has_background=has_background)
     raise ValueError(f"unknown fit engine {settings.engine!r} (one of {', '.join(ENGINES)})")

@@ -234,14 +234,14 @@ class Templates:
     Built by :func:`build_templates`, once per run. They depend only on the
     fit settings (model, frozen parameters, kT and energy ranges) and the
     responses, and the XSPEC evaluation is deterministic, so each worker
-    builds its own copy rather than receiving one from rank 0. Measured for
+    builds its own copy, or the first rank of each node builds one into
+shared memory for the node's ranks (:func:`templates_layout`, used by
+:mod:`hpcxt.stages.fit`). Measured for
     two 1024-channel ACIS-like responses (1070 energies, 501 band channels
     each) and ``xsphabs*xsbremss`` over 0.08-64 keV: 0.9 s of CPU for both
     (about 1580 kT values, half of them for the accuracy check, at 0.19 ms
     of Sherpa folding per observation each; 558 knots) and 8.9 MB per
-    observation (benchmarks/template_fit.py prints both). Broadcasting from
-    rank 0 would pay off only for a model much slower to evaluate; one copy
-    per node in MPI shared memory would save the memory of the others.
+    observation (benchmarks/template_fit.py prints both).
 
     Attributes
     ----------
@@ -283,6 +283,38 @@ class Templates:
     def nbytes(self) -> int:
         """Memory held, bytes (the observations' coefficients are views)."""
         return int(self.coef.nbytes + self.knots.nbytes)
+
+
+def templates_layout(templates: Templates) -> dict:
+    """``name -> (shape, dtype)`` of the arrays that hold ``templates``
+    (for a node's shared-memory window, :mod:`hpcxt.shared`)."""
+    return {"knots": (templates.knots.shape, np.float64),
+            "coef": (templates.coef.shape, np.float64),
+            "offsets": (templates.offsets.shape, np.int64),
+            "breaks": (templates.breaks.shape, np.float64),
+            "bands": ((len(templates.obs), 2), np.int64),
+            "meta": ((3,), np.float64)}
+
+
+def templates_to_arrays(templates: Templates, arrays) -> None:
+    """Write ``templates`` into the arrays of :func:`templates_layout`."""
+    for name in ("knots", "coef", "offsets", "breaks"):
+        arrays[name][...] = getattr(templates, name)
+    arrays["bands"][...] = [(o.band.start, o.band.stop) for o in templates.obs]
+    arrays["meta"][...] = (templates.check_error, templates.n_evals, templates.build_seconds)
+
+
+def templates_from_arrays(arrays) -> Templates:
+    """The :class:`Templates` held in the arrays of :func:`templates_layout`
+    (views: nothing is copied)."""
+    coef, offsets = arrays["coef"], arrays["offsets"]
+    obs = [ObsTemplate(band=slice(int(a), int(b)), knots=arrays["knots"],
+                       coef=coef[:, :, offsets[k]:offsets[k + 1]])
+           for k, (a, b) in enumerate(arrays["bands"])]
+    check_error, n_evals, seconds = (float(v) for v in arrays["meta"])
+    return Templates(obs=obs, knots=arrays["knots"], coef=coef, offsets=offsets,
+                     breaks=arrays["breaks"], check_error=check_error, n_evals=int(n_evals),
+                     build_seconds=seconds)
 
 
 def band_slice(band) -> slice:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 BIN = Path(sys.executable).parent
 MPIEXEC = BIN / "mpiexec"
@@ -77,5 +78,11 @@ def prepped_small(simulated_small, tmp_path_factory) -> Path:
     outdir = tmp_path_factory.mktemp("prepped_small") / "sim"
     shutil.copytree(simulated_small, outdir)
     cfg_path = outdir / "config.yaml"
+    # no Sherpa verification sample in the fits of the tests that use it (20
+    # Sherpa fits a run); tests/test_engines.py tests the verification
+    doc = yaml.safe_load(cfg_path.read_text())
+    doc.setdefault("fit", {})["verify_fraction"] = 0.0
+    cfg_path.write_text(yaml.safe_dump(doc, sort_keys=False))
     run_prep(load_config(cfg_path))
     return cfg_path
+

@@ -207,9 +207,11 @@ def make_fit_workdir(root, n_side: int = 6, seed: int = 3, errors: str = "covar"
     write_regions(root / "work" / "acb" / "regions.h5", table)
     np.save(root / "kT_true.npy", kT_true)
 
+    # verification against Sherpa (20 Sherpa fits a run) is off here: its own
+    # tests (tests/test_engines.py) turn it on
     fit = {"model": MODEL, "kT_init": 8.0, "statistic": statistic, "errors": errors,
            "min_counts": 100, "checkpoint_seconds": checkpoint_seconds,
-           "batch_size": batch_size}
+           "batch_size": batch_size, "verify_fraction": 0.0}
     fit.update(extra_fit or {})
     cfg = {
         "cluster": {"name": "synthetic", "redshift": REDSHIFT, "nh": NH,

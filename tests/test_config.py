@@ -73,14 +73,17 @@ def test_top_level_typo_and_missing_required(tmp_path):
     assert "cluster.nh: required but missing" in info.value.problems
 
 
-def test_duplicate_obsid_and_bad_band(tmp_path):
+def test_duplicate_obsid_bad_band_and_start_outside_the_range(tmp_path):
     data = _minimal(tmp_path)
     data["observations"].append(dict(data["observations"][0]))
     data["prep"]["energy_band"] = [8.0, 0.7]
+    data.setdefault("fit", {})["kT_range"] = [1.0, 7.0]  # kT_init stays 8
     with pytest.raises(ConfigError) as info:
         load_config(_write(tmp_path, data))
     assert "observations[1].obsid: duplicate of observations[0]" in info.value.problems
     assert any(p.startswith("prep.energy_band: low must be below high") for p in info.value.problems)
+    assert ("fit.kT_init: 8 keV is outside fit.kT_range [1, 7] keV: the fit starts there"
+            in info.value.problems)
 
 
 def test_missing_and_malformed_files(tmp_path):

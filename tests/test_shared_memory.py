@@ -9,6 +9,7 @@ ranks, and must give identical outputs.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import sys
 import textwrap
@@ -196,22 +197,30 @@ def test_share_per_node_fills_once_per_node_under_mpiexec(tmp_path):
 MODES = ((), ("--no-shared-memory",))
 
 
-def _runs(tmp_path, run_in_process, run_under_mpiexec, caplog):
-    """Yield (label, output) of each stage run: in-process on one rank, then mpiexec."""
+def _runs(tmp_path, run_in_process, run_under_mpiexec, caplog, what=("",)):
+    """Yield (label, output) of each stage run: in-process on one rank, then mpiexec.
+
+    ``what``: the ends of the "shared memory: ..." lines a shared run logs
+    (the arrays it shares), none of which a private run logs.
+    """
     from mpi4py import MPI
 
     for flags in MODES:
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="hpcxt"):
             out = run_in_process(MPI.COMM_SELF, shared_memory=not flags)
-        logged = any(r.getMessage().startswith("shared memory:") for r in caplog.records)
-        assert logged == (not flags)
+        lines = [r.getMessage() for r in caplog.records]
+        for end in what:
+            logged = any(m.startswith("shared memory:") and end in m for m in lines)
+            assert logged == (not flags), (end, lines)
         yield (1, flags), out
     for nprocs in (2, 3):
         for flags in MODES:
             proc, out = run_under_mpiexec(nprocs, flags)
             assert proc.returncode == 0, proc.stderr
-            assert ("shared memory:" in proc.stderr) == (not flags), proc.stderr
+            for end in what:
+                logged = bool(re.search(f"shared memory: .*{end}", proc.stderr))
+                assert logged == (not flags), (end, proc.stderr)
             yield (nprocs, flags), out
 
 
@@ -243,7 +252,9 @@ def test_fit_same_results_with_and_without_shared_memory(tmp_path, caplog):
         return proc, (results(cfg) if proc.returncode == 0 else None)
 
     reference = None
-    for label, res in _runs(tmp_path, in_process, under_mpiexec, caplog):
+    for label, res in _runs(tmp_path, in_process, under_mpiexec, caplog,
+                            what=("of sorted events once per node",
+                                  "of fit templates once per node")):
         assert res.complete and res.n_ok >= 6, label
         reference = reference or res
         assert res.same_results(reference) == [], label

@@ -11,7 +11,7 @@ partition).
 - a 3-task mpi4py job under ``srun`` (pmi2 with the MPICH wheel);
 - the rendered fit script with 2 and 3 tasks, ``sbatch --wait``, results
   equal to a serial fit's;
-- a fit given a 2-minute wall time, warned 50 s before it: it checkpoints,
+- a fit given a 2-minute wall time, warned 80 s before it: it checkpoints,
   resubmits itself and finishes, with results equal to an uninterrupted
   fit's (all columns but timing and worker rank);
 - the same chain through the PBS script, submitted with Debian's Torque
@@ -206,17 +206,17 @@ def test_fit_script_runs_to_completion(slurm, small_fit, tmp_path, ntasks):
 
 
 def test_short_walltime_checkpoints_resubmits_and_finishes(slurm, chain_fit, tmp_path):
-    """2-minute jobs warned 50 s early: the fit goes on over several jobs."""
+    """2-minute jobs warned 80 s early: the fit goes on over several jobs."""
     config, ref = fresh_copy(chain_fit, tmp_path)
     cfg = load_config(config, check_files=False)
     paths = jobs.render_jobs(cfg, jobs.JobOptions(
-        scheduler="slurm", ntasks_per_node=3, time="00:02:00", signal_seconds=50,
-        srun_mpi="pmi2", max_resubmits=8, python=slow_fit_python(tmp_path, 4.5)))
+        scheduler="slurm", ntasks_per_node=3, time="00:02:00", signal_seconds=80,
+        srun_mpi="pmi2", max_resubmits=8, python=slow_fit_python(tmp_path, 2.5)))
     # slurmctld looks at time limits every 30 s and sends the warning at the
-    # first look within 30 s of its due time: 40-70 s into a 2-minute job, after
-    # the fit has started (with 1-minute jobs it could come before). About
-    # 4.7 s per region, 36 regions, 2 workers: over 80 s of fitting, more than
-    # a job gets before its warning.
+    # first look within 30 s of its due time: 10-40 s into a 2-minute job,
+    # after the fit has started (with 1-minute jobs it could come before).
+    # About 2.7 s per region, 36 regions, 2 workers: about 50 s of fitting,
+    # more than a job gets before its warning.
     env = job_env()
     proc = sbatch_wait(paths["fit"], env)
     jobs_dir = paths["fit"].parent
@@ -240,8 +240,10 @@ def test_pbs_script_through_the_torque_qsub_wrapper(slurm, chain_fit, tmp_path):
     config, ref = fresh_copy(chain_fit, tmp_path)
     cfg = load_config(config, check_files=False)
     paths = jobs.render_jobs(cfg, jobs.JobOptions(
-        scheduler="pbs", ntasks_per_node=3, time="00:01:00", signal_seconds=30,
-        max_resubmits=8, python=slow_fit_python(tmp_path, 2.5)))
+        scheduler="pbs", ntasks_per_node=3, time="00:01:00", signal_seconds=45,
+        max_resubmits=8, python=slow_fit_python(tmp_path, 1.0)))
+    # the script's timer warns 15 s in; about 1.2 s per region, 36 regions,
+    # 2 workers: about 22 s of fitting, so at least two jobs
     env = job_env()
     jobs_dir = paths["fit"].parent
     proc = subprocess.run(["qsub", str(paths["fit"])], capture_output=True, text=True,

@@ -557,6 +557,11 @@ def _cross_checks(data: dict, v: _Validator) -> None:
                 if o.get(key) is None:
                     v.problem(f"observations[{i}].{key}", "required with prep.backend: products")
     fit = data.get("fit") or {}
+    kT_range, kT_init = fit.get("kT_range"), fit.get("kT_init")
+    if (isinstance(kT_range, list) and len(kT_range) == 2 and isinstance(kT_init, float)
+            and not kT_range[0] <= kT_init <= kT_range[1]):
+        v.problem("fit.kT_init", f"{kT_init:g} keV is outside fit.kT_range "
+                  f"[{kT_range[0]:g}, {kT_range[1]:g}] keV: the fit starts there")
     model = fit.get("model")
     if isinstance(model, str):
         absorption, emission, table = parse_model(model)

@@ -1,0 +1,83 @@
+"""The template engine inside a fit run: engine column, Sherpa fallback,
+the verification sample and its report (issue 10).
+
+The kernel itself is compared with Sherpa region by region in
+tests/test_template.py; here the stage around it: which regions fall back,
+which are verified, what results.h5, the log and ``hpcxt status`` say, and
+that none of it depends on the number of ranks.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from conftest import run_hpcxt
+from fit_fixtures import make_fit_workdir
+from hpcxt.engines import verification_sample
+from hpcxt.io.checkpoint import read_results
+from hpcxt.schema import Engine, Status
+
+#: kT_range ends below the hottest regions' truth (2-10 keV across the grid):
+#: their best fit is at the edge, which the template engine does not certify.
+FIT = {"errors": "conf", "verify_fraction": 0.25, "kT_range": [1.0, 7.0], "kT_init": 4.0}
+
+
+@pytest.fixture(scope="module")
+def serial_run(tmp_path_factory):
+    cfg = make_fit_workdir(tmp_path_factory.mktemp("engines"), n_side=6, extra_fit=dict(FIT))
+    proc = run_hpcxt("fit", cfg, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return cfg, proc, read_results(cfg.parent / "work" / "fit" / "results.h5")
+
+
+def test_engine_column_and_fallback(serial_run):
+    cfg, proc, res = serial_run
+    kT_true = np.load(cfg.parent / "kT_true.npy")
+    fitted = res.engine != Engine.NONE
+    assert set(np.unique(res.engine[fitted])) == {Engine.TEMPLATE, Engine.SHERPA_FALLBACK}
+    fallback = res.engine == Engine.SHERPA_FALLBACK
+    # the hottest regions, whose best fit is at the kT_range edge, and no cool one
+    assert fallback[kT_true > 8.0].all() and not fallback[kT_true < 4.5].any()
+    # Sherpa finds no upper bound below the edge either: its answer is kept
+    for i in np.flatnonzero(fallback):
+        assert res.status[i] == Status.FAILED and "kT upper bound not found" in res.reason[i]
+    assert np.all(res.status[res.engine == Engine.TEMPLATE] == Status.OK)
+    n_template, n_fallback = int((res.engine == Engine.TEMPLATE).sum()), int(fallback.sum())
+    assert (f"engine: template for {n_template} regions, Sherpa for {n_fallback} the "
+            "template engine could not certify") in proc.stderr
+
+
+def test_verification_sample_is_stored_and_reported(serial_run):
+    cfg, proc, res = serial_run
+    sample = verification_sample(len(res), FIT["verify_fraction"])
+    assert sample.size == 20  # at least 20, though 25% of 36 is 9
+    checked = np.isfinite(res.verify_dkT)
+    # every template-fitted region of the sample, and no other region
+    want = np.zeros(len(res), bool)
+    want[sample] = True
+    want &= res.engine == Engine.TEMPLATE
+    np.testing.assert_array_equal(checked, want)
+    for name in ("verify_dkT", "verify_dnorm", "verify_dbounds"):
+        assert np.all(np.abs(getattr(res, name)[checked]) <= 0.1), name
+    m = re.search(r"verified against Sherpa on (\d+) regions: largest difference "
+                  r"([\d.]+) sigma in kT, ([\d.]+) in norm, ([\d.]+) in the bounds", proc.stderr)
+    assert m and int(m.group(1)) == checked.sum(), proc.stderr[-2000:]
+    assert float(m.group(2)) == pytest.approx(np.abs(res.verify_dkT[checked]).max(), abs=1e-3)
+    status = run_hpcxt("status", cfg)
+    assert status.returncode == 0, status.stderr
+    assert m.group(0) in status.stdout
+
+
+@pytest.mark.mpi
+def test_engines_and_verification_identical_on_3_ranks(serial_run, tmp_path):
+    cfg, _, ref = serial_run
+    cfg3 = make_fit_workdir(tmp_path, n_side=6, extra_fit=dict(FIT))
+    proc = run_hpcxt("fit", cfg3, nprocs=3, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = read_results(cfg3.parent / "work" / "fit" / "results.h5")
+    assert res.same_results(ref) == []
+    np.testing.assert_array_equal(res.engine, ref.engine)
+    np.testing.assert_array_equal(res.verify_dbounds, ref.verify_dbounds)
