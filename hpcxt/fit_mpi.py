@@ -434,7 +434,8 @@ def run_master_worker(comm, start, make_fit_batch, options: RunOptions, hooks=No
         comm.bcast(("go", 0), root=0)
     m = _Master(options, start, nworkers=size - 1, hooks=hooks)
     log.info("fit: %s; %d to fit on %d %s (master pid %d)", describe(start), m.n_pending,
-             max(size - 1, 1), "worker ranks" if size > 1 else "rank (serial)", os.getpid())
+             max(size - 1, 1), {1: "rank (serial)", 2: "worker rank"}.get(size, "worker ranks"),
+             os.getpid())
     old = m.install_signals()
     try:
         # The first checkpoint is written while the workers build their
