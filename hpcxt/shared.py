@@ -133,7 +133,7 @@ def _all_ok(comm, ok: bool, why: str, what: str) -> bool:
 
 
 def share_per_node(comm, layout, fill, *, enabled: bool = True, node=None,
-                   what: str = "arrays") -> NodeArrays | None:
+                   what: str = "arrays", filler: int = 0) -> NodeArrays | None:
     """``fill`` once per node into a shared-memory window; read-only views on every rank.
 
     Collective over ``comm`` (unless ``enabled`` is False).
@@ -156,6 +156,11 @@ def share_per_node(comm, layout, fill, *, enabled: bool = True, node=None,
         one node. Tests pass a split of one machine's ranks to play nodes.
     what : str
         What the arrays are, for the log.
+    filler : int
+        The rank within each node that calls ``layout`` and ``fill`` and
+        holds the memory (the node's first rank when the node has no more
+        ranks). The fit passes 1 for what only workers need, so that the
+        master (rank 0, on the first node) does not load what filling takes.
 
     Returns
     -------
@@ -176,14 +181,15 @@ def share_per_node(comm, layout, fill, *, enabled: bool = True, node=None,
         ok, why = False, f"{type(exc).__name__}: {exc}"
     if not _all_ok(comm, ok, why, what):
         return None
-    leader = node.Get_rank() == 0
-    entries, total = node.bcast(window_layout(layout()) if leader else None, root=0)
+    root = filler if filler < node.Get_size() else 0
+    leader = node.Get_rank() == root
+    entries, total = node.bcast(window_layout(layout()) if leader else None, root=root)
     win = None
     try:
         # All the memory is the leader's; the others map it. At least one
         # cache line, so that an empty layout still has a base address.
         win = MPI.Win.Allocate_shared(max(total, ALIGN) if leader else 0, 1, comm=node)
-        buffer, _ = win.Shared_query(0)
+        buffer, _ = win.Shared_query(root)
     except (MPI.Exception, NotImplementedError) as exc:
         ok, why = False, f"{type(exc).__name__}: {exc}"
     if not _all_ok(comm, ok, why, what):
@@ -211,12 +217,14 @@ def share_per_node(comm, layout, fill, *, enabled: bool = True, node=None,
 
 
 @contextlib.contextmanager
-def node_shared(comm, layout, fill, *, enabled: bool = True, node=None, what: str = "arrays"):
+def node_shared(comm, layout, fill, *, enabled: bool = True, node=None, what: str = "arrays",
+                filler: int = 0):
     """:func:`share_per_node` as a context manager: the window is freed on a normal exit.
 
     Yields the :class:`NodeArrays`, or None where nothing is shared.
     """
-    shared = share_per_node(comm, layout, fill, enabled=enabled, node=node, what=what)
+    shared = share_per_node(comm, layout, fill, enabled=enabled, node=node, what=what,
+                            filler=filler)
     with shared if shared is not None else contextlib.nullcontext():
         yield shared
 

@@ -158,7 +158,7 @@ CHILD = textwrap.dedent("""
     def layout():
         calls.append(comm.Get_rank())
         return _layout()
-    shared = share_per_node(comm, layout, _fill, node=node)
+    shared = share_per_node(comm, layout, _fill, node=node, filler=int(sys.argv[2]))
     _check_equal_and_read_only(shared)
     # the view lies in a memory mapping shared between processes
     addr = shared["counts"].ctypes.data
@@ -176,19 +176,21 @@ CHILD = textwrap.dedent("""
 
 
 @pytest.mark.mpi
-def test_share_per_node_fills_once_per_node_under_mpiexec(tmp_path):
+@pytest.mark.parametrize("filler,leaders", [(0, "[0, 1]"), (1, "[1, 2]")])
+def test_share_per_node_fills_once_per_node_under_mpiexec(tmp_path, filler, leaders):
     import subprocess
 
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     cmd = [str(MPIEXEC), "-n", "3", sys.executable, "-m", "mpi4py", str(script),
-           str(Path(__file__).parent)]
+           str(Path(__file__).parent), str(filler)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=mpi_env())
     assert proc.returncode == 0, proc.stderr
-    # Ranks 0, 2 form one node and rank 1 the other: their first ranks fill,
-    # and ranks 0 and 2 see one mapping shared between them (MPICH gives a
-    # node of one rank private memory).
-    assert "LEADERS [0, 1] PERMS ss" in proc.stdout, proc.stdout
+    # Ranks 0, 2 form one node and rank 1 the other: the filler of each
+    # node (its first rank, or its second where it has one and filler is 1)
+    # fills, and ranks 0 and 2 see one mapping shared between them (MPICH
+    # gives a node of one rank private memory).
+    assert f"LEADERS {leaders} PERMS ss" in proc.stdout, proc.stdout
 
 
 # --------------------------------------------------------------------------

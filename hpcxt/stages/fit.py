@@ -119,7 +119,7 @@ def node_templates(cfg, comm, enabled: bool = True):
     :func:`hpcxt.template_fit.templates_layout`, or None where shared
     memory is off or unavailable or the run does not use the template
     engine; each fitting rank then builds its own, as :class:`BatchFitter`
-    does by default. The first rank of each node builds them (about 1 s of
+    does by default. The second rank of each node builds them (about 1 s of
     CPU and 9 MB per 1024-channel observation), from the same settings and
     responses as every worker would.
     """
@@ -138,7 +138,8 @@ def node_templates(cfg, comm, enabled: bool = True):
         templates_to_arrays(built.pop("templates"), arrays)
 
     use = enabled and engine_choice(settings)[0] == "template"
-    return node_shared(comm, layout, fill, enabled=use, what="fit templates")
+    # a worker builds them: the master never loads Sherpa, XSPEC or numba
+    return node_shared(comm, layout, fill, enabled=use, what="fit templates", filler=1)
 
 
 def prepare_results(cfg, resume: bool, nranks: int = 1):
