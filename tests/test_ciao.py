@@ -497,44 +497,35 @@ def test_cli_prints_one_line_and_exits_2(tmp_path, ciao_env):
 
 
 @pytest.mark.slow
-def test_rerun_skips_finished_stages_and_redoes_lost_outputs(tmp_path, ciao_env, monkeypatch):
+def test_reruns_skip_redo_changed_lost_and_forced_stages(tmp_path, ciao_env, monkeypatch):
+    """One workdir through the reruns a user makes: nothing changed, --force,
+    a changed setting, a lost output, a redo whose tool writes nothing."""
     cfg_path = write_config(tmp_path, obsids=OBSIDS[:1])
+
+    def tools_since(n):
+        return [c["tool"] for c in read_calls(ciao_env["calls"])[n:]]
+
     first = _prepare(cfg_path)
     n = len(read_calls(ciao_env["calls"]))
-    second = _prepare(cfg_path)
-    assert len(read_calls(ciao_env["calls"])) == n
-    assert second == first
+    assert _prepare(cfg_path) == first and tools_since(n) == []
+    _prepare(cfg_path, force=True)
+    assert tools_since(n) == PHASE1[1:] + ["specextract"]  # all but the download
+    n = len(read_calls(ciao_env["calls"]))
+    changed = {**SIM_DEFLARE, "stddev": 3.5}
+    write_config(tmp_path, obsids=OBSIDS[:1], deflare=changed)
+    _prepare(cfg_path)
+    assert tools_since(n) == ["dmcopy", "dmextract", "deflare", "dmcopy", "blanksky",
+                              "fluximage", "specextract"]
+    n = len(read_calls(ciao_env["calls"]))
     os.remove(first[0]["exposure_map"])
     _prepare(cfg_path)
-    assert [c["tool"] for c in read_calls(ciao_env["calls"])[n:]] == ["fluximage", "specextract"]
+    assert tools_since(n) == ["fluximage", "specextract"]
     # a redo whose tool writes nothing fails, even though last run's file was there
-    write_config(tmp_path, obsids=OBSIDS[:1], expmap_energy=1.5)
+    write_config(tmp_path, obsids=OBSIDS[:1], deflare=changed, expmap_energy=1.5)
     monkeypatch.setenv("HPCXT_STANDIN_NO_OUTPUT", "fluximage")
     with pytest.raises(CiaoError, match="fluximage left no usable output"):
         _prepare(cfg_path)
     assert not Path(first[0]["exposure_map"]).exists()
-
-
-@pytest.mark.slow
-def test_changed_setting_redoes_that_stage_and_later(tmp_path, ciao_env):
-    cfg_path = write_config(tmp_path, obsids=OBSIDS[:1])
-    _prepare(cfg_path)
-    n = len(read_calls(ciao_env["calls"]))
-    write_config(tmp_path, obsids=OBSIDS[:1], deflare={**SIM_DEFLARE, "stddev": 3.5})
-    _prepare(cfg_path)
-    again = [c["tool"] for c in read_calls(ciao_env["calls"])[n:]]
-    assert again == ["dmcopy", "dmextract", "deflare", "dmcopy", "blanksky", "fluximage",
-                     "specextract"]
-
-
-@pytest.mark.slow
-def test_force_redoes_all_but_the_download(tmp_path, ciao_env):
-    cfg_path = write_config(tmp_path, obsids=OBSIDS[:1])
-    _prepare(cfg_path)
-    n = len(read_calls(ciao_env["calls"]))
-    _prepare(cfg_path, force=True)
-    again = [c["tool"] for c in read_calls(ciao_env["calls"])[n:]]
-    assert again == PHASE1[1:] + ["specextract"]
 
 
 def test_download_hang_times_out(tmp_path, ciao_env, monkeypatch):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -90,9 +91,38 @@ def job_env(**extra) -> dict:
     return env
 
 
-def sbatch_wait(script, env, timeout=240):
-    return subprocess.run(["sbatch", "--wait", str(script)], capture_output=True,
-                          text=True, env=env, timeout=timeout, cwd=Path(script).parent)
+#: Job states after which a job runs no more (squeue/scontrol's names).
+ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
+         "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
+
+
+def sbatch_wait(script, env, timeout=240, options=(), cwd=None):
+    """Submit a job and wait for its end; ``returncode`` is the job's exit code.
+
+    Like ``sbatch --wait``, but polling ``scontrol`` every 0.3 s: sbatch's
+    own wait sleeps in growing steps (a job of 3 s is seen ended after 10 s).
+    """
+    cwd = Path(script).parent if cwd is None and script else cwd
+    argv = ["sbatch", "--parsable", *options, *([str(script)] if script else [])]
+    sub = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60, cwd=cwd)
+    if sub.returncode != 0:
+        return sub
+    jobid = sub.stdout.strip().split(";")[0]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        show = subprocess.run(["scontrol", "-o", "show", "job", jobid], capture_output=True,
+                              text=True, timeout=60)
+        state = re.search(r"\bJobState=(\S+)", show.stdout)
+        code = re.search(r"\bExitCode=(\d+):(\d+)", show.stdout)
+        if state and code and state.group(1) in ENDED:
+            status, sig = int(code.group(1)), int(code.group(2))
+            return subprocess.CompletedProcess(argv, status or (128 + sig if sig else 0),
+                                               f"Submitted batch job {jobid}\n",
+                                               "" if state.group(1) == "COMPLETED"
+                                               else f"job {jobid} {state.group(1)}\n")
+        time.sleep(0.3)
+    subprocess.run(["scancel", jobid], capture_output=True)
+    raise AssertionError(f"job {jobid} did not end within {timeout} s")
 
 
 def read_outputs(jobs_dir) -> str:
@@ -178,10 +208,9 @@ def test_mpi4py_under_srun_pmi2(slurm, tmp_path):
     out = tmp_path / "hello.out"
     code = ("from mpi4py import MPI; c = MPI.COMM_WORLD; "
             "print(c.Get_rank(), c.Get_size(), flush=True)")
-    proc = subprocess.run(
-        ["sbatch", "--wait", "--ntasks=3", "--time=1", f"--output={out}",
-         f"--wrap=srun --kill-on-bad-exit=1 {sys.executable} -m mpi4py -c '{code}'"],
-        capture_output=True, text=True, env=job_env(), timeout=120)
+    proc = sbatch_wait(None, job_env(), timeout=120, cwd=tmp_path, options=(
+        "--ntasks=3", "--time=1", f"--output={out}",
+        f"--wrap=srun --kill-on-bad-exit=1 {sys.executable} -m mpi4py -c '{code}'"))
     assert proc.returncode == 0, proc.stdout + proc.stderr + out.read_text()
     lines = sorted(out.read_text().split("\n"))
     assert [line for line in lines if line] == ["0 3", "1 3", "2 3"]
