@@ -13,9 +13,11 @@ demo: setup
 	$(PY) -m hpcxt demo --outdir $(DEMO) --np $(NP)
 
 # Two pytest workers, one module each at a time (module fixtures, such as
-# the one-machine Slurm or a finished run, are built once): the Slurm tests,
-# mostly waiting on their jobs, run beside the rest. XDIST= runs serially.
-XDIST   ?= -n 2 --dist loadscope
+# the one-machine Slurm or a finished run, are built once), longest modules
+# first (tests/conftest.py orders them; xdist's own reorder would put the
+# Slurm tests, few but long and mostly waiting on their jobs, last).
+# XDIST= runs serially.
+XDIST   ?= -n 2 --dist loadscope --no-loadscope-reorder
 
 test:
 	HPCXT_BOOTSTRAP_TEST=1 bash scripts/bootstrap.sh

@@ -86,3 +86,14 @@ def prepped_small(simulated_small, tmp_path_factory) -> Path:
     run_prep(load_config(cfg_path))
     return cfg_path
 
+
+
+#: The longest modules first: under pytest-xdist's loadscope (make test) each
+#: module runs on one worker, and a long one started last would leave the
+#: other worker idle at the end. The Slurm tests mostly wait on their jobs.
+LONGEST_FIRST = ("test_slurm.py", "test_ciao.py", "test_fit_mpi.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    order = {name: k for k, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: order.get(item.path.name, len(order)))

@@ -147,7 +147,9 @@ def test_dead_rank_aborts_the_job_quickly(base_cfg, tmp_path):
     aborts the remaining ranks within a fraction of a second of the kill.
     """
     cfg = copy_workdir(base_cfg, tmp_path / "w")
-    proc = fit(cfg, nprocs=3, faults={"kill_worker": 2}, timeout=90)
+    # slowed fits: the other worker cannot take all the work before rank 2's
+    # first batch (template fits take milliseconds)
+    proc = fit(cfg, nprocs=3, faults={"kill_worker": 2, "fit_delay": 0.2}, timeout=90)
     assert proc.returncode != 0
     # What was checkpointed is still resumable.
     res = results(cfg)
