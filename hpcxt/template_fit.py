@@ -129,6 +129,8 @@ MIN_STEP = 1e-4
 JUMP_WIDTH = 1e-10
 #: A best fit or bound closer than this (ln kT) to a jump is not certified.
 BREAK_GUARD = 1e-5
+#: Offset (ln kT) from a jump at which the pieces on either side are evaluated.
+BREAK_SIDE = 1e-9
 #: Sherpa's ``trunc_value`` (sherpa.rc, statistics section): replaces a
 #: non-positive model in cstat; wstat uses it as the *logarithm* of a
 #: non-positive argument.
@@ -1103,9 +1105,27 @@ def _minimise(uA, uB, u_init, st, coef, knots, chan_group, bins, code, work, mom
 
 
 @njit(cache=True)
-def _kT_bound(side, u_best, P_min, N_best, delta, sig_u, uA, uB, st, coef, knots, chan_group,
-              bins, code, work, mom):
-    """Where the profile rises by delta on ``side`` of u_best: (u, flags)."""
+def _next_break(breaks, a, b):
+    """The jump nearest to ``a`` strictly between ``a`` and ``b`` (ln kT), else NaN."""
+    best = math.nan
+    for x in breaks:
+        if min(a, b) < x < max(a, b) and not abs(x - a) >= abs(best - a):
+            best = x
+    return best
+
+
+@njit(cache=True)
+def _kT_bound(side, u_best, P_min, N_best, delta, sig_u, uA, uB, breaks, st, coef, knots,
+              chan_group, bins, code, work, mom):
+    """Where the profile first rises by delta on ``side`` of u_best: (u, flags).
+
+    The first crossing outwards, as Sherpa's ``conf`` finds it: the outward
+    steps stop on each side of a jump of the model, so that a crossing
+    before a jump is never skipped for one beyond it (where the profile
+    drops back below the level across the jump, the kT within the level are
+    not one interval). A crossing on a jump itself is reported there,
+    flagged :data:`_F_AT_BREAK`.
+    """
     flags = 0
     tol_u = 1e-7
     target = P_min + delta
@@ -1116,6 +1136,25 @@ def _kT_bound(side, u_best, P_min, N_best, delta, sig_u, uA, uB, st, coef, knots
     xo, F_out, D_out = inner, 0.0, 0.0
     for _ in range(60):  # step outwards until the level is crossed
         xo = min(max(u_best + side * step, uA), uB)
+        b = _next_break(breaks, inner, xo)
+        while not math.isnan(b):  # look on both sides of each jump on the way
+            for near in (b - side * BREAK_SIDE, b + side * BREAK_SIDE):
+                Pb, Db, Nb, zb = _profile_at(near, st, coef, knots, chan_group, bins, code,
+                                             work, mom)
+                if Pb < P_min - 1e-6 * delta:
+                    flags |= _F_BETTER_MIN
+                if Pb - target > 0.0:
+                    if near == b - side * BREAK_SIDE:
+                        found = True
+                        xo, F_out, D_out = near, Pb - target, Db
+                        break
+                    return b, flags | _F_AT_BREAK
+                inner, F_in = near, Pb - target
+            if found:
+                break
+            b = _next_break(breaks, inner, xo)
+        if found:
+            break
         Px, Dx, Nx, zx = _profile_at(xo, st, coef, knots, chan_group, bins, code, work, mom)
         if Px < P_min - 1e-6 * delta:
             flags |= _F_BETTER_MIN
@@ -1340,11 +1379,11 @@ def _fit_kernel(coef, knots, breaks, src, bkg, gstart, offsets, used, texp, bsca
                                              code, work, mom)
                 curv = max(D2 / 1e-3, 1e-6)
             sig_u = math.sqrt(2.0 * delta / curv)
-            u_lo, fl = _kT_bound(-1.0, u_best, P_min, N_best, delta, sig_u, uA, uB, st, coef,
-                                 knots, chan_group, bins, code, work, mom)
+            u_lo, fl = _kT_bound(-1.0, u_best, P_min, N_best, delta, sig_u, uA, uB, breaks, st,
+                                 coef, knots, chan_group, bins, code, work, mom)
             flags |= fl
-            u_hi, fl = _kT_bound(1.0, u_best, P_min, N_best, delta, sig_u, uA, uB, st, coef,
-                                 knots, chan_group, bins, code, work, mom)
+            u_hi, fl = _kT_bound(1.0, u_best, P_min, N_best, delta, sig_u, uA, uB, breaks, st,
+                                 coef, knots, chan_group, bins, code, work, mom)
             flags |= fl
             out[1] = math.exp(u_lo)
             out[2] = math.exp(u_hi)
@@ -1393,7 +1432,12 @@ class TemplateResult:
     norm_lo_kT, norm_hi_kT : float
         Temperature (keV) at which the level curve reaches norm_lo and
         norm_hi: (norm_hi_kT, norm_hi) is a point where the statistic is
-        ``stat + error_sigma**2``, which anyone can check.
+        ``stat + error_sigma**2``, which anyone can check (NaN where the
+        norm's bounds come from ``covar``, see ``note``).
+    note : str
+        How the result was reached where it differs from the usual ("" mostly):
+        ``norm bounds from covar ...`` when the extreme norm of the level
+        curve lies on a jump of the model (see :func:`fit_profile`).
     """
 
     kT: float
@@ -1409,6 +1453,7 @@ class TemplateResult:
     n_eval: int = 0
     norm_lo_kT: float = math.nan
     norm_hi_kT: float = math.nan
+    note: str = ""
 
 
 def region_channels(templates: Templates, spectra, statistic: str, groupings=None):
@@ -1499,22 +1544,44 @@ def fit_profile(templates: Templates, spectra, statistic: str, groupings=None,
                          f"{grid_lo:g}-{grid_hi:g} keV")
     src, bkg, gstart, used, texp, bscale = region_channels(templates, spectra, statistic,
                                                            groupings)
-    out = np.empty(12)
-    _fit_kernel(templates.coef, templates.knots, templates.breaks, src, bkg, gstart,
-                templates.offsets, used, texp, bscale, STAT_CODES[statistic],
-                math.log(max(lo, grid_lo)), math.log(min(hi, grid_hi)), math.log(kT_init),
-                float(error_sigma) ** 2, ERRORS[errors], out)
+    def run(how: str) -> np.ndarray:
+        out = np.empty(12)
+        _fit_kernel(templates.coef, templates.knots, templates.breaks, src, bkg, gstart,
+                    templates.offsets, used, texp, bscale, STAT_CODES[statistic],
+                    math.log(max(lo, grid_lo)), math.log(min(hi, grid_hi)), math.log(kT_init),
+                    float(error_sigma) ** 2, ERRORS[how], out)
+        return out
+
+    out = run(errors)
     flags = int(out[8])
-    if templates.breaks.size:
-        # On a jump the profile is discontinuous: a minimum or crossing found
-        # there is the jump itself, and Sherpa's optimiser may stop elsewhere.
-        at = np.concatenate([np.log(out[[0, 1, 2]]), out[[9, 10]]])
-        at = at[np.isfinite(at)]
-        if at.size and np.abs(at[:, None] - templates.breaks[None, :]).min() < BREAK_GUARD:
+    note = ""
+    # On a jump the profile is discontinuous: a minimum or kT bound found
+    # there is the jump itself, and Sherpa's optimiser may stop elsewhere.
+    if _near_break(templates.breaks, np.log(out[[0, 1, 2]])):
+        flags |= _F_AT_BREAK
+    elif _near_break(templates.breaks, out[[9, 10]]) and flags == 0:
+        # The extreme norm of the level curve lies on a jump, where Sherpa's
+        # conf on the norm (kT refitted locally at each trial norm) stops at
+        # the jump or not: the norm's bounds come from covar at the best fit
+        # instead, as the Sherpa engine gives them by default.
+        cov = run("covar")
+        if int(cov[8]) == 0 and np.isfinite(cov[[4, 5]]).all() and cov[0] == out[0]:
+            out[[4, 5]] = cov[[4, 5]]
+            out[[9, 10]] = math.nan
+            note = "norm bounds from covar: the norm's conf bound lies on a jump of the model"
+        else:
             flags |= _F_AT_BREAK
     return TemplateResult(kT=float(out[0]), kT_lo=float(out[1]), kT_hi=float(out[2]),
                           norm=float(out[3]), norm_lo=float(out[4]), norm_hi=float(out[5]),
                           stat=float(out[6]), dof=int(out[11]) - 2, certified=flags == 0,
                           reason="; ".join(t for bit, t in _FLAG_TEXT.items() if flags & bit),
                           n_eval=int(out[7]), norm_lo_kT=float(np.exp(out[9])),
-                          norm_hi_kT=float(np.exp(out[10])))
+                          norm_hi_kT=float(np.exp(out[10])), note=note)
+
+
+def _near_break(breaks, u) -> bool:
+    """Whether any finite ln kT of ``u`` lies within :data:`BREAK_GUARD` of a jump."""
+    u = np.asarray(u, dtype=float)
+    u = u[np.isfinite(u)]
+    return bool(breaks.size and u.size
+                and np.abs(u[:, None] - breaks[None, :]).min() < BREAK_GUARD)

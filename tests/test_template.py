@@ -370,6 +370,37 @@ def test_covar_bounds_agree_with_sherpa_covar(resps, band, templates):
         assert all(abs(d[q]) < 0.05 for q in QUANTITIES), d
 
 
+def test_hot_regions_around_the_jump_give_sherpas_default_answer(resps, band, templates):
+    """kT 8-16 keV, where xsbremss jumps at 13.58 keV.
+
+    Where the norm's conf bound would lie on the jump, its bounds come from
+    covar, which is what the Sherpa engine gives by default (conf on kT,
+    covar on the norm); the kT bounds are the first crossings outwards, as
+    Sherpa's conf finds them, even where the profile drops back below the
+    level beyond the jump. Compared with that Sherpa fit: within 0.1 sigma.
+    """
+    rng = np.random.default_rng(5)
+    fitter = RegionFitter(settings(), resps)   # hpcxt's default errors
+    noted = 0
+    for _ in range(100):
+        kT = float(rng.uniform(8.0, 16.0))
+        reg = simulate_region(rng, resps, band, kT, float(rng.choice([1000, 2500, 5000])),
+                              "sparse", 2)
+        plan, groupings = sherpa_plan(fitter, reg.spectra)
+        res = tf.fit_profile(templates, reg.spectra, plan, groupings, errors="conf")
+        if not (res.certified and res.note):
+            continue
+        assert res.note.startswith("norm bounds from covar") and math.isnan(res.norm_hi_kT)
+        rec = fitter.fit(reg.spectra)
+        assert rec.status == 1, rec.reason
+        d = sigma_differences(rec, res)
+        assert all(abs(d[q]) <= 0.1 for q in QUANTITIES), (kT, d)
+        noted += 1
+        if noted == 3:
+            break
+    assert noted == 3
+
+
 # --------------------------------------------------------------------------
 # certification and determinism
 
