@@ -30,8 +30,12 @@ without Sherpa:
 A result is certified unless the minimum or a bound lies at the edge of
 ``kT_range``, a bound is not found, a search does not converge, the norm
 sits at its limit 0, a bound search finds a lower minimum, or the minimum or
-a bound lies on one of the model's jumps in kT (see below). Uncertified
-regions are meant to be refitted with Sherpa by the caller.
+a kT bound lies on one of the model's jumps in kT (see below). Where the
+norm's extreme on the level curve lies on a jump, the norm's bounds come
+from covar at the best fit (``TemplateResult.note`` says so): Sherpa's conf
+on the norm is erratic there, and covar is what the Sherpa engine gives for
+the norm by default. Uncertified regions are meant to be refitted with
+Sherpa by the caller.
 
 The statistics are Sherpa's definitions term by term (see
 :func:`statistic_value`) on the grouped, noticed bins, with Sherpa's dof
