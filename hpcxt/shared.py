@@ -142,11 +142,11 @@ def share_per_node(comm, layout, fill, *, enabled: bool = True, node=None,
     ----------
     comm : mpi4py communicator
     layout : callable
-        ``layout() -> {name: (shape, dtype)}``; called on the first rank of
-        each node only.
+        ``layout() -> {name: (shape, dtype)}``; called on each node's
+        ``filler`` rank only.
     fill : callable
         ``fill(arrays)`` writes every array of ``{name: ndarray}`` (views of
-        the window); called on the first rank of each node only, after
+        the window); called on each node's ``filler`` rank only, after
         ``layout``.
     enabled : bool
         False: share nothing and return None at once (``--no-shared-memory``).
@@ -184,36 +184,61 @@ def share_per_node(comm, layout, fill, *, enabled: bool = True, node=None,
     root = filler if filler < node.Get_size() else 0
     leader = node.Get_rank() == root
     entries, total = node.bcast(window_layout(layout()) if leader else None, root=root)
-    win = None
+    win, buffer = _allocate_shared(comm, node, root, total, what)
+    if win is None:
+        if own_node:
+            node.Free()
+        return None
+    arrays = _views(buffer, entries)
+    _fill_visibly(win, node, arrays, fill if leader else None)
+    nodes = comm.allreduce(int(leader))
+    if comm.Get_rank() == 0:
+        log.info("shared memory: %s of %s once per node (%d node(s), %d rank(s) on this one)",
+                 format_bytes(total), what, nodes, node.Get_size())
+    return NodeArrays(arrays, win=win, node=node, own_node=own_node)
+
+
+def _allocate_shared(comm, node, root: int, total: int, what: str):
+    """One window of ``total`` bytes held by node rank ``root``. Collective.
+
+    Returns (window, its buffer), or (None, None) on every rank of ``comm``
+    when any rank could not allocate or map it (logged once).
+    """
+    from mpi4py import MPI
+
+    ok, why, win, buffer = True, "", None, None
     try:
-        # All the memory is the leader's; the others map it. At least one
+        # All the memory is the root's; the others map it. At least one
         # cache line, so that an empty layout still has a base address.
-        win = MPI.Win.Allocate_shared(max(total, ALIGN) if leader else 0, 1, comm=node)
+        win = MPI.Win.Allocate_shared(max(total, ALIGN) if node.Get_rank() == root else 0, 1,
+                                      comm=node)
         buffer, _ = win.Shared_query(root)
     except (MPI.Exception, NotImplementedError) as exc:
         ok, why = False, f"{type(exc).__name__}: {exc}"
     if not _all_ok(comm, ok, why, what):
         if node.allreduce(int(win is not None), op=MPI.MIN):
             win.Free()
-        if own_node:
-            node.Free()
-        return None
-    arrays = _views(buffer, entries)
-    # Unified memory model: the leader's stores are seen by the others after
-    # a Win_sync on each side of a barrier.
+        return None, None
+    return win, buffer
+
+
+def _fill_visibly(win, node, arrays: dict, fill) -> None:
+    """``fill(arrays)`` on the rank given one (None elsewhere), seen by every
+    rank of ``node`` when this returns. Collective over ``node``.
+
+    Unified memory model: the filler's stores are seen by the others after
+    a Win_sync on each side of a barrier.
+    """
+    from mpi4py import MPI
+
     win.Lock_all(MPI.MODE_NOCHECK)
-    if leader:
+    if fill is not None:
         fill(arrays)
         release_free_memory()
     win.Sync()
     node.Barrier()
     win.Sync()
     win.Unlock_all()
-    nodes = comm.allreduce(int(leader))
-    if comm.Get_rank() == 0:
-        log.info("shared memory: %s of %s once per node (%d node(s), %d rank(s) on this one)",
-                 format_bytes(total), what, nodes, node.Get_size())
-    return NodeArrays(arrays, win=win, node=node, own_node=own_node)
 
 
 @contextlib.contextmanager
