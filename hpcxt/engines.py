@@ -66,8 +66,9 @@ class TemplateEngine:
 
     Built once per worker: the templates of every observation (about 1 s of
     CPU and 9 MB per 1024-channel observation, see
-    :func:`hpcxt.template_fit.build_templates`; the fit stage builds them
-    once per node into shared memory and passes them in) and two Sherpa
+    :func:`hpcxt.template_fit.build_templates`; the fit stage has one
+    worker per node build them into shared memory and passes them in) and
+    two Sherpa
     :class:`RegionFitter`: one with the run's settings for the regions the
     template engine cannot certify (their answer is exactly what the
     ``sherpa`` engine gives), and one that searches the norm's bounds with

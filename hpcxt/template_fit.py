@@ -240,9 +240,9 @@ class Templates:
     Built by :func:`build_templates`, once per run. They depend only on the
     fit settings (model, frozen parameters, kT and energy ranges) and the
     responses, and the XSPEC evaluation is deterministic, so each worker
-    builds its own copy, or the first rank of each node builds one into
-shared memory for the node's ranks (:func:`templates_layout`, used by
-:mod:`hpcxt.stages.fit`). Measured for
+    builds its own copy, or one worker of each node builds one into shared
+    memory for the node's ranks (:func:`templates_layout`, used by
+    :mod:`hpcxt.stages.fit`). Measured for
     two 1024-channel ACIS-like responses (1070 energies, 501 band channels
     each) and ``xsphabs*xsbremss`` over 0.08-64 keV: 0.9 s of CPU for both
     (about 1580 kT values, half of them for the accuracy check, at 0.19 ms

@@ -75,10 +75,9 @@ class BatchFitter:
         settings = FitSettings.from_config(cfg)
         if templates is not None:
             from ..template_fit import templates_from_arrays
+            templates = templates_from_arrays(templates)
         self.engine = make_engine(settings, [o.response for o in bundle.observations],
-                                  has_background=bundle.has_background,
-                                  templates=None if templates is None
-                                  else templates_from_arrays(templates))
+                                  has_background=bundle.has_background, templates=templates)
         self.verify = (set(verification_sample(len(table), settings.verify_fraction).tolist())
                        if engine_choice(settings)[0] == "template" else set())
         del bundle
