@@ -148,7 +148,6 @@ class TemplateEngine:
             return ref
         for name in ("kT", "kT_lo", "kT_hi", "norm", "norm_lo", "norm_hi", "stat", "dof"):
             setattr(rec, name, getattr(res, name))
-        rec.reason = _join(rec.reason, res.note)
         rec.engine = Engine.TEMPLATE
         rec.status = Status.OK
         if verify:
