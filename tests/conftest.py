@@ -90,8 +90,8 @@ def prepped_small(simulated_small, tmp_path_factory) -> Path:
 
 #: The longest modules first: under pytest-xdist's loadscope (make test) each
 #: module runs on one worker, and a long one started last would leave the
-#: other worker idle at the end. The Slurm tests mostly wait on their jobs.
-LONGEST_FIRST = ("test_slurm.py", "test_ciao.py", "test_fit_mpi.py")
+#: others idle at the end. The Slurm tests mostly wait on their jobs.
+LONGEST_FIRST = ("test_slurm.py", "test_fit_mpi.py", "test_ciao.py", "test_bins.py")
 
 
 def pytest_collection_modifyitems(config, items):

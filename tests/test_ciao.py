@@ -92,12 +92,31 @@ def caldb_events(obsid: str) -> tuple[int, int]:
 # stand-ins on PATH, and configs
 
 
+@pytest.fixture(scope="module")
+def standin_server(tmp_path_factory):
+    """The stand-ins' fork server (tests/ciao_standins/_server.py): its socket.
+
+    It imports numpy and astropy once, so that each stand-in call costs one
+    bare interpreter start-up instead of those imports.
+    """
+    sock = tmp_path_factory.mktemp("standin_server") / "sock"
+    proc = subprocess.Popen([sys.executable, str(STANDINS / "_server.py"), str(sock)])
+    deadline = time.monotonic() + 60
+    while not sock.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "stand-in server did not start"
+        time.sleep(0.05)
+    yield sock
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
 @pytest.fixture
 def standin_bin(tmp_path):
     """The stand-ins, copied with shebangs pointing at this interpreter."""
     bindir = tmp_path / "standin_bin"
     bindir.mkdir()
-    shutil.copy(STANDINS / "_standin.py", bindir / "_standin.py")
+    for helper in ("_standin.py", "_client.py"):
+        shutil.copy(STANDINS / helper, bindir / helper)
     for tool in STANDINS.iterdir():
         if tool.name.startswith(("_", ".")) or tool.suffix == ".md" or not tool.is_file():
             continue
@@ -109,10 +128,11 @@ def standin_bin(tmp_path):
 
 
 @pytest.fixture
-def ciao_env(monkeypatch, tmp_path, standin_bin, sim_data):
+def ciao_env(monkeypatch, tmp_path, standin_bin, standin_server, sim_data):
     """PATH with the stand-ins first, their data, their call log and a CIAO-like PFILES."""
     sysdir = tmp_path / "ciao_system_param"
     sysdir.mkdir()
+    monkeypatch.setenv("HPCXT_STANDIN_SERVER", str(standin_server))
     monkeypatch.setenv("PATH", f"{standin_bin}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("HPCXT_STANDIN_DATA", str(sim_data))
     calls = tmp_path / "calls.jsonl"
