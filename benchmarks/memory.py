@@ -222,12 +222,15 @@ def main(argv=None) -> None:
                         "shared, which passes no flag)")
     args = p.parse_args(argv)
     SOURCE[0] = args.source.resolve()
+    args.outdir = args.outdir.resolve()
     args.outdir.mkdir(parents=True, exist_ok=True)
+    data = [(name, Path(cfg).resolve()) for name, cfg in (i.split("=", 1) for i in args.data)]
+    # Run from the data folder: ``python -m hpcxt`` puts the working
+    # directory first on sys.path, where a checkout would shadow --source.
+    os.chdir(args.outdir)
     datasets = [(name, bench_config(prepare_preset(name, args.outdir)))
                 for name in args.presets]
-    for item in args.data:
-        name, cfg = item.split("=", 1)
-        datasets.append((name, bench_config(Path(cfg).resolve())))
+    datasets += [(name, bench_config(cfg)) for name, cfg in data]
     print(f"{'data':>8s} {'events':>10s} {'mode':>8s} {'ranks':>5s} {'PSS MiB':>9s} "
           f"{'anon+shmem':>10s} {'file':>7s} {'steady after':>12s}", flush=True)
     rows = []

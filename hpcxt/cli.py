@@ -94,11 +94,14 @@ def cmd_scalemap(args) -> int:
 
 
 def cmd_fit(args) -> int:
-    from .stages.fit import run_fit
     from .io.config import load_config
+    from .lean_imports import import_fit_libraries
     comm = _comm()
     _setup_logging(args.verbose, comm.Get_rank() if comm.Get_size() > 1 else None)
     cfg = load_config(args.config, check_files=False)
+    # before anything imports numba or Sherpa (the master of an MPI fit never fits)
+    import_fit_libraries(cfg.fit.model, sherpa=comm.Get_size() == 1 or comm.Get_rank() != 0)
+    from .stages.fit import run_fit
     with _writing(cfg, "fit", comm):
         status = run_fit(cfg, comm, resume=args.resume, hooks=args.hooks,
                          shared_memory=not args.no_shared_memory)

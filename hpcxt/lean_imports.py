@@ -1,0 +1,83 @@
+"""Imports for fit ranks without the library parts a fit never uses.
+
+A fit worker's memory is mostly its libraries (measured on the demo: 90
+MiB of anonymous memory after importing numpy, h5py, mpi4py, numba and
+Sherpa, before any data). Two of those imports are side effects nothing in
+a fit uses:
+
+* numba imports scipy to check its version, and Sherpa's optimiser module
+  imports ``scipy.optimize`` to wrap it (it does without when scipy is
+  absent): about 20 MiB. hpcxt needs scipy only to build the template
+  engine's templates (one worker per node), which imports it then;
+* Sherpa's ``sherpa.astro.io`` imports every FITS backend it finds, and its
+  astropy backend loads astropy's FITS, table and units modules: about 20
+  MiB. A fit reads no FITS file through Sherpa, except an XSPEC table model
+  (``atable{...}``), which keeps the backend.
+
+:func:`import_fit_libraries` imports numba and Sherpa with those modules
+made unimportable, then makes them importable again, so a later import of
+scipy (the templates) or astropy works as usual. Results are unchanged
+(the same fits, bit for bit; tests/test_lean_imports.py). Measured by
+benchmarks/memory.py (see the README's performance section).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+
+#: Imported by the libraries a fit uses, but never used by a fit.
+FIT_UNUSED = ("scipy",)
+#: Sherpa's FITS readers: needed only to read an XSPEC table model.
+SHERPA_FITS_BACKENDS = ("sherpa.astro.io.pyfits_backend", "sherpa.astro.io.crates_backend")
+
+
+@contextlib.contextmanager
+def unimportable(names):
+    """Within the block, importing any of ``names`` raises ImportError.
+
+    Names already imported stay as they are. On exit every name blocked here
+    is importable again.
+    """
+    blocked = [n for n in names if n not in sys.modules]
+    for name in blocked:
+        sys.modules[name] = None
+    try:
+        yield
+    finally:
+        for name in blocked:
+            if sys.modules.get(name, ...) is None:
+                del sys.modules[name]
+
+
+def uses_table_model(model: str) -> bool:
+    """Whether a ``fit.model`` expression has an XSPEC table model (read through Sherpa)."""
+    return "atable{" in model.replace(" ", "")
+
+
+def import_fit_libraries(model: str, sherpa: bool = True) -> None:
+    """Import what a fit rank needs, leaving out what it never uses (see above).
+
+    Parameters
+    ----------
+    model : str
+        The run's ``fit.model``.
+    sherpa : bool
+        Import Sherpa too (fitting ranks; the master of an MPI fit does not
+        fit and never imports it).
+    """
+    blocked = FIT_UNUSED + (() if uses_table_model(model) else SHERPA_FITS_BACKENDS)
+    io_log = logging.getLogger("sherpa.astro.io")
+    level = io_log.level
+    with unimportable(blocked):
+        import numba  # noqa: F401
+        if sherpa:
+            # without a FITS backend Sherpa warns that it has none: expected here
+            io_log.setLevel(logging.ERROR)
+            try:
+                import sherpa.astro.data  # noqa: F401
+                import sherpa.astro.instrument  # noqa: F401
+                import sherpa.fit  # noqa: F401
+            finally:
+                io_log.setLevel(level)
