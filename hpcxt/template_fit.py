@@ -1207,11 +1207,9 @@ def _kT_bound(side, u_best, P_min, N_best, delta, sig_u, uA, uB, breaks, st, coe
     before a jump is never skipped for one beyond it (where the profile
     drops back below the level across the jump, the kT within the level are
     not one interval). A crossing on a jump itself is reported there,
-    flagged :data:`_F_AT_BREAK`. A statistic below the minimum's is flagged
-    (:data:`_F_BETTER_MIN`: the minimum was missed) only on the best fit's
-    side of every jump: Sherpa's ``conf`` does not refit on finding one
-    beyond a jump either (it re-minimises only when its covariance step
-    does).
+    flagged :data:`_F_AT_BREAK`. A lower statistic is flagged (the minimum
+    was missed) only on the best fit's side of every jump: Sherpa's ``conf``
+    does not refit on one beyond a jump either.
     """
     flags = 0
     tol_u = 1e-7
