@@ -57,12 +57,13 @@ Measured (benchmarks/template_fit.py, tests/test_template.py)
   5.1 for RegionFitter with conf on both and 19 with its default (conf on
   kT, covar on norm).
 * Agreement with Sherpa (288 regions: 500-10,000 counts, kT 1-15 keV, one
-  and two observations, sparse and rich backgrounds, three statistics):
-  where Sherpa succeeds and the engine certifies (241), best fit and the
-  four bounds are within 0.1 sigma in 98.8% (largest difference 0.017
-  sigma); in the other 1.2% Sherpa's own statistic refutes Sherpa's
-  answer: its optimiser, or its conf search for the norm, stops at
-  xsbremss's jump at 13.58 keV.
+  and two observations, sparse and rich backgrounds, three statistics;
+  2026-12-01): where Sherpa succeeds and the engine certifies (229), best
+  fit and the four bounds are within 0.1 sigma in 100% (largest difference
+  0.025 sigma). 26 of the uncertified go to Sherpa because a jump of
+  xsbremss makes its answer path-dependent (before that rule 241 were
+  certified and 1.2% of them differed, Sherpa's optimiser or its conf on
+  the norm stopping at the jump at 13.58 keV).
 
 Not done here: a free abundance (the design's template pair), a global
 scan for a second profile minimum (like Sherpa's fit, the search is local
