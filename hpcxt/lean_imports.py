@@ -59,6 +59,10 @@ def uses_table_model(model: str) -> bool:
 def import_fit_libraries(model: str, sherpa: bool = True) -> None:
     """Import what a fit rank needs, leaving out what it never uses (see above).
 
+    Where a library turns out to need a blocked module (another Sherpa or
+    numba version), the partial imports are dropped and everything is
+    imported in full, with a warning: memory, not correctness, is at stake.
+
     Parameters
     ----------
     model : str
@@ -68,16 +72,49 @@ def import_fit_libraries(model: str, sherpa: bool = True) -> None:
         fit and never imports it).
     """
     blocked = FIT_UNUSED + (() if uses_table_model(model) else SHERPA_FITS_BACKENDS)
+    try:
+        with unimportable(blocked):
+            _import_libraries(sherpa)
+    except ImportError as exc:
+        logging.getLogger("hpcxt").warning("fit libraries need %s here: imported in full "
+                                           "(more memory per rank)", exc.name or exc)
+        for name in [m for m in sys.modules if m.split(".")[0] in ("numba", "sherpa")]:
+            del sys.modules[name]
+        _import_libraries(sherpa)
+
+
+def _import_libraries(sherpa: bool) -> None:
     io_log = logging.getLogger("sherpa.astro.io")
     level = io_log.level
-    with unimportable(blocked):
-        import numba  # noqa: F401
-        if sherpa:
-            # without a FITS backend Sherpa warns that it has none: expected here
-            io_log.setLevel(logging.ERROR)
-            try:
-                import sherpa.astro.data  # noqa: F401
-                import sherpa.astro.instrument  # noqa: F401
-                import sherpa.fit  # noqa: F401
-            finally:
-                io_log.setLevel(level)
+    import numba  # noqa: F401
+    if sherpa:
+        # without a FITS backend Sherpa warns that it has none: expected here
+        io_log.setLevel(logging.ERROR)
+        try:
+            import sherpa.astro.data  # noqa: F401
+            import sherpa.astro.instrument  # noqa: F401
+            import sherpa.fit  # noqa: F401
+        finally:
+            io_log.setLevel(level)
+
+
+def sherpa_fits_backend():
+    """Sherpa's I/O module with a FITS backend (for reading an XSPEC table model).
+
+    Where this process imported Sherpa leanly (no FITS backend), the first
+    backend that imports now (CIAO's crates, else astropy) is registered and
+    made current.
+    """
+    import importlib
+
+    import sherpa.astro.io as io
+    if not io.backend.__name__.endswith("dummy_backend"):
+        return io
+    for name in ("crates", "pyfits"):
+        try:
+            io.IO_BACKENDS[name] = importlib.import_module(f"sherpa.astro.io.{name}_backend")
+        except ImportError:
+            continue
+        io.set_io_backend(name)
+        break
+    return io

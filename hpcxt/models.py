@@ -217,6 +217,8 @@ def _set(par, value: float, clamp: bool) -> None:
 
 def _table_emission(xspec, path: str, name: str):
     """The table model and its parameters by role (kT, abundance, redshift)."""
+    from .lean_imports import sherpa_fits_backend
+    sherpa_fits_backend()  # Sherpa reads the table through it
     table = xspec.read_xstable_model(f"{name}_atable", path)
     roles = {}
     for par in table.pars:

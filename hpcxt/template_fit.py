@@ -29,9 +29,10 @@ without Sherpa:
 
 A result is certified unless the minimum or a bound lies at the edge of
 ``kT_range``, a bound is not found, a search does not converge, the norm
-sits at its limit 0, a bound search finds a lower minimum on the best fit's
-side of the model's jumps in kT, or a jump makes Sherpa's answer depend on
-its optimiser's steps: the minimum or a kT bound on a jump; a jump between
+sits at its limit 0, a bound search finds a lower minimum, or a jump of the
+model in kT makes Sherpa's answer depend on its optimiser's steps: the
+minimum or a kT bound on a jump; a lower statistic beyond a jump (levmar
+may end in that basin); a jump between
 ``kT_init`` and the minimum before which the profile comes within
 :data:`DESCENT_MARGIN` of the minimum (levmar may stop there); the profile
 back below a bound's level beyond a jump (the kT within the level are not
@@ -140,8 +141,9 @@ JUMP_WIDTH = 1e-10
 #: A best fit or bound closer than this (ln kT) to a jump is not certified.
 BREAK_GUARD = 1e-5
 #: A minimum beyond a jump of the model (seen from ``kT_init``) is not
-#: certified where the profile just before the jump is within this many
-#: times ``error_sigma**2`` of it: a local optimiser may stop at the jump.
+#: certified where the profile just before the jump is within this much
+#: (statistic units, whatever ``error_sigma``) of it: a local optimiser may
+#: stop at the jump.
 DESCENT_MARGIN = 0.25
 #: Offset (ln kT) from a jump at which the pieces on either side are evaluated.
 BREAK_SIDE = 1e-9
@@ -169,6 +171,7 @@ _F_NO_DOF = 1024
 _F_DESCENT_STOPS = 2048
 _F_LEVEL_SPLIT = 4096
 _F_NORM_ACROSS = 8192
+_F_LOWER_BEYOND_JUMP = 16384
 _FLAG_TEXT = {
     _F_KT_EDGE: "kT minimum at the edge of kT_range",
     _F_KT_LO_OPEN: "kT lower bound not found inside kT_range",
@@ -185,6 +188,8 @@ _FLAG_TEXT = {
                       "minimum",
     _F_LEVEL_SPLIT: "the statistic drops back below a bound's level beyond a jump of the model",
     _F_NORM_ACROSS: "a norm bound lies on or across a jump of the model",
+    _F_LOWER_BEYOND_JUMP: "a lower statistic beyond a jump of the model, where a local fit "
+                          "may end",
 }
 
 # Rows of the per-bin array the kernel works on.
@@ -1125,7 +1130,7 @@ def _minimise(uA, uB, u_init, st, coef, knots, chan_group, bins, code, work, mom
             flags |= _F_NOT_CONVERGED
     if best_z:
         flags |= _F_NORM_ZERO
-    if not best_P == best_P:
+    if not math.isfinite(best_P):
         flags |= _F_NOT_CONVERGED
     return best_u, best_P, best_N, curv, flags
 
@@ -1141,9 +1146,14 @@ def _next_break(breaks, a, b):
 
 
 @njit(cache=True)
-def _no_break_between(breaks, a, b):
-    """Whether no jump of the model lies strictly between ln kT a and b."""
-    return math.isnan(_next_break(breaks, a, b))
+def _lower_point_flag(breaks, u_best, u):
+    """The flag for a statistic below the minimum's found at u.
+
+    On the best fit's side of every jump the minimum was missed; beyond a
+    jump it is another basin, which Sherpa's conf ignores but its levmar
+    fit may have ended in.
+    """
+    return _F_BETTER_MIN if math.isnan(_next_break(breaks, u_best, u)) else _F_LOWER_BEYOND_JUMP
 
 
 @njit(cache=True)
@@ -1208,9 +1218,9 @@ def _kT_bound(side, u_best, P_min, N_best, delta, sig_u, uA, uB, breaks, st, coe
     before a jump is never skipped for one beyond it (where the profile
     drops back below the level across the jump, the kT within the level are
     not one interval). A crossing on a jump itself is reported there,
-    flagged :data:`_F_AT_BREAK`. A lower statistic is flagged (the minimum
-    was missed) only on the best fit's side of every jump: Sherpa's ``conf``
-    does not refit on one beyond a jump either.
+    flagged :data:`_F_AT_BREAK`. A lower statistic is flagged, differently
+    on the best fit's side of every jump and beyond one
+    (:func:`_lower_point_flag`).
     """
     flags = 0
     tol_u = 1e-7
@@ -1227,8 +1237,8 @@ def _kT_bound(side, u_best, P_min, N_best, delta, sig_u, uA, uB, breaks, st, coe
             for near in (b - side * BREAK_SIDE, b + side * BREAK_SIDE):
                 Pb, Db, Nb, zb = _profile_at(near, st, coef, knots, chan_group, bins, code,
                                              work, mom)
-                if Pb < P_min - 1e-6 * delta and _no_break_between(breaks, u_best, near):
-                    flags |= _F_BETTER_MIN
+                if Pb < P_min - 1e-6 * delta:
+                    flags |= _lower_point_flag(breaks, u_best, near)
                 if Pb - target > 0.0:
                     if near == b - side * BREAK_SIDE:
                         found = True
@@ -1242,8 +1252,8 @@ def _kT_bound(side, u_best, P_min, N_best, delta, sig_u, uA, uB, breaks, st, coe
         if found:
             break
         Px, Dx, Nx, zx = _profile_at(xo, st, coef, knots, chan_group, bins, code, work, mom)
-        if Px < P_min - 1e-6 * delta and _no_break_between(breaks, u_best, xo):
-            flags |= _F_BETTER_MIN
+        if Px < P_min - 1e-6 * delta:
+            flags |= _lower_point_flag(breaks, u_best, xo)
         F_out, D_out = Px - target, Dx
         if F_out > 0.0:
             found = True
@@ -1265,8 +1275,8 @@ def _kT_bound(side, u_best, P_min, N_best, delta, sig_u, uA, uB, breaks, st, coe
             if not (lo_b < xn < hi_b):
                 xn = 0.5 * (inner + outer)
         Pn, Dn, Nn, zn = _profile_at(xn, st, coef, knots, chan_group, bins, code, work, mom)
-        if Pn < P_min - 1e-6 * delta and _no_break_between(breaks, u_best, xn):
-            flags |= _F_BETTER_MIN
+        if Pn < P_min - 1e-6 * delta:
+            flags |= _lower_point_flag(breaks, u_best, xn)
         Fn = Pn - target
         if Fn > 0.0:
             outer, F_out = xn, Fn
@@ -1457,7 +1467,7 @@ def _fit_kernel(coef, knots, breaks, src, bkg, gstart, offsets, used, texp, bsca
     out[3] = N_best
     out[6] = P_min
     u_start = min(max(u_init, uA), uB)
-    if flags == 0 and _descent_stops(u_start, u_best, P_min, DESCENT_MARGIN * delta, breaks, st,
+    if flags == 0 and _descent_stops(u_start, u_best, P_min, DESCENT_MARGIN, breaks, st,
                                      coef, knots, chan_group, bins, code, work, mom):
         flags |= _F_DESCENT_STOPS
     if errors != 0 and flags == 0:

@@ -99,15 +99,22 @@ def standin_server(tmp_path_factory):
     It imports numpy and astropy once, so that each stand-in call costs one
     bare interpreter start-up instead of those imports.
     """
-    sock = tmp_path_factory.mktemp("standin_server") / "sock"
+    import tempfile
+    # short: a Unix socket's path is limited to 107 bytes, pytest's basetemp may be long
+    folder = Path(tempfile.mkdtemp(prefix="standin-", dir="/tmp"))
+    sock = folder / "sock"
     proc = subprocess.Popen([sys.executable, str(STANDINS / "_server.py"), str(sock)])
-    deadline = time.monotonic() + 60
-    while not sock.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, "stand-in server did not start"
-        time.sleep(0.05)
-    yield sock
-    proc.terminate()
-    proc.wait(timeout=30)
+    try:
+        deadline = time.monotonic() + 60
+        while not sock.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, \
+                "stand-in server did not start"
+            time.sleep(0.05)
+        yield sock
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

@@ -79,3 +79,28 @@ def test_unimportable_blocks_then_restores():
         assert sys.modules["json"] is json  # already imported: untouched
     assert name not in sys.modules
     assert __import__(name).__name__ == name
+
+
+def test_full_imports_where_a_blocked_module_is_needed_and_table_backend_later():
+    """A library that needs a blocked module: imported in full, with a warning.
+
+    Then a table model in the same process gets Sherpa's FITS backend back.
+    """
+    code = ("import logging, sys; logging.basicConfig()\n"
+            "import hpcxt.lean_imports as L\n"
+            "L.FIT_UNUSED = ('scipy', 'sherpa.stats')  # sherpa.fit needs sherpa.stats\n"
+            "L.import_fit_libraries('xsphabs*xsbremss')\n"
+            "import sherpa.fit, sherpa.stats\n"
+            "io = L.sherpa_fits_backend()\n"
+            "print(io.backend.__name__)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "fit libraries need sherpa.stats here: imported in full" in proc.stderr
+    assert proc.stdout.split() == ["sherpa.astro.io.pyfits_backend"]
+    lean = ("import hpcxt.lean_imports as L; L.import_fit_libraries('xsphabs*xsbremss'); "
+            "import sherpa.astro.io as io; b0 = io.backend.__name__; "
+            "print(b0, L.sherpa_fits_backend().backend.__name__)")
+    out = subprocess.run([sys.executable, "-c", lean], capture_output=True, text=True,
+                         timeout=300, check=True).stdout.split()
+    assert out == ["sherpa.astro.io.dummy_backend", "sherpa.astro.io.pyfits_backend"]

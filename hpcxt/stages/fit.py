@@ -137,7 +137,7 @@ def node_templates(cfg, comm, enabled: bool = True):
         templates_to_arrays(built.pop("templates"), arrays)
 
     use = enabled and engine_choice(settings)[0] == "template"
-    # a worker builds them: the master never loads Sherpa, XSPEC or numba
+    # a worker builds them: the master never loads Sherpa or XSPEC
     return node_shared(comm, layout, fill, enabled=use, what="fit templates", filler=1)
 
 

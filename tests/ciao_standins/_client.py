@@ -42,8 +42,10 @@ def main(tool: str) -> None:
         return
     call = {"tool": tool, "args": sys.argv[1:], "cwd": os.getcwd(), "env": dict(os.environ)}
     fds = [fd if _is_open(fd) else os.open(os.devnull, os.O_RDWR) for fd in (0, 1, 2)]
+    message = json.dumps(call).encode()
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         conn.connect(path)
-        socket.send_fds(conn, [json.dumps(call).encode()], fds)
+        socket.send_fds(conn, [struct.pack("!Q", len(message))], fds)
+        conn.sendall(message)
         status = _recv_status(conn)
     sys.exit(1 if status is None else status)

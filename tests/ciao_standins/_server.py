@@ -27,7 +27,7 @@ import threading
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _standin  # noqa: E402  (the imports paid once)
 
-MAX_MESSAGE = 1 << 20
+HEADER = struct.Struct("!Q")  # the length of the JSON call that follows
 
 
 def _exit_when_closed(conn: socket.socket) -> None:
@@ -40,7 +40,14 @@ def _exit_when_closed(conn: socket.socket) -> None:
 
 def _run_call(conn: socket.socket) -> None:
     """In the forked child: become the tool call, then report its exit status."""
-    message, fds, _, _ = socket.recv_fds(conn, MAX_MESSAGE, 3)
+    header, fds, _, _ = socket.recv_fds(conn, HEADER.size, 3)
+    size = HEADER.unpack(header)[0]
+    message = bytearray()
+    while len(message) < size:  # a stream socket delivers a long message in pieces
+        chunk = conn.recv(size - len(message))
+        if not chunk:
+            raise ConnectionError("the stand-in executable hung up mid-call")
+        message += chunk
     call = json.loads(message)
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
@@ -67,11 +74,21 @@ def _run_call(conn: socket.socket) -> None:
     os._exit(status)
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to end this server when the test process that started it dies."""
+    import ctypes
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def serve(path: str) -> None:
+    _die_with_parent()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped automatically
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(path)
+    # listening before the socket appears under its name: its existence means ready
+    server.bind(path + ".starting")
     server.listen(64)
+    os.rename(path + ".starting", path)
     while True:
         conn, _ = server.accept()
         if os.fork() == 0:
@@ -79,6 +96,9 @@ def serve(path: str) -> None:
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             try:
                 _run_call(conn)
+            except BaseException:  # a broken call: say why, where the test shows it
+                import traceback
+                traceback.print_exc()
             finally:
                 os._exit(1)
         conn.close()
