@@ -76,6 +76,8 @@ def import_fit_libraries(model: str, sherpa: bool = True) -> None:
         with unimportable(blocked):
             _import_libraries(sherpa)
     except ImportError as exc:
+        if not any(exc.name == b or (exc.name or "").startswith(b + ".") for b in blocked):
+            raise
         logging.getLogger("hpcxt").warning("fit libraries need %s here: imported in full "
                                            "(more memory per rank)", exc.name or exc)
         for name in [m for m in sys.modules if m.split(".")[0] in ("numba", "sherpa")]:
@@ -112,9 +114,13 @@ def sherpa_fits_backend():
         return io
     for name in ("crates", "pyfits"):
         try:
-            io.IO_BACKENDS[name] = importlib.import_module(f"sherpa.astro.io.{name}_backend")
+            module = importlib.import_module(f"sherpa.astro.io.{name}_backend")
         except ImportError:
             continue
-        io.set_io_backend(name)
+        if hasattr(io, "set_io_backend"):  # Sherpa 4.18 and later
+            io.IO_BACKENDS[name] = module
+            io.set_io_backend(name)
+        else:  # older Sherpa reads sherpa.astro.io.backend at each use
+            io.backend = module
         break
     return io

@@ -375,7 +375,8 @@ def test_hot_regions_around_the_jump_agree_or_go_to_sherpa(resps, band, template
 
     Where the jump makes Sherpa's answer depend on its optimiser's steps
     (levmar may stop at it; the profile comes back below a bound's level
-    beyond it; a norm extreme lies across it) the region is not certified
+    beyond it; a norm extreme lies across it; a lower statistic lies beyond
+    it) the region is not certified
     and goes to Sherpa. Certified regions with a kT bound within 15% of the
     jump agree with Sherpa's conf on kT and norm within 0.1 sigma.
     """
@@ -384,7 +385,7 @@ def test_hot_regions_around_the_jump_agree_or_go_to_sherpa(resps, band, template
     fitter = RegionFitter(replace(settings(), conf_norm=True), resps)
     jump = math.log(13.58)
     wanted = {tf._FLAG_TEXT[f] for f in (tf._F_DESCENT_STOPS, tf._F_LEVEL_SPLIT,
-                                         tf._F_NORM_ACROSS)}
+                                         tf._F_NORM_ACROSS, tf._F_LOWER_BEYOND_JUMP)}
     reasons, compared = set(), 0
     for _ in range(300):
         if compared == 3 and wanted <= reasons:
