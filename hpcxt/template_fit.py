@@ -1645,15 +1645,11 @@ def fit_profile(templates: Templates, spectra, statistic: str, groupings=None,
                          f"{grid_lo:g}-{grid_hi:g} keV")
     src, bkg, gstart, used, texp, bscale = region_channels(templates, spectra, statistic,
                                                            groupings)
-    def run(how: str) -> np.ndarray:
-        out = np.empty(12)
-        _fit_kernel(templates.coef, templates.knots, templates.breaks, src, bkg, gstart,
-                    templates.offsets, used, texp, bscale, STAT_CODES[statistic],
-                    math.log(max(lo, grid_lo)), math.log(min(hi, grid_hi)), math.log(kT_init),
-                    float(error_sigma) ** 2, ERRORS[how], out)
-        return out
-
-    out = run(errors)
+    out = np.empty(12)
+    _fit_kernel(templates.coef, templates.knots, templates.breaks, src, bkg, gstart,
+                templates.offsets, used, texp, bscale, STAT_CODES[statistic],
+                math.log(max(lo, grid_lo)), math.log(min(hi, grid_hi)), math.log(kT_init),
+                float(error_sigma) ** 2, ERRORS[errors], out)
     flags = int(out[8])
     # On a jump the profile is discontinuous: a minimum or kT bound found
     # there is the jump itself, and Sherpa's optimiser may stop elsewhere.
