@@ -2,7 +2,8 @@
 
 Reports the MPI library behind mpi4py and the mpiexec that goes with it,
 Sherpa and its XSPEC models (which of them evaluate, each checked in a
-child process: xsapec needs AtomDB), and CIAO when its tools are on PATH.
+child process: xsapec needs AtomDB), whether the kernels are compiled ahead
+of time (:mod:`hpcxt.compiled`), and CIAO when its tools are on PATH.
 The last line says which models are usable here; the exit status is not 0
 when the model that counts (the config's ``fit.model``, else the default)
 is not.
@@ -118,6 +119,15 @@ def _ciao_lines():
     return [_line(None, "CIAO", "not on PATH (prep.backend: products works without it)")]
 
 
+def _kernel_lines():
+    from . import compiled
+    if compiled.mode() == "aot":
+        return [_line(True, "compiled kernels", compiled.aot_path())]
+    why = ("HPCXT_KERNELS=jit" if compiled.find_module() is not None
+           else "not built for this source: python -m hpcxt.compiled builds them")
+    return [_line(None, "compiled kernels", f"numba's JIT ({why}; about 40 MiB more per fit rank)")]
+
+
 def doctor_report(config=None) -> tuple[str, bool]:
     """Text report and whether hpcxt can run here.
 
@@ -139,7 +149,7 @@ def doctor_report(config=None) -> tuple[str, bool]:
     lines = [f"hpcxt {__version__} on Python {sys.version.split()[0]} ({sys.executable})"]
     mpi, mpi_ok = _mpi_lines()
     models, verdicts, usable = _model_lines(config)
-    lines += mpi + models + _ciao_lines()
+    lines += mpi + models + _kernel_lines() + _ciao_lines()
     verdict, model_ok = _model_verdict(verdicts, usable, config)
     if not mpi_ok:
         verdict = "MPI is missing (see above); " + verdict.replace(

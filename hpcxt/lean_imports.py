@@ -14,7 +14,8 @@ a fit uses:
   MiB. A fit reads no FITS file through Sherpa, except an XSPEC table model
   (``atable{...}``), which keeps the backend.
 
-:func:`import_fit_libraries` imports numba and Sherpa with those modules
+:func:`import_fit_libraries` imports numba (only where the kernels are not
+built ahead of time, :mod:`hpcxt.compiled`) and Sherpa with those modules
 made unimportable, then makes them importable again, so a later import of
 scipy (the templates) or astropy works as usual. Results are unchanged
 (the same fits, bit for bit; tests/test_lean_imports.py). Measured by
@@ -88,7 +89,9 @@ def import_fit_libraries(model: str, sherpa: bool = True) -> None:
 def _import_libraries(sherpa: bool) -> None:
     io_log = logging.getLogger("sherpa.astro.io")
     level = io_log.level
-    import numba  # noqa: F401
+    from . import compiled
+    if compiled.mode() == "jit":  # with the kernels built ahead of time, no numba at all
+        import numba  # noqa: F401
     if sherpa:
         # without a FITS backend Sherpa warns that it has none: expected here
         io_log.setLevel(logging.ERROR)

@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
+
+from .compiled import entry, njit
 
 
 #: Columns of an :class:`EventIndex` and their dtypes.
@@ -352,6 +353,9 @@ def _group_flags(idx, src, min_src, bkg, min_bkg, grouping):
         starts[last] = False  # a short last group joins the one before
     for i in range(n):
         grouping[idx[i]] = 1 if starts[i] else -1
+
+
+_group_flags = entry("group_flags", _group_flags)
 
 
 def group_counts(band, counts, min_counts: int, bkg_counts=None, min_bkg: int = 0) -> np.ndarray:

@@ -121,7 +121,8 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
+
+from .compiled import entry, njit
 
 from .spectra import group_counts  # noqa: F401  (part of this module's API)
 
@@ -1509,6 +1510,9 @@ def _fit_kernel(coef, knots, breaks, src, bkg, gstart, offsets, used, texp, bsca
                     out[9 + si] = u_ext
     out[7] = st[1]
     out[8] = flags
+
+
+_fit_kernel = entry("fit_kernel", _fit_kernel)
 
 
 # --------------------------------------------------------------------------

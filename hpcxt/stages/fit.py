@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import compiled
 from ..errors import InputError
 from ..engines import engine_choice, make_engine, verification_sample
 from ..fit import FitSettings, RecordBatch, fit_region
@@ -321,9 +322,12 @@ def run_fit(cfg, comm, resume: bool = False, fit_factory=None, hooks=None,
             raise
         if todo:
             log.info("fit: statistic %s, errors %s", cfg.fit.statistic, cfg.fit.errors)
-            _, why = engine_choice(FitSettings.from_config(cfg))
+            engine, why = engine_choice(FitSettings.from_config(cfg))
             if why:
                 log.info("fit: %s", why)
+            if engine == "template" and compiled.mode() == "jit":
+                log.info("fit: kernels compiled by numba at each rank's first fit (about "
+                         "40 MiB more per rank); python -m hpcxt.compiled builds them once")
             start = res
         else:
             log.info("fit: %s is up to date (%s)", options.results_path, describe(res))

@@ -1,0 +1,301 @@
+"""hpcxt's compiled kernels: built ahead of time, or compiled by numba's JIT.
+
+The per-region loops (the template engine's fit kernel in
+:mod:`hpcxt.template_fit`, the channel grouping in :mod:`hpcxt.spectra`)
+are numba functions. Compiled on first use by numba's JIT, they cost every
+fit rank about 40 MiB of anonymous memory: 23 MiB to import numba and
+17 MiB to load their machine code from numba's cache (measured with
+benchmarks/memory.py; the README's performance section).
+
+``python -m hpcxt.compiled`` compiles the entry points ahead of time
+(``numba.pycc``, for a generic CPU of the machine's architecture, so that a
+module built on a login node runs on every compute node) into one
+extension module named after a hash of the kernels' source. A process that
+finds the module for the source it runs (:func:`mode` ``"aot"``) calls it
+and never imports numba; any other kernel it calls (tests and benchmarks
+call a few directly) is compiled by numba on first use. Without the module
+(not built, or the source changed since) every kernel is compiled by
+numba's JIT, as before, with identical results (tests/test_compiled.py
+compares them bit for bit).
+
+Where the module is looked for, and built, in this order: ``$HPCXT_KERNEL_DIR``,
+``hpcxt/_kernels/`` beside this file, ``$XDG_CACHE_HOME/hpcxt/kernels``
+(default ``~/.cache/hpcxt/kernels``). ``HPCXT_KERNELS=jit`` makes a process
+use numba's JIT whatever is built.
+
+The extension does not check its arguments' types (a wrong dtype crashes
+the process), so each entry point is called through :func:`entry`, which
+converts or checks every argument against the exported signature first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.machinery
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+#: The files whose source the compiled module is built from (with this one,
+#: which holds the signatures).
+SOURCES = ("template_fit.py", "spectra.py", "compiled.py")
+
+#: Exported entry points: name -> (module, function, arguments). An argument
+#: is (name, numpy type, ndim, written); ndim 0 is a scalar. Arrays are
+#: C-contiguous.
+EXPORTS = {
+    "fit_kernel": ("hpcxt.template_fit", "_fit_kernel", (
+        ("coef", "f8", 3, False), ("knots", "f8", 1, False), ("breaks", "f8", 1, False),
+        ("src", "f8", 1, False), ("bkg", "f8", 1, False), ("gstart", "i1", 1, False),
+        ("offsets", "i8", 1, False), ("used", "i1", 1, False), ("texp", "f8", 1, False),
+        ("bscale", "f8", 1, False), ("code", "i8", 0, False), ("uA", "f8", 0, False),
+        ("uB", "f8", 0, False), ("u_init", "f8", 0, False), ("delta", "f8", 0, False),
+        ("errors", "i8", 0, False), ("out", "f8", 1, True))),
+    "group_flags": ("hpcxt.spectra", "_group_flags", (
+        ("idx", "i8", 1, False), ("src", "f8", 1, False), ("min_src", "f8", 0, False),
+        ("bkg", "f8", 1, False), ("min_bkg", "f8", 0, False), ("grouping", "i2", 1, True))),
+}
+
+_HERE = Path(__file__).resolve().parent
+
+
+def source_hash() -> str:
+    """16 hex digits of the SHA-256 of :data:`SOURCES` (names and bytes)."""
+    h = hashlib.sha256()
+    for name in SOURCES:
+        h.update(name.encode())
+        h.update((_HERE / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def module_name() -> str:
+    """Name of the compiled module for the running source."""
+    return f"_kernels_{source_hash()}"
+
+
+def search_dirs() -> list[Path]:
+    """Where the compiled module is looked for, in order (see the module docstring)."""
+    dirs = []
+    if os.environ.get("HPCXT_KERNEL_DIR"):
+        dirs.append(Path(os.environ["HPCXT_KERNEL_DIR"]))
+    dirs.append(_HERE / "_kernels")
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    dirs.append(Path(cache) / "hpcxt" / "kernels")
+    return dirs
+
+
+def find_module() -> Path | None:
+    """Path of the compiled module for the running source, or None."""
+    name = module_name()
+    for d in search_dirs():
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            path = d / (name + suffix)
+            if path.is_file():
+                return path
+    return None
+
+
+def _load(path: Path):
+    name = path.name.split(".")[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _choose():
+    if os.environ.get("HPCXT_KERNELS", "auto").lower() == "jit":
+        return None
+    path = find_module()
+    if path is None:
+        return None
+    try:
+        return _load(path)
+    except ImportError:  # built for another interpreter or damaged: compile instead
+        return None
+
+
+_AOT = _choose()
+
+
+def mode() -> str:
+    """``"aot"`` (the compiled module is in use) or ``"jit"`` (numba compiles)."""
+    return "aot" if _AOT is not None else "jit"
+
+
+def aot_path() -> str:
+    """File of the compiled module in use ("" under the JIT)."""
+    return getattr(_AOT, "__file__", "") or ""
+
+
+class _Deferred:
+    """A kernel left uncompiled until a caller outside the compiled module calls it.
+
+    The first call compiles every deferred kernel of its module with numba
+    (so that kernels calling each other see numba functions) and rebinds
+    the module's names to them.
+    """
+
+    def __init__(self, func, options):
+        self.py_func = func
+        self.options = options
+
+    def __call__(self, *args):
+        module = sys.modules[self.py_func.__module__]
+        _jit_module(module)
+        return getattr(module, self.py_func.__name__)(*args)
+
+
+def _jit_module(module) -> None:
+    import numba
+    for name, obj in list(vars(module).items()):
+        if isinstance(obj, _Deferred):
+            setattr(module, name, numba.njit(**obj.options)(obj.py_func))
+
+
+def njit(**options):
+    """``numba.njit(**options)``, or, with the compiled module in use, deferred."""
+    if _AOT is None:
+        import numba
+        return numba.njit(**options)
+    return lambda func: _Deferred(func, options)
+
+
+def entry(name: str, kernel):
+    """The exported kernel ``name`` with its arguments checked, or ``kernel`` itself (JIT).
+
+    Input arrays are converted to the exported type (no copy when they have
+    it); output arrays must have it already (a TypeError otherwise, since a
+    converted copy would not receive the results).
+    """
+    if _AOT is None:
+        return kernel
+    compiled = getattr(_AOT, name)
+    spec = EXPORTS[name][2]
+    kinds = [(arg, np.dtype(t), ndim, written) for arg, t, ndim, written in spec]
+
+    def call(*args):
+        if len(args) != len(kinds):
+            raise TypeError(f"{name}() takes {len(kinds)} arguments ({len(args)} given)")
+        conv = []
+        for value, (arg, dtype, ndim, written) in zip(args, kinds):
+            if ndim == 0:
+                conv.append(int(value) if dtype.kind == "i" else float(value))
+                continue
+            if written:
+                ok = (isinstance(value, np.ndarray) and value.dtype == dtype
+                      and value.ndim == ndim and value.flags.c_contiguous
+                      and value.flags.writeable)
+                if not ok:
+                    raise TypeError(f"{name}(): {arg} must be a writeable C-contiguous "
+                                    f"{ndim}-d {dtype} array")
+            else:
+                value = np.ascontiguousarray(value, dtype=dtype)
+                if value.ndim != ndim:
+                    raise TypeError(f"{name}(): {arg} must be {ndim}-d, not {value.ndim}-d")
+            conv.append(value)
+        return compiled(*conv)
+
+    call.__name__ = name
+    call.__doc__ = getattr(kernel, "__doc__", None) or getattr(
+        getattr(kernel, "py_func", None), "__doc__", None)
+    return call
+
+
+def signature(spec) -> str:
+    """numba's signature string of an :data:`EXPORTS` argument list (returning nothing)."""
+    parts = []
+    for _arg, t, ndim, _written in spec:
+        parts.append(t if ndim == 0 else f"{t}[{', '.join([':'] * (ndim - 1) + ['::1'])}]")
+    return f"void({', '.join(parts)})"
+
+
+def build(dest: Path | None = None) -> Path:
+    """Compile the exported kernels ahead of time; returns the module's path.
+
+    Runs in a fresh interpreter with the JIT forced (this process may have
+    the compiled module loaded). ``dest`` defaults to the first directory of
+    :func:`search_dirs` that can be created and written. The module appears
+    under its final name only once complete.
+    """
+    import subprocess
+    import tempfile
+    if dest is None:
+        dest = _writable_dir()
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    name = module_name()
+    with tempfile.TemporaryDirectory(dir=dest, prefix=".build-") as tmp:
+        env = dict(os.environ, HPCXT_KERNELS="jit")
+        code = ("import sys; from hpcxt.compiled import _build_here; "
+                "_build_here(sys.argv[1], sys.argv[2])")
+        subprocess.run([sys.executable, "-c", code, name, tmp], check=True, env=env)
+        built = [p for p in Path(tmp).iterdir() if p.name.startswith(name + ".")]
+        if len(built) != 1:
+            raise RuntimeError(f"numba.pycc left {[p.name for p in Path(tmp).iterdir()]}")
+        target = dest / built[0].name
+        os.replace(built[0], target)
+    if dest.resolve() == (_HERE / "_kernels").resolve():
+        # this source tree's own folder: modules of its earlier sources are dead
+        for old in dest.glob("_kernels_*"):
+            if old.is_file() and not old.name.startswith(name + "."):
+                old.unlink()
+    return target
+
+
+def _writable_dir() -> Path:
+    for d in search_dirs():
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(d, os.W_OK):
+            return d
+    raise OSError("no writable directory for the compiled kernels: set HPCXT_KERNEL_DIR")
+
+
+def _build_here(name: str, out_dir: str) -> None:
+    """In a JIT process: export :data:`EXPORTS` with numba.pycc into ``out_dir``."""
+    import importlib
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # numba.pycc's deprecation notice
+        from numba.pycc import CC
+    cc = CC(name)
+    cc.output_dir = out_dir
+    cc.verbose = False
+    for export, (module, func, spec) in EXPORTS.items():
+        kernel = getattr(importlib.import_module(module), func)
+        cc.export(export, signature(spec))(kernel.py_func)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cc.compile()
+
+
+def main(argv=None) -> int:
+    """``python -m hpcxt.compiled [--if-missing] [--dir DIR]``: build the kernels."""
+    import argparse
+    import time
+    p = argparse.ArgumentParser(prog="python -m hpcxt.compiled",
+                                description="Compile hpcxt's kernels ahead of time, so that "
+                                            "fit ranks need not import numba.")
+    p.add_argument("--if-missing", action="store_true",
+                   help="do nothing when the module for this source is built already")
+    p.add_argument("--dir", type=Path, help="where to write it (default: see the docs)")
+    args = p.parse_args(argv)
+    found = find_module()
+    if args.if_missing and found is not None:
+        print(f"hpcxt: compiled kernels up to date: {found}")
+        return 0
+    t0 = time.perf_counter()
+    path = build(args.dir)
+    print(f"hpcxt: compiled kernels built in {time.perf_counter() - t0:.1f} s: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
