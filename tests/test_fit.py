@@ -315,3 +315,37 @@ def test_fit_recovers_known_temperatures(response):
     assert failed <= 1
     assert abs(pulls.mean()) < 0.3, pulls.mean()
     assert np.mean(np.abs(pulls) < 2) >= 0.95, np.mean(np.abs(pulls) < 2)
+
+
+def test_sherpa_computes_each_parameter_point_once_and_fits_the_same(monkeypatch):
+    """hpcxt.fit.remember_statistic: conf's covariance matrix is not computed twice."""
+    import sherpa.stats
+
+    from hpcxt import template_fit as tf
+    from template_fixtures import responses, settings, simulate_region
+
+    resps = responses(1)
+    band = tf.energy_band(settings(), resps[0])
+    rng = np.random.default_rng(5)
+    # one region of the usual kind, one whose upper bound meets xsbremss's jump at 13.6 keV
+    regions = [simulate_region(rng, resps, band, kT, 1500, "rich", 1) for kT in (6.0, 12.5)]
+    calls = [0]
+    plain = sherpa.stats.WStat.calc_stat
+
+    def counting(self, data, model):
+        calls[0] += 1
+        return plain(self, data, model)
+
+    monkeypatch.setattr(sherpa.stats.WStat, "calc_stat", counting)
+    fitter = RegionFitter(settings(errors="conf", statistic="wstat"), resps)
+    names = ("kT", "kT_lo", "kT_hi", "norm", "norm_lo", "norm_hi", "stat", "status", "reason")
+    out = {}
+    for remember in (False, True):
+        fitter.remember = remember
+        calls[0] = 0
+        recs = [fitter.fit(r.spectra) for r in regions]
+        out[remember] = ([repr(getattr(rec, k)) for rec in recs for k in names], calls[0])
+    assert out[True][0] == out[False][0]  # bit for bit
+    assert all(rec.status == Status.OK for rec in recs)
+    # covar on the norm finds every point of conf's covariance matrix computed already
+    assert out[True][1] < 0.85 * out[False][1], out
