@@ -243,12 +243,19 @@ def write_results(path, res: FitResults, midway=None) -> Path:
 
 
 def _encode_text(values) -> tuple[list, np.ndarray]:
-    """Distinct strings ([0] is "") and each row's index into them."""
-    texts = {"": 0}
-    ids = np.empty(len(values), dtype=np.int32)
-    for i, v in enumerate(values):
-        ids[i] = texts.setdefault(str(v), len(texts))
-    return list(texts), ids
+    """Distinct strings ([0] is "", the others sorted) and each row's index into them.
+
+    No Python-level loop over the rows (a checkpoint of 10^6 regions spent
+    0.2 s here, most of its time): hashing in ``set``, lookups in ``map``.
+    """
+    values = values.tolist() if isinstance(values, np.ndarray) else list(values)
+    distinct = set(values)
+    distinct.discard("")
+    keys = sorted(distinct, key=str)
+    index = {v: i for i, v in enumerate(keys, start=1)}
+    index[""] = 0
+    ids = np.fromiter(map(index.__getitem__, values), dtype=np.int32, count=len(values))
+    return [""] + [str(k) for k in keys], ids
 
 
 #: FitResults fields stored as file attributes: name -> type read back.
