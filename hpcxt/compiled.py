@@ -20,8 +20,11 @@ compares them bit for bit).
 
 Where the module is looked for, and built, in this order: ``$HPCXT_KERNEL_DIR``,
 ``hpcxt/_kernels/`` beside this file, ``$XDG_CACHE_HOME/hpcxt/kernels``
-(default ``~/.cache/hpcxt/kernels``). ``HPCXT_KERNELS=jit`` makes a process
-use numba's JIT whatever is built.
+(default ``~/.cache/hpcxt/kernels``). A module is loaded only if its size
+and SHA-256 match the ``.sha256`` file its build wrote beside it (a
+damaged extension can kill the process on import); its name hashes the
+source and the Python, numba, llvmlite and numpy versions.
+``HPCXT_KERNELS=jit`` makes a process use numba's JIT whatever is built.
 
 The extension does not check its arguments' types (a wrong dtype crashes
 the process), so each entry point is called through :func:`entry`, which
@@ -33,7 +36,9 @@ from __future__ import annotations
 import hashlib
 import importlib.machinery
 import importlib.util
+import operator
 import os
+import platform
 import sys
 from pathlib import Path
 
@@ -62,9 +67,22 @@ EXPORTS = {
 _HERE = Path(__file__).resolve().parent
 
 
+def _toolchain() -> str:
+    """Versions the compiled module depends on besides the source (no numba import)."""
+    from importlib import metadata
+    parts = [sys.version.split()[0], platform.machine()]
+    for dist in ("numba", "llvmlite", "numpy"):
+        try:
+            parts.append(f"{dist}={metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            parts.append(f"{dist}=none")
+    return " ".join(parts)
+
+
 def source_hash() -> str:
-    """16 hex digits of the SHA-256 of :data:`SOURCES` (names and bytes)."""
-    h = hashlib.sha256()
+    """16 hex digits of the SHA-256 of :data:`SOURCES` (names and bytes) and the
+    toolchain (Python, machine, numba, llvmlite and numpy versions)."""
+    h = hashlib.sha256(_toolchain().encode())
     for name in SOURCES:
         h.update(name.encode())
         h.update((_HERE / name).read_bytes())
@@ -87,15 +105,37 @@ def search_dirs() -> list[Path]:
     return dirs
 
 
-def find_module() -> Path | None:
-    """Path of the compiled module for the running source, or None."""
+def _candidates(dirs=None):
     name = module_name()
-    for d in search_dirs():
+    for d in (search_dirs() if dirs is None else dirs):
         for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-            path = d / (name + suffix)
+            path = Path(d) / (name + suffix)
             if path.is_file():
-                return path
-    return None
+                yield path
+
+
+def find_module(dirs=None) -> Path | None:
+    """Path of the compiled module for the running source, or None (first found)."""
+    return next(_candidates(dirs), None)
+
+
+def _digest(path: Path) -> str:
+    return f"{path.stat().st_size} {hashlib.sha256(path.read_bytes()).hexdigest()}"
+
+
+def _check_file(path: Path) -> str:
+    """Why ``path`` must not be loaded ("" if it may): its size and SHA-256 must be
+    those :func:`build` wrote beside it, since loading a truncated or
+    overwritten extension can kill the process (SIGBUS) where Python cannot
+    catch it."""
+    stamp = path.with_name(path.name + ".sha256")
+    try:
+        want = stamp.read_text().strip()
+    except OSError:
+        return f"{path}: no {stamp.name} beside it (not written by python -m hpcxt.compiled)"
+    if _digest(path) != want:
+        return f"{path}: size or SHA-256 differs from {stamp.name} (damaged or overwritten)"
+    return ""
 
 
 def _load(path: Path):
@@ -106,16 +146,30 @@ def _load(path: Path):
     return module
 
 
+#: Why the compiled module is not in use ("" when none is built), or which
+#: damaged candidates were skipped before the one in use.
+LOAD_ERROR = ""
+
+
 def _choose():
+    global LOAD_ERROR
     if os.environ.get("HPCXT_KERNELS", "auto").lower() == "jit":
+        LOAD_ERROR = "HPCXT_KERNELS=jit"
         return None
-    path = find_module()
-    if path is None:
-        return None
-    try:
-        return _load(path)
-    except ImportError:  # built for another interpreter or damaged: compile instead
-        return None
+    problems = []
+    for path in _candidates():
+        why = _check_file(path)
+        if not why:
+            try:
+                module = _load(path)
+            except Exception as exc:  # another interpreter's, or damaged: try the next
+                why = f"{path}: {type(exc).__name__}: {exc}"
+            else:
+                LOAD_ERROR = "; ".join(f"skipped {p}" for p in problems)
+                return module
+        problems.append(why)
+    LOAD_ERROR = "; ".join(problems)
+    return None
 
 
 _AOT = _choose()
@@ -167,9 +221,11 @@ def njit(**options):
 def entry(name: str, kernel):
     """The exported kernel ``name`` with its arguments checked, or ``kernel`` itself (JIT).
 
-    Input arrays are converted to the exported type (no copy when they have
-    it); output arrays must have it already (a TypeError otherwise, since a
-    converted copy would not receive the results).
+    Input arrays are converted to the exported type where numpy casts them
+    safely (no copy when they have it already: int32 to int64, float32 to
+    float64); any other type, or a non-integral number for an integer, is a
+    TypeError, never a truncation. Output arrays must have the exported type
+    already (a converted copy would not receive the results).
     """
     if _AOT is None:
         return kernel
@@ -183,7 +239,7 @@ def entry(name: str, kernel):
         conv = []
         for value, (arg, dtype, ndim, written) in zip(args, kinds):
             if ndim == 0:
-                conv.append(int(value) if dtype.kind == "i" else float(value))
+                conv.append(operator.index(value) if dtype.kind == "i" else float(value))
                 continue
             if written:
                 ok = (isinstance(value, np.ndarray) and value.dtype == dtype
@@ -193,6 +249,9 @@ def entry(name: str, kernel):
                     raise TypeError(f"{name}(): {arg} must be a writeable C-contiguous "
                                     f"{ndim}-d {dtype} array")
             else:
+                value = np.asarray(value)
+                if not np.can_cast(value.dtype, dtype, "safe"):
+                    raise TypeError(f"{name}(): {arg} must be {dtype}, not {value.dtype}")
                 value = np.ascontiguousarray(value, dtype=dtype)
                 if value.ndim != ndim:
                     raise TypeError(f"{name}(): {arg} must be {ndim}-d, not {value.ndim}-d")
@@ -200,8 +259,7 @@ def entry(name: str, kernel):
         return compiled(*conv)
 
     call.__name__ = name
-    call.__doc__ = getattr(kernel, "__doc__", None) or getattr(
-        getattr(kernel, "py_func", None), "__doc__", None)
+    call.__doc__ = getattr(getattr(kernel, "py_func", None), "__doc__", None)
     return call
 
 
@@ -217,9 +275,13 @@ def build(dest: Path | None = None) -> Path:
     """Compile the exported kernels ahead of time; returns the module's path.
 
     Runs in a fresh interpreter with the JIT forced (this process may have
-    the compiled module loaded). ``dest`` defaults to the first directory of
-    :func:`search_dirs` that can be created and written. The module appears
-    under its final name only once complete.
+    the compiled module loaded), without the compiler flags of the
+    environment (a site's ``CFLAGS=-march=native`` would tie numba.pycc's C
+    parts to this node's CPU). Needs setuptools and a C compiler. ``dest``
+    defaults to the first directory of :func:`search_dirs` that can be
+    created and written. The module appears under its final name only once
+    complete, its size and SHA-256 beside it in ``<module>.sha256``
+    (written first: a module without it is never loaded).
     """
     import subprocess
     import tempfile
@@ -229,14 +291,21 @@ def build(dest: Path | None = None) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     name = module_name()
     with tempfile.TemporaryDirectory(dir=dest, prefix=".build-") as tmp:
-        env = dict(os.environ, HPCXT_KERNELS="jit")
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("CFLAGS", "CPPFLAGS", "LDFLAGS", "LDSHARED")}
+        env["HPCXT_KERNELS"] = "jit"
         code = ("import sys; from hpcxt.compiled import _build_here; "
-                "_build_here(sys.argv[1], sys.argv[2])")
-        subprocess.run([sys.executable, "-c", code, name, tmp], check=True, env=env)
+                "_build_here(sys.argv[1], sys.argv[2], sys.argv[3])")
+        subprocess.run([sys.executable, "-c", code, name, tmp, str(_HERE)], check=True,
+                       env=env)
         built = [p for p in Path(tmp).iterdir() if p.name.startswith(name + ".")]
         if len(built) != 1:
             raise RuntimeError(f"numba.pycc left {[p.name for p in Path(tmp).iterdir()]}")
         target = dest / built[0].name
+        stamp = target.with_name(target.name + ".sha256")
+        tmp_stamp = Path(tmp) / stamp.name
+        tmp_stamp.write_text(_digest(built[0]) + "\n")
+        os.replace(tmp_stamp, stamp)
         os.replace(built[0], target)
     if dest.resolve() == (_HERE / "_kernels").resolve():
         # this source tree's own folder: modules of its earlier sources are dead
@@ -257,11 +326,19 @@ def _writable_dir() -> Path:
     raise OSError("no writable directory for the compiled kernels: set HPCXT_KERNEL_DIR")
 
 
-def _build_here(name: str, out_dir: str) -> None:
-    """In a JIT process: export :data:`EXPORTS` with numba.pycc into ``out_dir``."""
+def _build_here(name: str, out_dir: str, source_dir: str) -> None:
+    """In a JIT process: export :data:`EXPORTS` with numba.pycc into ``out_dir``.
+
+    Refuses when this interpreter imports another hpcxt than the one that
+    asked (``source_dir``), or one whose source hashes to another name: the
+    module would carry kernels that are not the ones its name promises.
+    """
     import importlib
     import warnings
 
+    if _HERE != Path(source_dir).resolve() or module_name() != name:
+        raise SystemExit(f"hpcxt.compiled: this interpreter imports hpcxt from {_HERE} "
+                         f"(kernels {module_name()}), not {source_dir} ({name})")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # numba.pycc's deprecation notice
         from numba.pycc import CC
@@ -279,20 +356,31 @@ def _build_here(name: str, out_dir: str) -> None:
 def main(argv=None) -> int:
     """``python -m hpcxt.compiled [--if-missing] [--dir DIR]``: build the kernels."""
     import argparse
+    import subprocess
     import time
     p = argparse.ArgumentParser(prog="python -m hpcxt.compiled",
                                 description="Compile hpcxt's kernels ahead of time, so that "
                                             "fit ranks need not import numba.")
     p.add_argument("--if-missing", action="store_true",
                    help="do nothing when the module for this source is built already")
-    p.add_argument("--dir", type=Path, help="where to write it (default: see the docs)")
+    p.add_argument("--dir", type=Path,
+                   help="where to write it (default: the first writable of $HPCXT_KERNEL_DIR, "
+                        "hpcxt/_kernels, ~/.cache/hpcxt/kernels); ranks find it there only "
+                        "when HPCXT_KERNEL_DIR names it")
     args = p.parse_args(argv)
-    found = find_module()
+    found = next((f for f in _candidates(None if args.dir is None else [args.dir])
+                  if not _check_file(f)), None)
     if args.if_missing and found is not None:
         print(f"hpcxt: compiled kernels up to date: {found}")
         return 0
     t0 = time.perf_counter()
-    path = build(args.dir)
+    try:
+        path = build(args.dir)
+    except (subprocess.CalledProcessError, OSError, RuntimeError) as exc:
+        print(f"hpcxt: the compiled kernels did not build ({exc}); they need setuptools "
+              "and a C compiler (pip install setuptools). Without them each fit rank "
+              "compiles the kernels with numba.", file=sys.stderr)
+        return 1
     print(f"hpcxt: compiled kernels built in {time.perf_counter() - t0:.1f} s: {path}")
     return 0
 

@@ -122,9 +122,9 @@ def _ciao_lines():
 def _kernel_lines():
     from . import compiled
     if compiled.mode() == "aot":
-        return [_line(True, "compiled kernels", compiled.aot_path())]
-    why = ("HPCXT_KERNELS=jit" if compiled.find_module() is not None
-           else "not built for this source: python -m hpcxt.compiled builds them")
+        skipped = f" ({compiled.LOAD_ERROR})" if compiled.LOAD_ERROR else ""
+        return [_line(True, "compiled kernels", compiled.aot_path() + skipped)]
+    why = compiled.LOAD_ERROR or "not built for this source: python -m hpcxt.compiled builds them"
     return [_line(None, "compiled kernels", f"numba's JIT ({why}; about 40 MiB more per fit rank)")]
 
 

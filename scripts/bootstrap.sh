@@ -52,7 +52,7 @@ fi
 VPY="$VENV/bin/python"
 "$VPY" -m pip install -q --upgrade pip
 "$VPY" -m pip install -q -c constraints.txt \
-    numpy astropy h5py PyYAML mpi4py mpich xspectrampoline regions tqdm matplotlib scipy numba pytest pytest-xdist
+    numpy astropy h5py PyYAML mpi4py mpich xspectrampoline regions tqdm matplotlib scipy numba setuptools pytest pytest-xdist
 
 if ! "$VPY" -c "import xspectrampoline, sherpa.astro.xspec" 2>/dev/null; then
     xsdir=$("$VPY" - <<'PYEOF'

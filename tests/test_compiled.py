@@ -82,9 +82,12 @@ def test_entry_checks_arguments_instead_of_crashing(kernel_dir, monkeypatch):
     group = compiled.entry("group_flags", None)
     src = np.arange(10.0)
     grouping = np.ones(10, dtype=np.int16)
-    # inputs of another dtype are converted (the crash a wrong dtype would be)
+    # inputs of another dtype are converted where that is exact (a wrong dtype
+    # given to the extension would crash the process), refused where not
     group(np.arange(10, dtype=np.int32), src, 5.0, np.zeros(10), 0.0, grouping)
     assert grouping.tolist() == [1, -1, -1, -1, 1, -1, 1, 1, 1, 1]
+    with pytest.raises(TypeError, match="idx must be int64, not float64"):
+        group(np.arange(10) + 0.7, src, 5.0, np.zeros(10), 0.0, grouping)
     # outputs are never silently copied
     with pytest.raises(TypeError, match="grouping must be a writeable"):
         group(np.arange(10), src, 5.0, np.zeros(10), 0.0, grouping.astype(np.int32))
@@ -103,3 +106,30 @@ def test_a_changed_source_is_never_run_from_an_old_module(tmp_path, monkeypatch)
     assert compiled.module_name() != "_kernels_0123456789abcdef"
     found = compiled.find_module()
     assert found is None or found.parent != tmp_path
+
+
+def test_a_damaged_module_is_never_loaded(kernel_dir, tmp_path):
+    """Loading a truncated or overwritten extension can kill the process (SIGBUS):
+    each module is checked against the size and SHA-256 its build wrote beside it."""
+    from hpcxt import compiled
+    built = next(p for p in kernel_dir.glob(compiled.module_name() + ".*")
+                 if not p.name.endswith(".sha256"))
+    assert compiled._check_file(built) == ""
+    copy = tmp_path / built.name
+    data = bytearray(built.read_bytes())
+    copy.write_bytes(bytes(data))
+    assert "no " + copy.name + ".sha256" in compiled._check_file(copy)
+    (tmp_path / (built.name + ".sha256")).write_bytes(
+        (kernel_dir / (built.name + ".sha256")).read_bytes())
+    assert compiled._check_file(copy) == ""
+    data[len(data) // 2] ^= 0xFF
+    copy.write_bytes(bytes(data))
+    assert "differs" in compiled._check_file(copy)
+    # a process given only that folder compiles with numba and says why
+    env = dict(os.environ, HPCXT_KERNEL_DIR=str(tmp_path), HPCXT_KERNELS="auto")
+    code = ("import sys; from hpcxt import compiled; sys.path; "
+            "print(compiled.mode(), compiled.LOAD_ERROR)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, timeout=120, check=True).stdout
+    assert out.startswith("aot skipped ") or out.startswith("jit ")
+    assert "differs" in out
