@@ -77,6 +77,7 @@ from .fit import RecordBatch
 from .hooks import NO_HOOKS
 from .io.checkpoint import FitResults, utc_now, write_results
 from .parallel import Backoff, wait_message
+from .schema import Status
 
 log = logging.getLogger("hpcxt.fit")
 
@@ -176,6 +177,18 @@ def auto_batch_size(mean_fit: float | None, pending: int, nworkers: int,
     return max(1, size)
 
 
+def resumed_mean_fit(res: FitResults) -> float | None:
+    """Median fit time of the regions a previous run finished, s (None if none).
+
+    A resumed run sizes its first batches from it, instead of handing every
+    worker one region while it measures: with many workers that first
+    round of one-region batches keeps the master busy, and the workers
+    then come back all at once.
+    """
+    done = res.fit_seconds[(res.status != Status.PENDING) & (res.fit_seconds > 0)]
+    return float(np.median(done)) if done.size else None
+
+
 @dataclass
 class MasterStats:
     """What the master did in one run (logged at the end; see ``RunHooks.master_finished``).
@@ -214,7 +227,7 @@ class _Master:
         bs = options.batch_size
         self.fixed_batch = None if bs == "auto" else int(bs)
         self.interval = float(options.checkpoint_seconds)
-        self.mean_fit = None
+        self.mean_fit = resumed_mean_fit(res)
         self.t_start = time.monotonic()
         self.run_seconds_before = res.run_seconds
         self.last_checkpoint = -math.inf

@@ -389,3 +389,18 @@ def test_auto_batch_size_keeps_the_master_load_bounded():
     assert 1023 * 54e-6 / (size * 1e-3) <= MAX_MASTER_LOAD < 1023 * 54e-6 / ((size - 1) * 1e-3)
     # ... but never past MAX_AUTO_BATCH
     assert auto_batch_size(1e-3, 100_000, 1023, master_seconds=1e-2) == MAX_AUTO_BATCH
+
+
+def test_a_resumed_run_sizes_its_first_batches_from_the_fits_done():
+    from hpcxt.fit_mpi import RunOptions, _Master, resumed_mean_fit
+    from hpcxt.io.checkpoint import FitResults
+    res = FitResults.new(10_000, ["1"], {"fit": {}})
+    assert resumed_mean_fit(res) is None  # a fresh run measures first
+    assert _Master(RunOptions("r.h5"), res, nworkers=1023).batch_size() == 1
+    res.status[:3000] = Status.OK
+    res.fit_seconds[:3000] = 1e-3
+    res.fit_seconds[:10] = 5.0  # a few slow ones do not set the pace
+    res.status[3000:3100] = Status.FAILED  # failed before fitting: no time
+    assert resumed_mean_fit(res) == 1e-3
+    m = _Master(RunOptions("r.h5"), res, nworkers=100)
+    assert m.batch_size() == 35  # half a worker's share of the 6,900 left
