@@ -14,7 +14,9 @@ Run from the repository root::
    master's CPU time spent receiving, recording and handing out batches
    (:class:`hpcxt.fit_mpi.MasterStats`) divided by the batches gives its cost
    per batch, fitted as ``c(b) = c0 + c1 * b``. Capacity (regions/s) and
-   the share of the loop the master was busy are printed too.
+   the share of the loop the master was busy are printed too. Before
+   that, in one process, the master's unpickling and recording of a
+   batch packed as it travels, beside its columns pickled one by one.
 2. Round trip. A worker and a master that is never idle (it polls
    without pausing, as a master serving many workers does) pass a result
    batch and a batch of ids back and forth with the fit's messages and
@@ -183,6 +185,36 @@ def checkpoint_seconds_per_region() -> float:
             times.append(best)
             print(f"  checkpoint of {n:9d} regions: {1e3 * best:7.1f} ms", flush=True)
     return times[1] / 1_000_000
+
+
+def receive_cost(sizes=(1, 10, 100), repeats: int = 5000) -> None:
+    """The master's unpickling and recording of one result batch, in one process:
+    as it travels now (:meth:`hpcxt.fit.RecordBatch.__reduce__`, one float64
+    array) beside the columns pickled one by one (before), interleaved, best
+    of three rounds each."""
+    import pickle
+    import time
+
+    from hpcxt.fit import FitRecord, RecordBatch
+    from hpcxt.io.checkpoint import FitResults
+
+    print("master's unpickle + record of one batch (2 observations), us, best of 3:")
+    res = FitResults.new(100_000, ["1", "2"], {"fit": {}})
+    for n in sizes:
+        batch = RecordBatch.from_records(np.arange(n), [FitRecord(2) for _ in range(n)], 2)
+        payloads = {"packed": pickle.dumps(batch, protocol=5),
+                    "columns": pickle.dumps((batch.region_id, batch.columns), protocol=5)}
+        best = {k: math.inf for k in payloads}
+        for _ in range(3):
+            for kind, data in payloads.items():
+                t0 = time.perf_counter()
+                for _ in range(repeats):
+                    got = pickle.loads(data)
+                    res.record(got if kind == "packed" else RecordBatch(*got))
+                best[kind] = min(best[kind], (time.perf_counter() - t0) / repeats)
+        print(f"  batch {n:4d}: packed {1e6 * best['packed']:6.1f}, columns one by one "
+              f"{1e6 * best['columns']:6.1f} ({len(payloads['packed'])} and "
+              f"{len(payloads['columns'])} bytes)", flush=True)
 
 
 def run_loop(n_regions: int, batch_size, nprocs: int, sleep: float = 0.0) -> dict:
@@ -364,6 +396,7 @@ def main(argv=None) -> None:
         pingpong_child(*args.pingpong)
         return
     if args.c0 is None:
+        receive_cost()
         costs = measure(args.nprocs, args.sizes, args.regions_per_size)
     else:
         costs = dict(c0=args.c0, c1=args.c1, l0=args.l0, l1=args.l1)
