@@ -353,6 +353,32 @@ def _build_here(name: str, out_dir: str, source_dir: str) -> None:
         cc.compile()
 
 
+def ensure_built(log=None) -> bool:
+    """Build the module for the running source if no valid one is found; True if one is.
+
+    For serial drivers before they start MPI ranks (``hpcxt run``, the job
+    scripts run ``python -m hpcxt.compiled --if-missing``): built once per
+    installation, every rank then loads it. Never raises: without it the
+    ranks compile with numba. Respects ``HPCXT_KERNELS=jit``.
+    """
+    import logging
+    log = log or logging.getLogger("hpcxt")
+    if os.environ.get("HPCXT_KERNELS", "auto").lower() == "jit":
+        return False
+    if any(not _check_file(p) for p in _candidates()):
+        return True
+    try:
+        import time
+        t0 = time.perf_counter()
+        path = build()
+    except Exception as exc:  # no compiler, no setuptools, no writable folder
+        log.warning("compiled kernels: not built (%s); each fit rank compiles them with numba",
+                    " ".join(str(exc).split())[:200])
+        return False
+    log.info("compiled kernels: built in %.1f s (%s)", time.perf_counter() - t0, path)
+    return True
+
+
 def main(argv=None) -> int:
     """``python -m hpcxt.compiled [--if-missing] [--dir DIR]``: build the kernels."""
     import argparse

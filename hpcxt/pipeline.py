@@ -93,6 +93,9 @@ def run_pipeline(config_path, nprocs: int | None = None) -> int:
             # (2 for bad input), as a shell pipeline with -e would.
             log.warning("run: stopped: scalemap exited with status %d", status)
             return status
+        if cfg.fit.engine == "template":
+            from .compiled import ensure_built
+            ensure_built(log)  # once per installation: the ranks then load them
         fit_args = ["fit", config_path]
         if WorkDir.of(cfg).results.exists():
             fit_args.append("--resume")

@@ -77,8 +77,7 @@ def test_compiled_kernels_equal_the_jit_and_leave_numba_out(kernel_dir):
 
 def test_entry_checks_arguments_instead_of_crashing(kernel_dir, monkeypatch):
     from hpcxt import compiled
-    monkeypatch.setattr(compiled, "_AOT", compiled._load(
-        next(kernel_dir.glob(compiled.module_name() + ".*"))))
+    monkeypatch.setattr(compiled, "_AOT", compiled._load(compiled.find_module([kernel_dir])))
     group = compiled.entry("group_flags", None)
     src = np.arange(10.0)
     grouping = np.ones(10, dtype=np.int16)
@@ -112,8 +111,7 @@ def test_a_damaged_module_is_never_loaded(kernel_dir, tmp_path):
     """Loading a truncated or overwritten extension can kill the process (SIGBUS):
     each module is checked against the size and SHA-256 its build wrote beside it."""
     from hpcxt import compiled
-    built = next(p for p in kernel_dir.glob(compiled.module_name() + ".*")
-                 if not p.name.endswith(".sha256"))
+    built = compiled.find_module([kernel_dir])
     assert compiled._check_file(built) == ""
     copy = tmp_path / built.name
     data = bytearray(built.read_bytes())
@@ -133,3 +131,22 @@ def test_a_damaged_module_is_never_loaded(kernel_dir, tmp_path):
                          env=env, timeout=120, check=True).stdout
     assert out.startswith("aot skipped ") or out.startswith("jit ")
     assert "differs" in out
+
+
+def test_drivers_build_the_kernels_only_when_missing(kernel_dir, monkeypatch):
+    """hpcxt run (and the job scripts' --if-missing) before the fit's ranks start."""
+    from hpcxt import compiled
+
+    def no_build(*args):
+        raise AssertionError("built although a valid module exists")
+
+    monkeypatch.setattr(compiled, "build", no_build)
+    monkeypatch.setenv("HPCXT_KERNEL_DIR", str(kernel_dir))
+    assert compiled.ensure_built() is True
+    monkeypatch.setenv("HPCXT_KERNELS", "jit")
+    assert compiled.ensure_built() is False
+    # a build that fails leaves the ranks to numba, without raising
+    monkeypatch.setenv("HPCXT_KERNELS", "auto")
+    monkeypatch.setattr(compiled, "_candidates", lambda dirs=None: iter(()))
+    monkeypatch.setattr(compiled, "build", lambda: (_ for _ in ()).throw(OSError("no cc")))
+    assert compiled.ensure_built() is False
