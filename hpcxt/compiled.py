@@ -33,6 +33,7 @@ converts or checks every argument against the exported signature first.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.machinery
 import importlib.util
@@ -79,6 +80,7 @@ def _toolchain() -> str:
     return " ".join(parts)
 
 
+@functools.lru_cache(maxsize=None)
 def source_hash() -> str:
     """16 hex digits of the SHA-256 of :data:`SOURCES` (names and bytes) and the
     toolchain (Python, machine, numba, llvmlite and numpy versions)."""
@@ -241,6 +243,10 @@ def entry(name: str, kernel):
             if ndim == 0:
                 conv.append(operator.index(value) if dtype.kind == "i" else float(value))
                 continue
+            if (type(value) is np.ndarray and value.dtype == dtype and value.ndim == ndim
+                    and value.flags.c_contiguous and (value.flags.writeable or not written)):
+                conv.append(value)  # the usual case, checked at the least cost
+                continue
             if written:
                 ok = (isinstance(value, np.ndarray) and value.dtype == dtype
                       and value.ndim == ndim and value.flags.c_contiguous
@@ -283,8 +289,11 @@ def build(dest: Path | None = None) -> Path:
     complete, its size and SHA-256 beside it in ``<module>.sha256``
     (written first: a module without it is never loaded).
     """
+    import shutil
     import subprocess
     import tempfile
+
+    from .io.workdir import atomic_write, write_text_atomic
     if dest is None:
         dest = _writable_dir()
     dest = Path(dest)
@@ -302,11 +311,10 @@ def build(dest: Path | None = None) -> Path:
         if len(built) != 1:
             raise RuntimeError(f"numba.pycc left {[p.name for p in Path(tmp).iterdir()]}")
         target = dest / built[0].name
-        stamp = target.with_name(target.name + ".sha256")
-        tmp_stamp = Path(tmp) / stamp.name
-        tmp_stamp.write_text(_digest(built[0]) + "\n")
-        os.replace(tmp_stamp, stamp)
-        os.replace(built[0], target)
+        # the stamp first: a module without its stamp is never loaded
+        write_text_atomic(target.with_name(target.name + ".sha256"), _digest(built[0]) + "\n")
+        with atomic_write(target) as part:
+            shutil.copyfile(built[0], part)
     if dest.resolve() == (_HERE / "_kernels").resolve():
         # this source tree's own folder: modules of its earlier sources are dead
         for old in dest.glob("_kernels_*"):
