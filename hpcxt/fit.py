@@ -86,6 +86,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -807,8 +808,22 @@ class RecordBatch(ColumnAccess):
         one array and are cast back to their dtypes on arrival. A batch
         whose columns are not the schema's pickles as usual.
         """
-        if not self._packable():
+        packed = self.pack()
+        if isinstance(packed, RecordBatch):
             return (RecordBatch, (self.region_id, self.columns))
+        return (_unpack_batch, packed)
+
+    def pack(self):
+        """``(nobs, region_id, rows, texts)``: the numeric columns as the rows of
+        one float64 array, the text columns as lists; the batch itself when
+        its columns are not the schema's (see :meth:`__reduce__`).
+
+        What a fit worker sends: the master keeps these as they arrive and
+        unpacks many at once (:meth:`unpack_many`), which costs it far less
+        per batch than unpacking each.
+        """
+        if not self._packable():
+            return self
         nobs = self.columns["counts"].shape[1]
         rows = []
         for c in COLUMNS:
@@ -817,7 +832,32 @@ class RecordBatch(ColumnAccess):
                 rows.extend(col.T if c.per_obs else (col,))
         packed = np.array(rows, dtype=np.float64) if rows else np.zeros((0, len(self)))
         texts = [self.columns[c.name].tolist() for c in COLUMNS if c.is_text]
-        return (_unpack_batch, (nobs, self.region_id, packed, texts))
+        return (nobs, self.region_id, packed, texts)
+
+    @classmethod
+    def unpack_many(cls, items: list) -> "RecordBatch | None":
+        """One batch of every region of ``items`` (from :meth:`pack`), in order;
+        None for no items."""
+        tuples = [x for x in items if not isinstance(x, RecordBatch)]
+        batches = [x for x in items if isinstance(x, RecordBatch)]
+        if tuples:
+            nobs = tuples[0][0]
+            texts = [list(itertools.chain.from_iterable(t[3][k] for t in tuples))
+                     for k in range(len(tuples[0][3]))]
+            batches.append(_unpack_batch(nobs, np.concatenate([t[1] for t in tuples]),
+                                         np.concatenate([t[2] for t in tuples], axis=1),
+                                         texts))
+        return cls.concat(batches)
+
+    @classmethod
+    def concat(cls, batches: list) -> "RecordBatch | None":
+        """The regions of several batches as one (None for none)."""
+        batches = [b for b in batches if b is not None]
+        if len(batches) <= 1:
+            return batches[0] if batches else None
+        return cls(np.concatenate([b.region_id for b in batches]),
+                   {k: np.concatenate([b.columns[k] for b in batches])
+                    for k in batches[0].columns})
 
     def _packable(self) -> bool:
         """The schema's columns, dtypes and shapes, integers exact in float64."""

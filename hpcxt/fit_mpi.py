@@ -4,54 +4,65 @@ Run as::
 
     mpiexec -n N python -m mpi4py -m hpcxt fit CONFIG [--resume]
 
-Rank 0 is the master: it decides what is left to fit, hands out batches of
-region ids on request, records the results and is the only writer of
-``<workdir>/fit/results.h5``. Ranks 1..N-1 are workers: each reads the
-bundle and region table once, builds the Sherpa responses once, then fits
-batch after batch (:mod:`hpcxt.fit`, no MPI inside). With one rank (no
-launcher, or ``-n 1``) rank 0 fits everything itself through the same
-kernel and writes the same file.
+Rank 0 is the master: it decides what is left to fit, records the results
+and is the only writer of ``<workdir>/fit/results.h5``. Ranks 1..N-1 are
+workers: each reads the bundle and region table once, builds the Sherpa
+responses once, then fits batch after batch (:mod:`hpcxt.fit`, no MPI
+inside). With one rank (no launcher, or ``-n 1``) rank 0 fits everything
+itself through the same kernel and writes the same file.
 
-Messages: a worker sends ``TAG_RESULT`` (its last batch's
-:class:`~hpcxt.fit.RecordBatch`, or None when it starts) and gets back
-``TAG_WORK`` (an int64 array of region ids) or ``TAG_STOP``. Both sides
-wait with ``Iprobe`` and short sleeps rather than a blocking receive:
-MPICH's blocking receive busy-polls and would take a core from the fits.
+Work: the master tells every worker at the start which regions are left
+(:class:`Plan`, the ids as runs of consecutive ids); each worker then takes
+its next batch, positions ``[lo, lo + size)`` of that list, from a counter
+that every rank advances atomically (:class:`hpcxt.parallel.WorkCounter`,
+MPI-3 RMA ``MPI_Fetch_and_op`` on the master's window). The master hands
+out nothing, so no worker waits for it, and it does not set the pace
+however many workers there are and however fast the fits.
 
-Why not :mod:`mpi4py.futures`: measured on 2 shared cores with 3 worker
-ranks and instant tasks (``benchmarks/futures_overhead.py`` beside
-``benchmarks/fit.py``), ``MPIPoolExecutor.map`` dispatched 4,600 tasks/s
-one at a time and 43,000/s in chunks of 10, against this protocol's 2,600
-and 18,600 regions/s (each carrying a whole result batch and recorded
-into the results table) and 133,000 regions/s with ``batch_size: auto``.
-Per message, futures is about twice as cheap, but with adaptive batches
-the dispatch is never the bottleneck, and this protocol gives what the
-fit needs and futures does not: batch sizes chosen at dispatch time from
-measured fit rates, a master that on SIGTERM/SIGUSR1 stops handing out
-work, collects only the batches in flight and checkpoints within a grace
-period, workers that keep their responses between batches, and no need
-for ``MPI_Comm_spawn`` or a ``-m mpi4py.futures`` launch, which some
-HPC sites do not support.
+Results: a worker sends what it fitted (packed batches,
+:meth:`hpcxt.fit.RecordBatch.pack`) at most every :data:`REPORT_SECONDS`
+with a non-blocking send (after every batch with ``checkpoint_seconds:
+0``), and once more with ``TAG_DONE`` when the counter runs out. The
+master keeps the reports as they arrive and records them in its idle
+moments, many at once. It waits with ``Iprobe`` and short sleeps rather
+than a blocking receive: MPICH's blocking receive busy-polls and would take
+a core from the fits. (The previous protocol, a request from the worker
+answered by a batch of ids from the master, cost the master 50-180 us
+per batch and set the pace of 1 ms fits past a few hundred ranks:
+``benchmarks/scaling.py``.)
 
 Batches: ``fit.batch_size`` regions, or with ``auto`` about
-:data:`TARGET_BATCH_SECONDS` of work judged from the fits so far, never
-more than a worker's share of what is left, so the tail stays balanced,
-unless that would keep the master busy more than :data:`MAX_MASTER_LOAD`
-of its time (fast fits on many workers; see :func:`auto_batch_size` and
-``benchmarks/scaling.py``).
+:data:`TARGET_BATCH_SECONDS` of work judged from the worker's own fits,
+never more than half a worker's share of what is left (guided
+self-scheduling: the last batches are small and the workers finish
+together), never less than :data:`MIN_BATCH_SECONDS` (see
+:func:`auto_batch_size`).
 
 Checkpoints: at most every ``fit.checkpoint_seconds`` (0: after every
-batch), once at the start and once at the end, written aside and renamed
-(:mod:`hpcxt.io.checkpoint`). SIGTERM or SIGUSR1 (what Slurm and PBS send
-before the wall-time limit, and what ``mpiexec`` forwards to every rank)
-make the master stop handing out work, collect the batches in flight for at
-most :data:`SIGNAL_GRACE_SECONDS`, write a final checkpoint, stop the
-workers and return :data:`hpcxt.errors.EXIT_CHECKPOINTED` (85); workers
-ignore the signal and wait for the master's word. Under ``python -m
-mpi4py`` a non-zero exit status ends in ``MPI_Abort(85)`` (MPICH prints one
-"application called MPI_Abort" line) after the checkpoint is on disk, and
-``mpiexec`` exits with 85. ``--resume`` then fits only regions without a
-final status (failed is final).
+report), once at the start and once at the end, written aside and renamed
+(:mod:`hpcxt.io.checkpoint`). Workers keep fitting while the master writes
+one. The last one is written ahead when the work left is about as long as
+writing it (:class:`hpcxt.io.checkpoint.StagedResults`), and only the rows
+fitted since are written once the last result is in. SIGTERM or SIGUSR1
+(what Slurm and PBS send before the wall-time limit, and what ``mpiexec``
+forwards to every rank) make the master stop the counter, collect what the
+workers were fitting for at most :data:`SIGNAL_GRACE_SECONDS`, write a
+final checkpoint and return :data:`hpcxt.errors.EXIT_CHECKPOINTED` (85);
+workers ignore the signal. Under ``python -m mpi4py`` a non-zero exit
+status ends in ``MPI_Abort(85)`` (MPICH prints one "application called
+MPI_Abort" line) after the checkpoint is on disk, and ``mpiexec`` exits
+with 85. ``--resume`` then fits only regions without a final status
+(failed is final).
+
+Why not :mod:`mpi4py.futures`: measured on 2 shared cores with 3 worker
+ranks and instant tasks (``benchmarks/futures_overhead.py``),
+``MPIPoolExecutor.map`` dispatched 4,600 tasks/s one at a time and 43,000/s
+in chunks of 10. It has none of what the fit needs: batch sizes from
+measured fit rates, a master that never stands between a worker and its
+next batch, a stop on SIGTERM/SIGUSR1 with a checkpoint within a grace
+period, workers that keep their responses between batches, and no need
+for ``MPI_Comm_spawn`` or a ``-m mpi4py.futures`` launch, which some HPC
+sites do not support.
 
 Faults are injected by tests through a :class:`hpcxt.hooks.RunHooks`
 object passed to :func:`run_master_worker` (failing regions, slow fits, a SIGKILL of
@@ -75,19 +86,32 @@ import numpy as np
 from .errors import EXIT_CHECKPOINTED
 from .fit import RecordBatch
 from .hooks import NO_HOOKS
-from .io.checkpoint import FitResults, utc_now, write_results
-from .parallel import Backoff, wait_message
+from .io.checkpoint import FitResults, StagedResults, utc_now, write_results
+from .parallel import Backoff, IdRuns, WorkCounter
 from .schema import Status
 
 log = logging.getLogger("hpcxt.fit")
 
-TAG_WORK, TAG_RESULT, TAG_STOP = 11, 12, 13
+TAG_RESULT, TAG_DONE = 12, 14
 #: Work per batch aimed at with ``batch_size: auto``, s.
 TARGET_BATCH_SECONDS = 1.0
+#: ... but at least this much, so a worker takes from the counter at most
+#: a few hundred times a second however fast its fits.
+MIN_BATCH_SECONDS = 0.005
 MAX_AUTO_BATCH = 1000
-#: With ``batch_size: auto``, batches grow (up to MAX_AUTO_BATCH) until the
-#: workers' requests keep the master busy at most this share of the time.
-MAX_MASTER_LOAD = 0.5
+#: Most time between two reports of a worker, s (checkpoint_seconds 0:
+#: after every batch) ...
+REPORT_SECONDS = 0.5
+#: ... but a quarter of the run's time left when that is shorter, down to
+#: this many seconds per worker (the master then spends about half of its
+#: time on reports at 25 us each): the master's copy, and the final
+#: checkpoint written ahead from it, are then never far behind the fits.
+REPORT_SECONDS_PER_WORKER = 50e-6
+#: The master stages the final checkpoint when the work left is about this
+#: many times the duration of its last full checkpoint ...
+STAGE_LEAD = 3.0
+#: ... if that checkpoint took at least this long, s.
+STAGE_MIN_SECONDS = 0.05
 #: Longest the master waits for batches in flight after SIGTERM/SIGUSR1, s.
 SIGNAL_GRACE_SECONDS = 20.0
 #: Seconds between progress lines.
@@ -100,18 +124,80 @@ HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 # the worker side: fitting batches
 
 
-def _worker_loop(comm, fit_batch, hooks=NO_HOOKS) -> None:
-    """Ask for work, fit it, send it back, until the master says stop."""
-    rank = comm.Get_rank()
-    comm.send(None, dest=0, tag=TAG_RESULT)
-    nth = 0
+@dataclass(frozen=True)
+class Plan:
+    """What every worker is told when the run starts.
+
+    Attributes
+    ----------
+    todo : IdRuns
+        The region ids to fit; a worker fits positions ``[lo, hi)`` of it
+        that it took from the run's :class:`~hpcxt.parallel.WorkCounter`.
+    fixed_batch : int or None
+        ``fit.batch_size``, or None for ``auto`` (:func:`auto_batch_size`).
+    mean_fit : float or None
+        Median fit time of the regions a previous run finished, s.
+    report_seconds : float
+        Most time between two reports of a worker to the master, s
+        (0: after every batch; see :meth:`report_interval`).
+    nworkers : int
+    """
+
+    todo: IdRuns
+    fixed_batch: int | None
+    mean_fit: float | None
+    report_seconds: float
+    nworkers: int
+
+    def report_interval(self, mean_fit: float | None, remaining: int) -> float:
+        """Least time between two reports, s: ``report_seconds``, or a quarter
+        of the time the run has left (``remaining`` regions at ``mean_fit`` s on
+        every worker) when that is shorter, but at least
+        :data:`REPORT_SECONDS_PER_WORKER` times the workers."""
+        if self.report_seconds == 0 or mean_fit is None:
+            return self.report_seconds
+        left = remaining * mean_fit / self.nworkers
+        floor = min(self.report_seconds, self.nworkers * REPORT_SECONDS_PER_WORKER)
+        return min(self.report_seconds, max(floor, left / 4))
+
+
+def _worker_loop(comm, counter, plan: Plan, fit_batch, hooks=NO_HOOKS):
+    """Take batches from the counter and fit them until none is left; report
+    results to the master at most every ``plan.report_seconds`` without
+    waiting for it, and once more at the end (``TAG_DONE``).
+
+    Returns the request of that last report, to be waited for after the
+    counter is closed: a master that gave up waiting after a signal
+    (:data:`SIGNAL_GRACE_SECONDS`) never receives it, but must get past
+    the counter's collective close to write its checkpoint and exit.
+    """
+    rank, n = comm.Get_rank(), len(plan.todo)
+    mean_fit, remaining = plan.mean_fit, n
+    unsent, last_report, request, nth = [], time.monotonic(), None, 0
     while True:
-        tag, ids = wait_message(comm, 0, (TAG_WORK, TAG_STOP))
-        if tag == TAG_STOP:
-            return
+        size = plan.fixed_batch or auto_batch_size(mean_fit, remaining, plan.nworkers)
+        start = counter.take(size)
+        if start >= n:
+            break
+        stop = min(start + size, n)
+        remaining = n - stop
         nth += 1
         hooks.worker_got_batch(rank, nth)
-        comm.send(fit_batch(ids), dest=0, tag=TAG_RESULT)
+        t0 = time.perf_counter()
+        batch = fit_batch(plan.todo[start:stop])
+        per_fit = (time.perf_counter() - t0) / (stop - start)
+        mean_fit = per_fit if mean_fit is None else 0.7 * mean_fit + 0.3 * per_fit
+        unsent.append(batch.pack())
+        now = time.monotonic()
+        # A report still in transit (the master is writing a checkpoint)
+        # is not waited for: the results go with the next one.
+        due = plan.report_interval(mean_fit, remaining)
+        if now - last_report >= due and (request is None or request.Test()):
+            request = comm.isend(unsent, dest=0, tag=TAG_RESULT)
+            unsent, last_report = [], now
+    if request is not None:
+        request.wait()
+    return comm.isend(unsent, dest=0, tag=TAG_DONE)
 
 
 # --------------------------------------------------------------------------
@@ -143,37 +229,30 @@ def describe(res: FitResults) -> str:
             f"{res.n_pending} pending")
 
 
-def auto_batch_size(mean_fit: float | None, pending: int, nworkers: int,
-                    master_seconds: float | None = None) -> int:
+def auto_batch_size(mean_fit: float | None, pending: int, nworkers: int) -> int:
     """Regions in the next batch with ``batch_size: auto``.
 
     About :data:`TARGET_BATCH_SECONDS` of work, at most :data:`MAX_AUTO_BATCH`
-    regions and half a worker's share of what is left (so that the last
-    batches are small and the workers finish together), but never so small
-    that the master, at ``master_seconds`` a batch, would be busy more than
-    :data:`MAX_MASTER_LOAD` of its time: with fast fits and many workers the
-    share shrinks to a few regions and the master, not the fits, would set
-    the pace.
+    regions and half a worker's share of what is left, so that the last
+    batches are small and the workers finish together (guided
+    self-scheduling), but at least :data:`MIN_BATCH_SECONDS` of work, so
+    that a worker with very fast fits does not take from the counter
+    thousands of times a second.
 
     Parameters
     ----------
     mean_fit : float or None
         Recent mean fit time of one region, s (None before the first result).
     pending : int
-        Regions not handed out yet.
+        Regions not taken yet (as the worker last saw the counter).
     nworkers : int
-    master_seconds : float or None
-        The master's recent CPU time per batch (receive, record, send), s.
     """
     if mean_fit is None:
         return 1
     mean_fit = max(mean_fit, 1e-6)
     size = min(int(TARGET_BATCH_SECONDS / mean_fit), MAX_AUTO_BATCH,
                math.ceil(pending / (2 * nworkers)))
-    if master_seconds:
-        # nworkers requests every size * mean_fit seconds, master_seconds each
-        floor = math.ceil(nworkers * master_seconds / (MAX_MASTER_LOAD * mean_fit))
-        size = max(size, min(floor, MAX_AUTO_BATCH))
+    size = max(size, min(int(MIN_BATCH_SECONDS / mean_fit), MAX_AUTO_BATCH))
     return max(1, size)
 
 
@@ -196,12 +275,13 @@ class MasterStats:
     Attributes
     ----------
     batches : int
-        Batches recorded.
+        Reports received (a worker's report holds one or more batches; a
+        serial run counts its batches).
     regions : int
         Regions recorded.
     busy_seconds : float
-        Master CPU time spent receiving and recording results and sending
-        work, s (not polling, checkpoints or progress lines).
+        Master CPU time spent receiving and recording reports, s (not
+        polling, checkpoints or progress lines).
     loop_seconds : float
         Wall time from the first checkpoint to the last, s.
     """
@@ -238,7 +318,15 @@ class _Master:
         self.dirty = True
         self.signal = None
         self.busy_seconds = 0.0
-        self.master_seconds = None
+        self.received: list = []
+        #: the final checkpoint written ahead (StagedResults), the region ids
+        #: recorded since, and the duration of the last whole checkpoint, s
+        self.staged = None
+        self.staged_at = 0.0
+        self.changed: list = []
+        self.patched = 0
+        self.write_seconds = 0.0
+        self.stage_seconds = hooks.stage_final()
 
     # -- signals -------------------------------------------------------------
 
@@ -258,54 +346,146 @@ class _Master:
     def batch_size(self) -> int:
         if self.fixed_batch is not None:
             return self.fixed_batch
-        return auto_batch_size(self.mean_fit, self.n_pending, self.nworkers,
-                               self.master_seconds)
+        return auto_batch_size(self.mean_fit, self.n_pending, self.nworkers)
 
     def next_batch(self) -> np.ndarray:
+        """The serial run's next batch of region ids."""
         start = self.next_pending
         self.next_pending = min(start + self.batch_size(), self.pending.size)
         return self.pending[start:self.next_pending].copy()
 
-    def note_busy(self, seconds: float) -> None:
-        """The master spent ``seconds`` of CPU on one batch's messages."""
-        self.busy_seconds += seconds
-        self.master_seconds = (seconds if self.master_seconds is None
-                               else 0.7 * self.master_seconds + 0.3 * seconds)
+    def plan(self) -> Plan:
+        """What the workers are told at the start."""
+        return Plan(todo=IdRuns(self.pending), fixed_batch=self.fixed_batch,
+                    mean_fit=self.mean_fit,
+                    report_seconds=0.0 if self.interval == 0 else REPORT_SECONDS,
+                    nworkers=self.nworkers)
 
-    def record(self, batch: RecordBatch) -> None:
+    def note_busy(self, seconds: float) -> None:
+        """The master spent ``seconds`` of CPU on one message."""
+        self.busy_seconds += seconds
+
+    def receive(self, items: list) -> None:
+        """Keep a worker's report (packed batches) until the next :meth:`flush`."""
+        if not items:
+            return
+        self.received.extend(items)
+        self.batches += 1
+        self.dirty = True
+        self.hooks.batch_recorded(self.batches)
+
+    def flush(self) -> None:
+        """Record every report kept since the last flush, all at once."""
+        if self.received:
+            c0 = time.process_time()
+            batch, self.received = RecordBatch.unpack_many(self.received), []
+            self.record(batch, count=False)
+            self.busy_seconds += time.process_time() - c0
+
+    def record(self, batch: RecordBatch, count: bool = True) -> None:
         if batch is None or len(batch) == 0:
             return
         self.res.record(batch)
-        self.batches += 1
+        if self.staged is not None:
+            self.changed.append(batch.region_id)
+        if count:
+            self.batches += 1
+            self.hooks.batch_recorded(self.batches)
         self.done_this_run += len(batch)
         self.dirty = True
         per_fit = float(np.mean(batch.fit_seconds))
         self.mean_fit = per_fit if self.mean_fit is None else 0.7 * self.mean_fit + 0.3 * per_fit
-        self.hooks.batch_recorded(self.batches)
 
     # -- checkpoints and progress ----------------------------------------------
 
     def _midway(self):
         self.hooks.checkpoint_midway(self.checkpoints_this_run + 1)
 
-    def checkpoint(self) -> None:
-        t0 = time.monotonic()
+    def _stamp(self, t0: float) -> None:
         res = self.res
         res.updated = utc_now()
         res.run_seconds = self.run_seconds_before + (t0 - self.t_start)
         res.checkpoints += 1
-        write_results(self.path, res, midway=self._midway)
-        self.checkpoints_this_run += 1
+
+    def _written(self, t0: float, what: str) -> None:
         dt = time.monotonic() - t0
-        res.checkpoint_seconds_total += dt
+        self.res.checkpoint_seconds_total += dt
+        self.checkpoints_this_run += 1
         self.last_checkpoint = time.monotonic()
         self.dirty = False
-        log.debug("fit: checkpoint %d written in %.3f s", res.checkpoints, dt)
+        log.debug("fit: checkpoint %d %s in %.3f s", self.res.checkpoints, what, dt)
         self.hooks.checkpoint_written(self.checkpoints_this_run)
 
+    def checkpoint(self) -> None:
+        """Write every result so far (a staged final checkpoint is abandoned)."""
+        self.flush()
+        if self.staged is not None:
+            self.staged.abandon()
+            self.staged, self.changed = None, []
+        t0 = time.monotonic()
+        self._stamp(t0)
+        write_results(self.path, self.res, midway=self._midway)
+        self.write_seconds = time.monotonic() - t0
+        self._written(t0, "written")
+
     def maybe_checkpoint(self) -> None:
+        if self.staged is not None and time.monotonic() - self.staged_at < self.interval:
+            return  # the staged final checkpoint is recent enough
         if self.dirty and time.monotonic() - self.last_checkpoint >= self.interval:
             self.checkpoint()
+
+    def maybe_stage(self, taken) -> None:
+        """Write the final checkpoint ahead when the work left is about as long
+        as writing it (:class:`~hpcxt.io.checkpoint.StagedResults`).
+
+        ``taken()`` returns how many regions the workers have taken. Only
+        when a whole checkpoint took at least :data:`STAGE_MIN_SECONDS` (or
+        the hooks ask for it), and never with ``checkpoint_seconds: 0``.
+        Should the fits slow down, the staged file is abandoned for a whole
+        checkpoint after ``checkpoint_seconds``.
+        """
+        if self.staged is not None or self.interval == 0 or self.mean_fit is None:
+            return
+        lead = self.stage_seconds
+        if lead is None:
+            if self.write_seconds < STAGE_MIN_SECONDS:
+                return
+            lead = STAGE_LEAD * self.write_seconds
+        left = max(self.pending.size - taken(), 0) * self.mean_fit / self.nworkers
+        if left > lead:
+            return
+        self.flush()
+        t0 = time.monotonic()
+        self.staged = StagedResults(self.path, self.res, midway=self._midway)
+        self.staged_at, self.changed, self.patched = time.monotonic(), [], 0
+        log.debug("fit: final checkpoint staged in %.3f s, %.3f s of work estimated left",
+                  self.staged_at - t0, left)
+
+    def catch_up(self) -> None:
+        """Add the rows recorded since to the staged final checkpoint and flush it
+        to disk (in the master's idle moments), so that the end has little
+        left to write."""
+        if self.staged is not None and self.changed:
+            changed = np.concatenate(self.changed)
+            self.staged.patch(self.res, changed, sync=True)
+            self.patched += changed.size
+            self.changed = []
+
+    def final_checkpoint(self) -> None:
+        """The run's last checkpoint: the staged one patched, or a whole one."""
+        self.flush()
+        if self.staged is None or self.signal is not None:
+            self.checkpoint()
+            return
+        t0 = time.monotonic()
+        self._stamp(t0)
+        changed = np.concatenate(self.changed) if self.changed else np.zeros(0, np.int64)
+        self.staged.commit(self.res, changed)
+        self.staged, self.changed = None, []
+        self._written(t0, f"committed from the staged file, {changed.size} rows patched")
+        log.info("fit: final checkpoint written %.2f s before the last result and completed "
+                 "in %.3f s (%d rows added meanwhile, %d at the end)", t0 - self.staged_at,
+                 time.monotonic() - t0, self.patched, changed.size)
 
     def rate(self) -> float:
         dt = time.monotonic() - self.t_start
@@ -315,6 +495,7 @@ class _Master:
         now = time.monotonic()
         if not force and now - self.last_progress < PROGRESS_SECONDS:
             return
+        self.flush()
         self.last_progress = now
         res = self.res
         rate = self.rate()
@@ -355,50 +536,52 @@ def _serial_loop(m: _Master, fit_batch) -> bool:
     return False
 
 
-def _master_loop(m: _Master, comm) -> bool:
-    """Hand out batches until every region is final. True if stopped by a signal."""
+def _master_loop(m: _Master, comm, counter) -> bool:
+    """Receive reports until every worker is done. True if stopped by a signal.
+
+    Workers take their batches from ``counter`` without the master; it only
+    receives, records (in its idle moments, many reports at once),
+    checkpoints and, on a signal, stops the counter.
+    """
     from mpi4py import MPI
     st = MPI.Status()
     active = set(range(1, comm.Get_size()))
-    in_flight: dict[int, int] = {}
     stopping_since = None
     backoff = Backoff()
     while active:
         got = False
-        while comm.Iprobe(source=MPI.ANY_SOURCE, tag=TAG_RESULT, status=st):
+        while comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=st):
             c0 = time.process_time()
-            w = st.Get_source()
-            m.record(comm.recv(source=w, tag=TAG_RESULT))
-            in_flight.pop(w, None)
-            if m.n_pending and stopping_since is None:
-                ids = m.next_batch()
-                comm.send(ids, dest=w, tag=TAG_WORK)
-                in_flight[w] = len(ids)
-            else:
-                comm.send(None, dest=w, tag=TAG_STOP)
+            w, tag = st.Get_source(), st.Get_tag()
+            m.receive(comm.recv(source=w, tag=tag))
+            if tag == TAG_DONE:
                 active.discard(w)
             m.note_busy(time.process_time() - c0)
             got = True
             if m.interval == 0:
                 m.maybe_checkpoint()
         if m.signal is not None and stopping_since is None:
+            counter.stop()
             stopping_since = time.monotonic()
-            log.warning("fit: signal %d received: collecting %d batches in flight, then "
-                        "checkpointing", m.signal, len(in_flight))
+            log.warning("fit: signal %d received: collecting the batches being fitted, "
+                        "then checkpointing", m.signal)
         if stopping_since is not None and (
-                not in_flight or time.monotonic() - stopping_since > SIGNAL_GRACE_SECONDS):
-            # Workers still fitting get their stop when they report back;
-            # those results are dropped (their regions stay pending).
-            for w in active:
-                if w not in in_flight:
-                    comm.send(None, dest=w, tag=TAG_STOP)
+                time.monotonic() - stopping_since > SIGNAL_GRACE_SECONDS):
+            # Results of workers still fitting are dropped (their regions
+            # stay pending).
+            log.warning("fit: %d workers still fitting after %.0f s; their regions stay "
+                        "pending", len(active), SIGNAL_GRACE_SECONDS)
             return True
-        m.maybe_checkpoint()
-        m.maybe_progress()
         if got:
             backoff.reset()
-        else:
-            backoff.wait()
+            continue
+        m.flush()
+        if stopping_since is None:
+            m.maybe_stage(counter.value)
+            m.catch_up()
+        m.maybe_checkpoint()
+        m.maybe_progress()
+        backoff.wait()
     return m.signal is not None
 
 
@@ -443,9 +626,9 @@ def run_master_worker(comm, start, make_fit_batch, options: RunOptions, hooks=No
         if size > 1:
             comm.bcast(("exit", int(start)), root=0)
         return int(start)
-    if size > 1:
-        comm.bcast(("go", 0), root=0)
     m = _Master(options, start, nworkers=size - 1, hooks=hooks)
+    if size > 1:
+        comm.bcast(("go", m.plan()), root=0)
     log.info("fit: %s; %d to fit on %d %s (master pid %d)", describe(start), m.n_pending,
              max(size - 1, 1), {1: "rank (serial)", 2: "worker rank"}.get(size, "worker ranks"),
              os.getpid())
@@ -459,8 +642,11 @@ def run_master_worker(comm, start, make_fit_batch, options: RunOptions, hooks=No
             if size == 1:
                 stopped = _serial_loop(m, make_fit_batch(0))
             else:
-                stopped = _master_loop(m, comm)
-            m.checkpoint()
+                counter = WorkCounter(comm)
+                stopped = _master_loop(m, comm, counter)
+            m.final_checkpoint()
+            if size > 1:
+                counter.close()
     finally:
         for s, h in old.items():
             signal.signal(s, h)
@@ -477,12 +663,16 @@ def _run_worker(comm, rank: int, make_fit_batch, hooks, share) -> int:
     # Scheduler signals reach every rank; only the master acts on them.
     old = {s: signal.signal(s, lambda signum, frame: None) for s in HANDLED_SIGNALS}
     try:
-        what, status = comm.bcast(None, root=0)
+        what, plan = comm.bcast(None, root=0)
         if what != "go":
             # The master reports why; a worker only mirrors its status.
-            return status
+            return plan
         with share(comm):
-            _worker_loop(comm, make_fit_batch(rank), hooks)
+            fit_batch = make_fit_batch(rank)
+            counter = WorkCounter(comm)
+            done = _worker_loop(comm, counter, plan, fit_batch, hooks)
+            counter.close()
+            done.wait()
     finally:
         for s, h in old.items():
             signal.signal(s, h)

@@ -33,6 +33,11 @@ class RunHooks:
     def batch_recorded(self, nth: int) -> None:
         """The master recorded its ``nth`` batch (not yet checkpointed)."""
 
+    def stage_final(self) -> float | None:
+        """Seconds of work left at which the fit's master writes its final
+        checkpoint ahead (None: as :meth:`hpcxt.fit_mpi._Master.maybe_stage` decides)."""
+        return None
+
     def checkpoint_midway(self, nth: int) -> None:
         """Half of the ``nth`` checkpoint is written to its temporary file."""
 

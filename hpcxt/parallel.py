@@ -109,3 +109,94 @@ def wait_message(comm, source: int, tags):
             tag = st.Get_tag()
             return tag, comm.recv(source=st.Get_source(), tag=tag)
         backoff.wait()
+
+
+class WorkCounter:
+    """One int64 on ``root`` that every rank advances atomically (MPI-3 RMA).
+
+    Ranks take work without the master: :meth:`take` adds ``k`` to the
+    counter and returns its value before (``MPI_Fetch_and_op`` with
+    ``MPI_SUM`` in one passive-target ``MPI_Win_lock_all`` epoch that lasts
+    as long as the counter), so ``[value, value + k)`` is the caller's.
+    Measured on this machine (MPICH 5.0.2, one node): 1.6-5.7 us a take,
+    served while the root sleeps in ``time.sleep``; across nodes the network's
+    atomics serve it, or the root's next poll where it has none.
+
+    Collective to create and to :meth:`close`. On a one-rank communicator
+    it is a plain integer (no window).
+    """
+
+    #: Added by :meth:`stop`: every later take returns at least this.
+    STOPPED = 1 << 62
+
+    def __init__(self, comm, root: int = 0):
+        self.comm, self.root = comm, root
+        self._local = 0
+        self.win = None
+        if comm.Get_size() == 1:
+            return
+        from mpi4py import MPI
+        self._mpi = MPI
+        mine = comm.Get_rank() == root
+        self.win = MPI.Win.Allocate(8 if mine else 0, 8, comm=comm)
+        if mine:
+            np.frombuffer(self.win.tomemory(), dtype=np.int64)[0] = 0
+        comm.Barrier()
+        self.win.Lock_all()
+        self._one = np.zeros(1, dtype=np.int64)
+        self._out = np.zeros(1, dtype=np.int64)
+
+    def take(self, k: int) -> int:
+        """Add ``k``; the value before."""
+        if self.win is None:
+            value, self._local = self._local, self._local + int(k)
+            return value
+        self._one[0] = k
+        self.win.Fetch_and_op(self._one, self._out, self.root, 0, self._mpi.SUM)
+        self.win.Flush(self.root)
+        return int(self._out[0])
+
+    def value(self) -> int:
+        """The current value (an atomic read)."""
+        return self.take(0)
+
+    def stop(self) -> None:
+        """Make every later :meth:`take` return :data:`STOPPED` or more."""
+        self.take(self.STOPPED)
+
+    def close(self) -> None:
+        """End the epoch and free the window. Collective."""
+        if self.win is not None:
+            self.win.Unlock_all()
+            self.win.Free()
+            self.win = None
+
+
+class IdRuns:
+    """An ascending array of ids held as runs of consecutive ids.
+
+    What the fit's workers need to turn positions ``[lo, hi)`` taken from a
+    :class:`WorkCounter` into region ids: a fresh run is one run, a resumed
+    one a few, so every rank holds a few numbers instead of 8 bytes per
+    region (80 MB per rank at 10^7 regions).
+    """
+
+    def __init__(self, ids):
+        ids = np.asarray(ids, dtype=np.int64)
+        self.size = int(ids.size)
+        breaks = np.flatnonzero(np.diff(ids) != 1) + 1 if ids.size else np.zeros(0, np.int64)
+        #: position in ``ids`` where each run starts, and its first id
+        self.starts = np.concatenate([[0], breaks]).astype(np.int64) if ids.size else breaks
+        self.first = ids[self.starts] if ids.size else np.zeros(0, np.int64)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, s: slice) -> np.ndarray:
+        """Ids at positions ``s`` (a slice with step 1)."""
+        lo, hi, _ = s.indices(self.size)
+        if hi <= lo:
+            return np.zeros(0, dtype=np.int64)
+        pos = np.arange(lo, hi, dtype=np.int64)
+        run = np.searchsorted(self.starts, pos, side="right") - 1
+        return self.first[run] + (pos - self.starts[run])

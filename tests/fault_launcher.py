@@ -14,6 +14,8 @@ FAULTS_JSON, an object with any of these keys:
 ``kill_after_batches``   ... after recording its n-th batch
 ``kill_worker``          that rank SIGKILLs itself on its first batch
 ``fail_rank``            that rank raises once the scale map's inputs are loaded
+``stage_final``          the fit's master writes its final checkpoint ahead
+                         when this many seconds of work are left
 ``model_probe``          the fit's model check evaluates this XSPEC model instead
                          of the configured one (``"xsphabs*xsmeka"``: XSPEC's
                          fatal-error exit), or ``"segfault"``: its child dies
@@ -45,7 +47,7 @@ class FaultHooks(RunHooks):
     def __init__(self, faults: dict):
         unknown = set(faults) - {"fail_regions", "fit_delay", "kill_in_checkpoint",
                                  "kill_after_checkpoint", "kill_after_batches", "kill_worker",
-                                 "fail_rank", "model_probe"}
+                                 "fail_rank", "model_probe", "stage_final"}
         if unknown:
             raise SystemExit(f"fault_launcher: unknown faults {sorted(unknown)}")
         self.f = faults
@@ -70,7 +72,7 @@ class FaultHooks(RunHooks):
             records = [_injected_failure(i, nobs) for i in ids if i in fail]
             injected = RecordBatch.from_records([i for i in ids if i in fail], records, nobs,
                                                 worker=rank)
-            return _concat(batch, injected)
+            return RecordBatch.concat([batch, injected])
 
         return faulty
 
@@ -81,6 +83,10 @@ class FaultHooks(RunHooks):
     def batch_recorded(self, nth):
         if self._is("kill_after_batches", nth):
             _kill_self()
+
+    def stage_final(self):
+        value = self.f.get("stage_final")
+        return None if value is None else float(value)
 
     def checkpoint_midway(self, nth):
         if self._is("kill_in_checkpoint", nth):
@@ -109,12 +115,6 @@ def _injected_failure(region_id: int, nobs: int) -> FitRecord:
         raise RuntimeError(f"injected failure for region {region_id} (test hook)")
     except RuntimeError as exc:
         return FitRecord(nobs, status=Status.FAILED, reason=failure_reason(exc))
-
-
-def _concat(a: RecordBatch, b: RecordBatch) -> RecordBatch:
-    import numpy as np
-    return RecordBatch(np.concatenate([a.region_id, b.region_id]),
-                       {k: np.concatenate([a.columns[k], b.columns[k]]) for k in a.columns})
 
 
 def main() -> int:

@@ -13,8 +13,8 @@ import pytest
 from hpcxt.errors import InputError
 from hpcxt.fit import FitRecord, RecordBatch
 from hpcxt.schema import Status
-from hpcxt.io.checkpoint import (FitResults, changed_keys, fit_inputs, inputs_hash,
-                                 read_results, write_results)
+from hpcxt.io.checkpoint import (FitResults, StagedResults, changed_keys, fit_inputs,
+                                 inputs_hash, read_results, write_results)
 from hpcxt.io.config import validate
 
 INPUTS = {"cluster": {"nh": 0.03, "redshift": 0.1, "abundance": 0.3},
@@ -62,6 +62,33 @@ def test_round_trip_keeps_every_column_and_attribute(tmp_path):
         assert f.attrs["n_pending"] == 4 and not f.attrs["complete"]
         # Repeated reasons are stored once.
         assert len(f["reason_text"]) == 3
+
+
+def test_staged_final_checkpoint_equals_a_whole_one(tmp_path):
+    """Written ahead, then patched with rows fitted since (one of them with a
+    reason not seen before): the same results and attributes as a whole
+    write, and results.h5 untouched until the commit."""
+    path = tmp_path / "results.h5"
+    res = _results()
+    write_results(path, res)
+    before = path.read_bytes()
+    staged = StagedResults(path, res)
+    res.record(_batch([0, 9], kT=7.0))
+    res.record(_batch([1], status=Status.FAILED, reason="a reason new since staging"))
+    res.checkpoints, res.run_seconds = 5, 3.5
+    assert path.read_bytes() == before and staged.file.tmp.exists()
+    staged.commit(res, [0, 1, 9])
+    assert not staged.file.tmp.exists()
+    back = read_results(path)
+    whole = read_results(write_results(tmp_path / "whole.h5", res))
+    assert back.same_results(res) == [] and back.same_results(whole) == []
+    assert list(back.reason) == list(res.reason) and back.reason[1] == "a reason new since staging"
+    np.testing.assert_array_equal(back.fit_seconds, res.fit_seconds)
+    assert (back.checkpoints, back.run_seconds, back.n_pending) == (5, 3.5, 1)
+    # an abandoned stage leaves results.h5 as it was and no temporary file
+    after = path.read_bytes()
+    StagedResults(path, res).abandon()
+    assert path.read_bytes() == after and list(tmp_path.glob(".*.tmp")) == []
 
 
 def test_record_puts_rows_at_their_region_ids():

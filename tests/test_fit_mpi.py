@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -370,37 +371,93 @@ def test_fit_recovers_simulated_cluster_temperatures(prepped_small, tmp_path):
 # batch sizes with batch_size: auto (no MPI)
 
 
-def test_auto_batch_size_keeps_the_master_load_bounded():
-    from hpcxt.fit_mpi import MAX_AUTO_BATCH, MAX_MASTER_LOAD, auto_batch_size
+def test_auto_batch_size_is_guided_and_never_tiny():
+    from hpcxt.fit_mpi import MAX_AUTO_BATCH, MIN_BATCH_SECONDS, auto_batch_size
 
-    # no fit time known yet: one region, whatever the master costs
-    assert auto_batch_size(None, 100_000, 1023, master_seconds=1e-3) == 1
-    # Sherpa-like fits: about a second of work, the master hardly loaded
-    assert auto_batch_size(0.17, 100_000, 1023, master_seconds=54e-6) == 5
+    # no fit time known yet: one region
+    assert auto_batch_size(None, 100_000, 1023) == 1
+    # Sherpa-like fits: about a second of work
     assert auto_batch_size(0.17, 100_000, 1023) == 5
-    # the tail: half a worker's share of what is left
-    assert auto_batch_size(0.17, 10, 3, master_seconds=54e-6) == 2
-    # fast fits on many workers: half a share would be 49 regions and keep
-    # the master busy all the time; the batch grows until it is busy half of it
-    share_only = auto_batch_size(1e-3, 100_000, 1023)
-    assert share_only == 49
-    size = auto_batch_size(1e-3, 100_000, 1023, master_seconds=54e-6)
-    assert size == 111
-    assert 1023 * 54e-6 / (size * 1e-3) <= MAX_MASTER_LOAD < 1023 * 54e-6 / ((size - 1) * 1e-3)
-    # ... but never past MAX_AUTO_BATCH
-    assert auto_batch_size(1e-3, 100_000, 1023, master_seconds=1e-2) == MAX_AUTO_BATCH
+    # the tail: half a worker's share of what is left, down to one region
+    assert auto_batch_size(0.17, 10, 3) == 2
+    assert auto_batch_size(0.17, 1, 1023) == 1
+    # fast fits on many workers: half a share (49 regions) ...
+    assert auto_batch_size(1e-3, 100_000, 1023) == 49
+    # ... down to MIN_BATCH_SECONDS of work at the tail, so that no worker
+    # takes from the counter more than a few hundred times a second
+    assert auto_batch_size(1e-3, 10, 1023) == int(MIN_BATCH_SECONDS / 1e-3) == 5
+    assert auto_batch_size(1e-7, 10**9, 2) == MAX_AUTO_BATCH
 
 
-def test_a_resumed_run_sizes_its_first_batches_from_the_fits_done():
-    from hpcxt.fit_mpi import RunOptions, _Master, resumed_mean_fit
+def test_a_resumed_run_tells_the_workers_its_fit_time_and_what_is_left():
+    from hpcxt.fit_mpi import REPORT_SECONDS, RunOptions, _Master, resumed_mean_fit
     from hpcxt.io.checkpoint import FitResults
     res = FitResults.new(10_000, ["1"], {"fit": {}})
     assert resumed_mean_fit(res) is None  # a fresh run measures first
-    assert _Master(RunOptions("r.h5"), res, nworkers=1023).batch_size() == 1
+    plan = _Master(RunOptions("r.h5"), res, nworkers=1023).plan()
+    assert plan.mean_fit is None and plan.report_seconds == REPORT_SECONDS
+    assert len(plan.todo) == 10_000 and plan.todo.starts.size == 1  # one run of ids
     res.status[:3000] = Status.OK
     res.fit_seconds[:3000] = 1e-3
     res.fit_seconds[:10] = 5.0  # a few slow ones do not set the pace
     res.status[3000:3100] = Status.FAILED  # failed before fitting: no time
+    res.status[5000] = Status.OK
     assert resumed_mean_fit(res) == 1e-3
-    m = _Master(RunOptions("r.h5"), res, nworkers=100)
-    assert m.batch_size() == 35  # half a worker's share of the 6,900 left
+    m = _Master(RunOptions("r.h5", checkpoint_seconds=0.0), res, nworkers=100)
+    plan = m.plan()
+    assert plan.mean_fit == 1e-3 and plan.report_seconds == 0.0
+    assert np.array_equal(plan.todo[0:len(plan.todo)], res.pending_ids())
+    assert plan.todo.starts.size == 2  # 3100..4999 and 5001..9999
+    assert m.batch_size() == 35  # serially: half a worker's share of the 6,899 left
+
+
+def test_workers_report_more_often_as_the_run_ends():
+    from hpcxt.fit_mpi import REPORT_SECONDS, REPORT_SECONDS_PER_WORKER, Plan
+    from hpcxt.parallel import IdRuns
+    plan = Plan(IdRuns(np.arange(10)), None, None, REPORT_SECONDS, nworkers=100)
+    assert plan.report_interval(None, 10**6) == REPORT_SECONDS  # nothing measured yet
+    assert plan.report_interval(1e-3, 10**6) == REPORT_SECONDS  # 10 s left
+    assert plan.report_interval(1e-3, 40_000) == pytest.approx(0.1)  # 0.4 s left
+    # never more often than the master can take from all of them
+    assert plan.report_interval(1e-3, 10) == pytest.approx(100 * REPORT_SECONDS_PER_WORKER)
+    every_batch = Plan(IdRuns(np.arange(10)), None, None, 0.0, nworkers=100)
+    assert every_batch.report_interval(1e-3, 10) == 0.0
+
+
+def test_id_runs_and_the_one_rank_counter():
+    from hpcxt.parallel import IdRuns, WorkCounter
+    ids = np.array([3, 4, 5, 9, 12, 13], dtype=np.int64)
+    runs = IdRuns(ids)
+    assert len(runs) == 6 and runs.starts.tolist() == [0, 3, 4]
+    for lo, hi in ((0, 6), (2, 5), (4, 4), (5, 9)):
+        assert np.array_equal(runs[lo:hi], ids[lo:hi])
+    assert len(IdRuns(np.zeros(0, np.int64))[0:3]) == 0
+
+    class OneRank:
+        def Get_size(self):
+            return 1
+
+    counter = WorkCounter(OneRank())
+    assert [counter.take(2), counter.take(3), counter.value()] == [0, 2, 5]
+    counter.stop()
+    assert counter.take(1) >= WorkCounter.STOPPED
+    counter.close()
+
+
+@pytest.mark.mpi
+def test_final_checkpoint_written_ahead_matches(reference, base_cfg, tmp_path):
+    """The master writes its final checkpoint ahead (here as soon as it can)
+    and at the end patches in what was fitted since: same results."""
+    cfg = copy_workdir(base_cfg, tmp_path / "w")
+    cfg.write_text(cfg.read_text().replace("checkpoint_seconds: 0.0", "checkpoint_seconds: 60"))
+    assert "checkpoint_seconds: 60" in cfg.read_text()
+    proc = fit(cfg, nprocs=3, faults={"stage_final": 1e9, "fit_delay": 0.1})
+    assert proc.returncode == 0, proc.stderr
+    assert "final checkpoint written" in proc.stderr, proc.stderr
+    line = proc.stderr.split("final checkpoint written")[1].splitlines()[0]
+    meanwhile, at_end = (int(x) for x in re.findall(r"\((\d+) rows added meanwhile, (\d+) at "
+                                                     r"the end\)", line)[0])
+    # staged after the first report: the rows of later ones were added to it
+    assert 0 < meanwhile + at_end < N_REGIONS, line
+    _assert_same(results(cfg), reference)
+    assert not list((cfg.parent / "work" / "fit").glob(".results.h5.*.tmp"))

@@ -21,7 +21,9 @@ same columns without a declared schema)::
                      :data:`hpcxt.schema.COLUMNS` (name, dtype, unit and
                      fill value are declared there); the text column
                      ``reason`` is stored as ``reason_id`` (int32, index
-                     into) ``reason_text`` (distinct strings, [0] is "").
+                     into) ``reason_text`` (distinct strings, [0] is "",
+                     then the others sorted; a staged final checkpoint,
+                     :class:`StagedResults`, appends strings new since).
 
 Crash safety: :func:`write_results` writes the whole file aside under a
 name unique to this writer, fsyncs it, renames it onto ``results.h5`` and
@@ -48,7 +50,7 @@ from .. import __version__
 from ..errors import InputError
 from ..schema import COLUMNS, ColumnAccess, Status, differing_columns, empty_columns
 from .hdf5 import open_versioned
-from .workdir import atomic_write, fingerprint
+from .workdir import StagedFile, atomic_write, fingerprint
 
 FORMAT_VERSION = 2
 
@@ -220,26 +222,124 @@ def write_results(path, res: FitResults, midway=None) -> Path:
         ``path``.
     """
     path = Path(path)
-    datasets = [("region_id", res.region_id)]
+    with atomic_write(path) as tmp:
+        _write_file(tmp, res, midway)
+    return path
+
+
+def _write_file(tmp, res: FitResults, midway=None) -> dict:
+    """Every dataset and attribute of ``res`` into a new file ``tmp``; returns the
+    text tables written (column name -> list of distinct strings)."""
+    datasets, tables = [("region_id", res.region_id)], {}
     for c in COLUMNS:
         if c.is_text:
             texts, ids = _encode_text(res.columns[c.name])
+            tables[c.name] = texts
             datasets += [(f"{c.name}_id", ids), (f"{c.name}_text", texts)]
         else:
             datasets.append((c.name, res.columns[c.name]))
-    with atomic_write(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            _write_attrs(f.attrs, res)
-            half = len(datasets) // 2
-            for i, (name, data) in enumerate(datasets):
-                if name.endswith("_text"):
-                    f.create_dataset(name, data=data, dtype=h5py.string_dtype("utf-8"))
-                else:
-                    f.create_dataset(name, data=data)
-                if i == half and midway is not None:
-                    f.flush()
-                    midway()
-    return path
+    with h5py.File(tmp, "w") as f:
+        _write_attrs(f.attrs, res)
+        half = len(datasets) // 2
+        for i, (name, data) in enumerate(datasets):
+            if name.endswith("_text"):
+                f.create_dataset(name, data=data, dtype=h5py.string_dtype("utf-8"))
+            else:
+                f.create_dataset(name, data=data)
+            if i == half and midway is not None:
+                f.flush()
+                midway()
+    return tables
+
+
+class StagedResults:
+    """The last checkpoint of a run, written before the run ends and patched at the end.
+
+    Writing results.h5 takes about 0.2 us per region on one rank (1.7 GB
+    and about 2 s at 10^7 regions), and the last checkpoint used to start
+    only after the last result came in, with every other rank idle. The
+    fit's master instead writes the whole file aside (:class:`StagedResults`)
+    while the workers fit the last regions, and flushes it to disk; while
+    they fit it adds the rows that came in since (:meth:`patch`, the span
+    between the lowest and highest changed region, the attributes and the
+    text columns' new strings); at the end :meth:`commit` patches in the
+    last rows, then fsyncs and renames the file into place. The
+    file equals what :func:`write_results` would write, except that strings
+    first seen after staging follow the sorted ones in the text tables.
+
+    Crash safety is that of :func:`write_results`: ``path`` changes only by
+    the final rename; a crash leaves a stale temporary file.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``results.h5``.
+    res : FitResults
+        The results as they stand (rows still pending are written as pending).
+    midway : callable, optional
+        As for :func:`write_results`.
+    """
+
+    def __init__(self, path, res: FitResults, midway=None):
+        self.file = StagedFile(path)
+        try:
+            self.tables = _write_file(self.file.tmp, res, midway)
+            self.file.sync()
+        except BaseException:
+            self.file.abandon()
+            raise
+
+    def patch(self, res: FitResults, changed_ids, sync: bool = False) -> None:
+        """Write the rows ``changed_ids`` and every attribute of ``res`` into the
+        staged file (still aside); ``sync``: then flush it to disk."""
+        ids = np.asarray(changed_ids, dtype=np.int64)
+        try:
+            with h5py.File(self.file.tmp, "r+") as f:
+                _write_attrs(f.attrs, res)
+                if ids.size:
+                    lo, hi = int(ids.min()), int(ids.max()) + 1
+                    for c in COLUMNS:
+                        if c.is_text:
+                            self._patch_text(f, c.name, res.columns[c.name][lo:hi], lo)
+                        else:
+                            f[c.name][lo:hi] = res.columns[c.name][lo:hi]
+            if sync:
+                self.file.sync()
+        except BaseException:
+            self.file.abandon()
+            raise
+
+    def commit(self, res: FitResults, changed_ids) -> Path:
+        """:meth:`patch`, then fsync and rename into place.
+
+        Returns
+        -------
+        Path
+            ``results.h5``.
+        """
+        self.patch(res, changed_ids)
+        try:
+            return self.file.commit()
+        except BaseException:
+            self.file.abandon()
+            raise
+
+    def abandon(self) -> None:
+        """Remove the staged file (results.h5 stays as it was)."""
+        self.file.abandon()
+
+    def _patch_text(self, f, name: str, values, lo: int) -> None:
+        table = self.tables[name]
+        index = {t: i for i, t in enumerate(table)}
+        new = sorted({str(v) for v in values} - set(index))
+        if new:
+            table = table + new
+            index.update({t: i for i, t in enumerate(table)})
+            del f[f"{name}_text"]
+            f.create_dataset(f"{name}_text", data=table, dtype=h5py.string_dtype("utf-8"))
+            self.tables[name] = table
+        codes = np.fromiter((index[str(v)] for v in values), dtype=np.int32, count=len(values))
+        f[f"{name}_id"][lo:lo + codes.size] = codes
 
 
 def _encode_text(values) -> tuple[list, np.ndarray]:

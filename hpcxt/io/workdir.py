@@ -76,6 +76,45 @@ def temporary_name(path) -> Path:
     return path.with_name(f".{path.name}.{tag}.tmp")
 
 
+class StagedFile:
+    """A file written aside, possibly in several steps, then renamed onto its path.
+
+    The two-step form of :func:`atomic_write`: write :attr:`tmp`, optionally
+    :meth:`sync` it (so the final commit flushes only what changed after),
+    change it again, then :meth:`commit` (fsync, atomic rename, folder
+    fsync) or :meth:`abandon` it. Until the commit ``path`` is untouched,
+    and a crash leaves at most a stale temporary file that nothing reads.
+
+    Parameters
+    ----------
+    path : str or Path
+        The final file; its folder is created.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = temporary_name(self.path)
+
+    def sync(self) -> None:
+        """Flush the temporary file to disk."""
+        _fsync_path(self.tmp)
+
+    def commit(self, fsync: bool = True) -> Path:
+        """Rename the temporary file onto ``path`` (after an fsync)."""
+        if fsync:
+            self.sync()
+        os.replace(self.tmp, self.path)
+        if fsync:
+            _fsync_path(self.path.parent)
+        return self.path
+
+    def abandon(self) -> None:
+        """Remove the temporary file; ``path`` stays as it was."""
+        with contextlib.suppress(OSError):
+            self.tmp.unlink()
+
+
 @contextlib.contextmanager
 def atomic_write(path, fsync: bool = True):
     """Write ``path`` all at once: yields a temporary path to write to.
@@ -99,20 +138,13 @@ def atomic_write(path, fsync: bool = True):
     Path
         Where to write.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_name(path)
+    staged = StagedFile(path)
     try:
-        yield tmp
-        if fsync:
-            _fsync_path(tmp)
-        os.replace(tmp, path)
+        yield staged.tmp
+        staged.commit(fsync=fsync)
     except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        staged.abandon()
         raise
-    if fsync:
-        _fsync_path(path.parent)
 
 
 def write_text_atomic(path, text: str, fsync: bool = True) -> Path:
