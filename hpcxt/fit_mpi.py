@@ -87,12 +87,12 @@ from .errors import EXIT_CHECKPOINTED
 from .fit import RecordBatch
 from .hooks import NO_HOOKS
 from .io.checkpoint import FitResults, StagedResults, utc_now, write_results
-from .parallel import Backoff, IdRuns, WorkCounter
+from .parallel import Backoff, IdRuns, WorkCounter, wait_message
 from .schema import Status
 
 log = logging.getLogger("hpcxt.fit")
 
-TAG_RESULT, TAG_DONE = 12, 14
+TAG_RESULT, TAG_STOP, TAG_DONE = 12, 13, 14
 #: Work per batch aimed at with ``batch_size: auto``, s.
 TARGET_BATCH_SECONDS = 1.0
 #: ... but at least this much, so a worker takes from the counter at most
@@ -167,15 +167,21 @@ def _worker_loop(comm, counter, plan: Plan, fit_batch, hooks=NO_HOOKS):
     waiting for it, and once more at the end (``TAG_DONE``).
 
     Returns the request of that last report, to be waited for after the
-    counter is closed: a master that gave up waiting after a signal
-    (:data:`SIGNAL_GRACE_SECONDS`) never receives it, but must get past
-    the counter's collective close to write its checkpoint and exit.
+    master's ``TAG_STOP`` and the counter's collective close: a master that
+    gave up waiting after a signal (:data:`SIGNAL_GRACE_SECONDS`) never
+    receives it, but must get past that close to exit.
     """
     rank, n = comm.Get_rank(), len(plan.todo)
     mean_fit, remaining = plan.mean_fit, n
     unsent, last_report, request, nth = [], time.monotonic(), None, 0
     while True:
-        size = plan.fixed_batch or auto_batch_size(mean_fit, remaining, plan.nworkers)
+        if plan.fixed_batch:
+            size = plan.fixed_batch
+        else:
+            # what is left now, not at this worker's last take (a worker
+            # coming back from a long batch would take too much at the tail)
+            remaining = max(n - counter.value(), 0)
+            size = auto_batch_size(mean_fit, remaining, plan.nworkers)
         start = counter.take(size)
         if start >= n:
             break
@@ -517,7 +523,7 @@ class _Master:
         if self.nworkers > 1 or st.busy_seconds > 0:
             busy = (f"; master busy {100.0 * st.busy_seconds / max(st.loop_seconds, 1e-9):.1f}%"
                     f" of the time, {1e6 * st.busy_seconds / max(st.batches, 1):.0f} us "
-                    "per batch")
+                    "per report")
         log.info("fit: %s; %d fits in %.1f s this run (%.2f fits/s); %d checkpoints, "
                  "%.3f s in total (%.2f%% of the fitting time)%s", describe(res),
                  self.done_this_run, st.loop_seconds, self.rate(), res.checkpoints,
@@ -646,6 +652,10 @@ def run_master_worker(comm, start, make_fit_batch, options: RunOptions, hooks=No
                 stopped = _master_loop(m, comm, counter)
             m.final_checkpoint()
             if size > 1:
+                # Workers wait for this politely (the counter's collective
+                # close would have them busy-poll through the checkpoint).
+                for w in range(1, size):
+                    comm.send(None, dest=w, tag=TAG_STOP)
                 counter.close()
     finally:
         for s, h in old.items():
@@ -671,6 +681,7 @@ def _run_worker(comm, rank: int, make_fit_batch, hooks, share) -> int:
             fit_batch = make_fit_batch(rank)
             counter = WorkCounter(comm)
             done = _worker_loop(comm, counter, plan, fit_batch, hooks)
+            wait_message(comm, 0, (TAG_STOP,))
             counter.close()
             done.wait()
     finally:

@@ -36,6 +36,7 @@ it with ``locking=False`` so ``hpcxt status`` works while a fit runs.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import re
@@ -282,31 +283,35 @@ class StagedResults:
 
     def __init__(self, path, res: FitResults, midway=None):
         self.file = StagedFile(path)
+        self.h5 = None
         try:
             self.tables = _write_file(self.file.tmp, res, midway)
             self.file.sync()
+            # kept open for the patches (opening a file costs milliseconds)
+            self.h5 = h5py.File(self.file.tmp, "r+")
         except BaseException:
-            self.file.abandon()
+            self.abandon()
             raise
 
     def patch(self, res: FitResults, changed_ids, sync: bool = False) -> None:
         """Write the rows ``changed_ids`` and every attribute of ``res`` into the
         staged file (still aside); ``sync``: then flush it to disk."""
         ids = np.asarray(changed_ids, dtype=np.int64)
+        f = self.h5
         try:
-            with h5py.File(self.file.tmp, "r+") as f:
-                _write_attrs(f.attrs, res)
-                if ids.size:
-                    lo, hi = int(ids.min()), int(ids.max()) + 1
-                    for c in COLUMNS:
-                        if c.is_text:
-                            self._patch_text(f, c.name, res.columns[c.name][lo:hi], lo)
-                        else:
-                            f[c.name][lo:hi] = res.columns[c.name][lo:hi]
+            _write_attrs(f.attrs, res)
+            if ids.size:
+                lo, hi = int(ids.min()), int(ids.max()) + 1
+                for c in COLUMNS:
+                    if c.is_text:
+                        self._patch_text(f, c.name, res.columns[c.name][lo:hi], lo)
+                    else:
+                        f[c.name][lo:hi] = res.columns[c.name][lo:hi]
             if sync:
+                f.flush()
                 self.file.sync()
         except BaseException:
-            self.file.abandon()
+            self.abandon()
             raise
 
     def commit(self, res: FitResults, changed_ids) -> Path:
@@ -319,13 +324,19 @@ class StagedResults:
         """
         self.patch(res, changed_ids)
         try:
+            self.h5.close()
+            self.h5 = None
             return self.file.commit()
         except BaseException:
-            self.file.abandon()
+            self.abandon()
             raise
 
     def abandon(self) -> None:
         """Remove the staged file (results.h5 stays as it was)."""
+        if self.h5 is not None:
+            with contextlib.suppress(Exception):
+                self.h5.close()
+            self.h5 = None
         self.file.abandon()
 
     def _patch_text(self, f, name: str, values, lo: int) -> None:
