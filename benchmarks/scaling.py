@@ -31,8 +31,8 @@ of the end (:class:`hpcxt.io.checkpoint.StagedResults`).
 4. Checkpoint costs: a whole checkpoint per region (results.h5 of 10^5 and
    10^6 regions), and committing a staged one after ``k`` rows changed.
 5. Projection: a discrete-event model of the protocol. Workers never wait
-   for the master, so they are simulated first (takes served one at a time
-   by the counter, ``fit_seconds`` a region, the batch sizes of
+   for the master, so they are simulated first (a read and a take per
+   batch, served one at a time by the counter, ``fit_seconds`` a region, the batch sizes of
    :func:`hpcxt.fit_mpi.auto_batch_size` so it follows the code, reports
    at most every ``REPORT_SECONDS`` and at the end); then the master serves
    the reports in arrival order at ``c(b)``, writes a checkpoint every
@@ -393,9 +393,10 @@ def simulate_workers(n_regions: int, nworkers: int, fit_seconds: float, take: fl
         t, w = heapq.heappop(queue)
         mean, unsent, last = state[w]
         size = auto_batch_size(mean, n_regions - handed, nworkers)
+        # two operations on the counter: read what is left, then take
         served = max(t, counter_free)
-        counter_free = served + take_service
-        t_got = served + max(take, take_service)
+        counter_free = served + 2 * take_service
+        t_got = served + 2 * max(take, take_service)
         start, handed = handed, handed + size
         times.append(t_got)
         values.append(min(handed, n_regions))
