@@ -22,17 +22,19 @@ of the end (:class:`hpcxt.io.checkpoint.StagedResults`).
    Then MPI's part under mpiexec: ``--nprocs - 1`` ranks send one-region
    reports as the workers do, and rank 0's CPU per message to probe and
    receive one is added to ``c0``.
-2. The counter: ``--nprocs - 1`` ranks (oversubscribed) take from it as
-   fast as they can; the mean time a take costs its rank, and the counter's
-   throughput (its service time is one over it).
+2. The counter: one rank takes from it as fast as it can (the time a take
+   costs a rank with a core of its own), then ``--nprocs - 1`` ranks
+   (oversubscribed) at once (the counter's throughput: its service time is
+   one over it).
 3. The real fit loop with fits that take no time on ``--nprocs`` ranks,
    fixed batch sizes from 1 to 1000 and ``auto``: regions per second
    through the loop and the master's share of busy time.
 4. Checkpoint costs: a whole checkpoint per region (results.h5 of 10^5 and
    10^6 regions), and committing a staged one after ``k`` rows changed.
 5. Projection: a discrete-event model of the protocol. Workers never wait
-   for the master, so they are simulated first (a read and a take per
-   batch, served one at a time by the counter, ``fit_seconds`` a region, the batch sizes of
+   for the master, so they are simulated first (a take per batch, and a
+   read before it unless the batch is as small as it gets, served one at
+   a time by the counter, ``fit_seconds`` a region, the batch sizes of
    :func:`hpcxt.fit_mpi.auto_batch_size` so it follows the code, reports
    at most every ``REPORT_SECONDS`` and at the end); then the master serves
    the reports in arrival order at ``c(b)``, writes a checkpoint every
@@ -197,13 +199,21 @@ def counter_child(seconds: float) -> None:
 
 
 def measure_counter(nprocs: int, seconds: float = 3.0) -> tuple[float, float]:
+    """(s a take costs a rank on a core of its own, s the counter serves one).
+
+    The first from one rank taking (2 ranks: no core shared); the second
+    from ``nprocs - 1`` ranks taking at once, whose time per take on
+    shared cores is mostly waiting for a core, as printed.
+    """
+    one = _mpirun(2, "--counter-child", seconds)
     f = _mpirun(nprocs, "--counter-child", seconds)
     service = f["seconds"] / f["takes"]
-    print(f"counter, {nprocs - 1} ranks taking as fast as they can (oversubscribed on "
+    print(f"counter: one rank taking, {1e6 * one['latency']:.2f} us a take; "
+          f"{nprocs - 1} ranks taking as fast as they can (oversubscribed on "
           f"{os.cpu_count()} cores): {f['takes'] / f['seconds']:,.0f} takes/s in all "
           f"({1e6 * service:.2f} us each), {1e6 * f['latency']:.1f} us a take seen by a rank",
           flush=True)
-    return f["latency"], service
+    return one["latency"], service
 
 
 def receive_child(messages: int) -> None:
@@ -386,17 +396,22 @@ def simulate_workers(n_regions: int, nworkers: int, fit_seconds: float, take: fl
     counter_free, handed = 0.0, 0
     # (time the worker wants its next batch, worker, its mean fit, unsent, last report)
     queue = [(0.0, w) for w in range(nworkers)]
-    state = {w: [None, 0, 0.0] for w in range(nworkers)}
+    state = {w: [None, 0, 0.0, n_regions] for w in range(nworkers)}
     heapq.heapify(queue)
     reports, times, values, done = [], [], [], 0.0
     while queue:
         t, w = heapq.heappop(queue)
-        mean, unsent, last = state[w]
-        size = auto_batch_size(mean, n_regions - handed, nworkers)
-        # two operations on the counter: read what is left, then take
+        mean, unsent, last, seen = state[w]
+        # as _worker_loop: size from what was left at the last take, and a
+        # read of the counter first unless that is the smallest size
+        size = auto_batch_size(mean, seen, nworkers)
+        ops = 1
+        if size > auto_batch_size(mean, 0, nworkers):
+            size = auto_batch_size(mean, n_regions - handed, nworkers)
+            ops = 2
         served = max(t, counter_free)
-        counter_free = served + 2 * take_service
-        t_got = served + 2 * max(take, take_service)
+        counter_free = served + ops * take_service
+        t_got = served + ops * max(take, take_service)
         start, handed = handed, handed + size
         times.append(t_got)
         values.append(min(handed, n_regions))
@@ -410,7 +425,7 @@ def simulate_workers(n_regions: int, nworkers: int, fit_seconds: float, take: fl
         if t_end - last >= plan.report_interval(fit_seconds, n_regions - handed):
             reports.append((t_end + latency, unsent, False))
             unsent, last = 0, t_end
-        state[w] = [fit_seconds, unsent, last]
+        state[w] = [fit_seconds, unsent, last, max(n_regions - handed, 0)]
         heapq.heappush(queue, (t_end, w))
     reports.sort()
     return reports, (times, values), done

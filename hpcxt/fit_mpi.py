@@ -178,10 +178,13 @@ def _worker_loop(comm, counter, plan: Plan, fit_batch, hooks=NO_HOOKS):
         if plan.fixed_batch:
             size = plan.fixed_batch
         else:
-            # what is left now, not at this worker's last take (a worker
-            # coming back from a long batch would take too much at the tail)
-            remaining = max(n - counter.value(), 0)
             size = auto_batch_size(mean_fit, remaining, plan.nworkers)
+            if size > auto_batch_size(mean_fit, 0, plan.nworkers):
+                # Less may be left than at this worker's last take (back from
+                # a long batch it would take too much at the tail): read the
+                # counter. At the smallest size, as at the tail, no need.
+                remaining = max(n - counter.value(), 0)
+                size = auto_batch_size(mean_fit, remaining, plan.nworkers)
         start = counter.take(size)
         if start >= n:
             break
