@@ -93,8 +93,11 @@ from .schema import Status
 log = logging.getLogger("hpcxt.fit")
 
 TAG_RESULT, TAG_STOP, TAG_DONE = 12, 13, 14
-#: Work per batch aimed at with ``batch_size: auto``, s.
-TARGET_BATCH_SECONDS = 1.0
+#: Work per batch aimed at with ``batch_size: auto``, s. A take from the
+#: counter costs microseconds, so batches can be short; short batches keep a
+#: worker from taking a whole cluster of slow regions (Sherpa fallbacks are
+#: 100 times slower than template fits, and neighbours).
+TARGET_BATCH_SECONDS = 0.1
 #: ... but at least this much, so a worker takes from the counter at most
 #: a few hundred times a second however fast its fits.
 MIN_BATCH_SECONDS = 0.005

@@ -372,14 +372,16 @@ def test_fit_recovers_simulated_cluster_temperatures(prepped_small, tmp_path):
 
 
 def test_auto_batch_size_is_guided_and_never_tiny():
-    from hpcxt.fit_mpi import MAX_AUTO_BATCH, MIN_BATCH_SECONDS, auto_batch_size
+    from hpcxt.fit_mpi import (MAX_AUTO_BATCH, MIN_BATCH_SECONDS, TARGET_BATCH_SECONDS,
+                               auto_batch_size)
 
     # no fit time known yet: one region
     assert auto_batch_size(None, 100_000, 1023) == 1
-    # Sherpa-like fits: about a second of work
-    assert auto_batch_size(0.17, 100_000, 1023) == 5
+    # about TARGET_BATCH_SECONDS of work; Sherpa-like fits one at a time
+    assert auto_batch_size(0.01, 100_000, 1023) == int(TARGET_BATCH_SECONDS / 0.01) == 10
+    assert auto_batch_size(0.17, 100_000, 1023) == 1
     # the tail: half a worker's share of what is left, down to one region
-    assert auto_batch_size(0.17, 10, 3) == 2
+    assert auto_batch_size(1e-3, 300, 3) == 50
     assert auto_batch_size(0.17, 1, 1023) == 1
     # fast fits on many workers: half a share (49 regions) ...
     assert auto_batch_size(1e-3, 100_000, 1023) == 49
