@@ -60,7 +60,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse
-import bisect
 import heapq
 import importlib.util
 import math
@@ -445,12 +444,12 @@ def project(n_regions: int, nranks: int, fit_seconds: float, costs: dict,
     from hpcxt.fit_mpi import STAGE_LEAD, STAGE_MIN_SECONDS
 
     nworkers = nranks - 1
-    reports, (times, values), done = simulate_workers(
+    reports, _, done = simulate_workers(
         n_regions, nworkers, fit_seconds, costs["take"], costs["take_service"],
         (costs.get("w0", 0.0), costs.get("w1", 0.0)))
     whole = costs["whole"] * n_regions
     t_master, last_checkpoint, busy = 0.0, 0.0, 0.0
-    staged, since = False, 0
+    staged, since, recorded = False, 0, 0
     for arrival, regions, _ in reports:
         if staged and since and arrival > t_master:
             # idle: the rows since go into the staged file (Master.catch_up)
@@ -461,10 +460,10 @@ def project(n_regions: int, nranks: int, fit_seconds: float, costs: dict,
         t_master += service
         busy += service
         since += regions
+        recorded += regions
         if not staged and whole >= STAGE_MIN_SECONDS:
-            i = bisect.bisect_right(times, t_master) - 1
-            taken = values[i] if i >= 0 else 0
-            if (n_regions - taken) * fit_seconds / nworkers <= STAGE_LEAD * whole:
+            # as _Master.maybe_stage: every region not recorded yet is work left
+            if (n_regions - recorded) * fit_seconds / nworkers <= STAGE_LEAD * whole:
                 t_master += whole
                 staged, since = True, 0
                 continue

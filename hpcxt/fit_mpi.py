@@ -41,14 +41,17 @@ together), never less than :data:`MIN_BATCH_SECONDS` (see
 Checkpoints: at most every ``fit.checkpoint_seconds`` (0: after every
 report), once at the start and once at the end, written aside and renamed
 (:mod:`hpcxt.io.checkpoint`). Workers keep fitting while the master writes
-one. The last one is written ahead when the work left is about as long as
-writing it (:class:`hpcxt.io.checkpoint.StagedResults`), and only the rows
+one. The last one is written ahead when the work left is about
+:data:`STAGE_LEAD` times as long as writing it
+(:class:`hpcxt.io.checkpoint.StagedResults`), and only the rows
 fitted since are written once the last result is in. SIGTERM or SIGUSR1
 (what Slurm and PBS send before the wall-time limit, and what ``mpiexec``
 forwards to every rank) make the master stop the counter, collect what the
 workers were fitting for at most :data:`SIGNAL_GRACE_SECONDS`, write a
 final checkpoint and return :data:`hpcxt.errors.EXIT_CHECKPOINTED` (85);
-workers ignore the signal. Under ``python -m mpi4py`` a non-zero exit
+workers ignore the signal. Workers still fitting after the grace period are
+not waited for: once the checkpoint is on disk the master ends the job with
+``MPI_Abort(85)`` (:func:`_end_job`). Under ``python -m mpi4py`` a non-zero exit
 status ends in ``MPI_Abort(85)`` (MPICH prints one "application called
 MPI_Abort" line) after the checkpoint is on disk, and ``mpiexec`` exits
 with 85. ``--resume`` then fits only regions without a final status
@@ -111,7 +114,7 @@ REPORT_SECONDS = 0.5
 #: checkpoint written ahead from it, are then never far behind the fits.
 REPORT_SECONDS_PER_WORKER = 50e-6
 #: The master stages the final checkpoint when the work left is about this
-#: many times the duration of its last full checkpoint ...
+#: many times the duration of its last whole checkpoint ...
 STAGE_LEAD = 3.0
 #: ... if that checkpoint took at least this long, s.
 STAGE_MIN_SECONDS = 0.05
@@ -169,10 +172,10 @@ def _worker_loop(comm, counter, plan: Plan, fit_batch, hooks=NO_HOOKS):
     results to the master at most every ``plan.report_seconds`` without
     waiting for it, and once more at the end (``TAG_DONE``).
 
-    Returns the request of that last report, to be waited for after the
-    master's ``TAG_STOP`` and the counter's collective close: a master that
-    gave up waiting after a signal (:data:`SIGNAL_GRACE_SECONDS`) never
-    receives it, but must get past that close to exit.
+    Returns the requests of the reports not known to be received yet, to be
+    waited for only after the master's ``TAG_STOP`` (a master that gave up
+    waiting after a signal, :data:`SIGNAL_GRACE_SECONDS`, receives them
+    never: it ends the job instead).
     """
     rank, n = comm.Get_rank(), len(plan.todo)
     mean_fit, remaining = plan.mean_fit, n
@@ -207,9 +210,8 @@ def _worker_loop(comm, counter, plan: Plan, fit_batch, hooks=NO_HOOKS):
         if now - last_report >= due and (request is None or request.Test()):
             request = comm.isend(unsent, dest=0, tag=TAG_RESULT)
             unsent, last_report = [], now
-    if request is not None:
-        request.wait()
-    return comm.isend(unsent, dest=0, tag=TAG_DONE)
+    requests = [] if request is None else [request]
+    return requests + [comm.isend(unsent, dest=0, tag=TAG_DONE)]
 
 
 # --------------------------------------------------------------------------
@@ -339,6 +341,7 @@ class _Master:
         self.patched = 0
         self.write_seconds = 0.0
         self.stage_seconds = hooks.stage_final()
+        self.gave_up = False
 
     # -- signals -------------------------------------------------------------
 
@@ -441,20 +444,23 @@ class _Master:
         self._written(t0, "written")
 
     def maybe_checkpoint(self) -> None:
-        if self.staged is not None and time.monotonic() - self.staged_at < self.interval:
-            return  # the staged final checkpoint is recent enough
         if self.dirty and time.monotonic() - self.last_checkpoint >= self.interval:
-            self.checkpoint()
+            if self.staged is not None:
+                self._commit_stage()  # the staged file, brought up to date, is this one
+            else:
+                self.checkpoint()
 
-    def maybe_stage(self, taken) -> None:
-        """Write the final checkpoint ahead when the work left is about as long
-        as writing it (:class:`~hpcxt.io.checkpoint.StagedResults`).
+    def maybe_stage(self) -> None:
+        """Write the final checkpoint ahead when the work left is about
+        :data:`STAGE_LEAD` times as long as writing it
+        (:class:`~hpcxt.io.checkpoint.StagedResults`).
 
-        ``taken()`` returns how many regions the workers have taken. Only
-        when a whole checkpoint took at least :data:`STAGE_MIN_SECONDS` (or
-        the hooks ask for it), and never with ``checkpoint_seconds: 0``.
-        Should the fits slow down, the staged file is abandoned for a whole
-        checkpoint after ``checkpoint_seconds``.
+        The work left counts every region not recorded yet (being fitted, or
+        fitted and not reported), spread over the workers. Only when a whole
+        checkpoint took at least :data:`STAGE_MIN_SECONDS` (or the hooks ask
+        for it), and never with ``checkpoint_seconds: 0``. Should the fits
+        slow down, the staged file is committed when the next checkpoint is
+        due, and staged again later.
         """
         if self.staged is not None or self.interval == 0 or self.mean_fit is None:
             return
@@ -463,7 +469,7 @@ class _Master:
             if self.write_seconds < STAGE_MIN_SECONDS:
                 return
             lead = STAGE_LEAD * self.write_seconds
-        left = max(self.pending.size - taken(), 0) * self.mean_fit / self.nworkers
+        left = max(self.pending.size - self.done_this_run, 0) * self.mean_fit / self.nworkers
         if left > lead:
             return
         self.flush()
@@ -483,21 +489,29 @@ class _Master:
             self.patched += changed.size
             self.changed = []
 
-    def final_checkpoint(self) -> None:
-        """The run's last checkpoint: the staged one patched, or a whole one."""
+    def _commit_stage(self) -> int:
+        """Patch in the rows since the last catch-up and rename the staged file
+        into place; the rows patched."""
         self.flush()
-        if self.staged is None or self.signal is not None:
-            self.checkpoint()
-            return
         t0 = time.monotonic()
         self._stamp(t0)
         changed = np.concatenate(self.changed) if self.changed else np.zeros(0, np.int64)
         self.staged.commit(self.res, changed)
         self.staged, self.changed = None, []
         self._written(t0, f"committed from the staged file, {changed.size} rows patched")
+        return changed.size
+
+    def final_checkpoint(self) -> None:
+        """The run's last checkpoint: the staged one patched, or a whole one."""
+        self.flush()
+        if self.staged is None or self.signal is not None:
+            self.checkpoint()
+            return
+        staged_at, t0 = self.staged_at, time.monotonic()
+        at_end = self._commit_stage()
         log.info("fit: final checkpoint written %.2f s before the last result and completed "
-                 "in %.3f s (%d rows added meanwhile, %d at the end)", t0 - self.staged_at,
-                 time.monotonic() - t0, self.patched, changed.size)
+                 "in %.3f s (%d rows added meanwhile, %d at the end)", t0 - staged_at,
+                 time.monotonic() - t0, self.patched, at_end)
 
     def rate(self) -> float:
         dt = time.monotonic() - self.t_start
@@ -553,43 +567,63 @@ def _master_loop(m: _Master, comm, counter) -> bool:
 
     Workers take their batches from ``counter`` without the master; it only
     receives, records (in its idle moments, many reports at once),
-    checkpoints and, on a signal, stops the counter.
+    checkpoints and, on a signal, stops the counter. Receives are posted
+    without blocking (``MPI_Improbe`` and ``MPI_Imrecv``): some message sizes
+    need the sender's progress to complete, and a worker makes none while
+    it fits. If workers are still fitting :data:`SIGNAL_GRACE_SECONDS` after
+    a signal, ``m.gave_up`` is set.
     """
     from mpi4py import MPI
     st = MPI.Status()
     active = set(range(1, comm.Get_size()))
+    posted: list = []  # (source, tag, request) of receives under way
     stopping_since = None
+    grace = m.hooks.signal_grace(SIGNAL_GRACE_SECONDS)
     backoff = Backoff()
     while active:
         got = False
-        while comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=st):
+        while m.signal is None or stopping_since is not None:
+            message = comm.improbe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=st)
+            if message is None:
+                break
+            posted.append((st.Get_source(), st.Get_tag(), message.irecv()))
+        still = []
+        for w, tag, request in posted:
             c0 = time.process_time()
-            w, tag = st.Get_source(), st.Get_tag()
-            m.receive(comm.recv(source=w, tag=tag))
+            done, payload = request.test()
+            if not done:
+                still.append((w, tag, request))
+                continue
+            got = True
+            if tag == counter.TAG_TAKE:  # a counter MPI could not put in a window
+                counter.serve(w, payload)
+                continue
+            m.receive(payload)
             if tag == TAG_DONE:
                 active.discard(w)
             m.note_busy(time.process_time() - c0)
-            got = True
             if m.interval == 0:
                 m.maybe_checkpoint()
+        posted = still
         if m.signal is not None and stopping_since is None:
             counter.stop()
             stopping_since = time.monotonic()
             log.warning("fit: signal %d received: collecting the batches being fitted, "
                         "then checkpointing", m.signal)
         if stopping_since is not None and (
-                time.monotonic() - stopping_since > SIGNAL_GRACE_SECONDS):
+                time.monotonic() - stopping_since > grace):
             # Results of workers still fitting are dropped (their regions
             # stay pending).
-            log.warning("fit: %d workers still fitting after %.0f s; their regions stay "
-                        "pending", len(active), SIGNAL_GRACE_SECONDS)
+            log.warning("fit: %d workers still fitting after %.1f s; their regions stay "
+                        "pending", len(active), grace)
+            m.gave_up = True
             return True
         if got:
             backoff.reset()
             continue
         m.flush()
         if stopping_since is None:
-            m.maybe_stage(counter.value)
+            m.maybe_stage()
             m.catch_up()
         m.maybe_checkpoint()
         m.maybe_progress()
@@ -654,9 +688,11 @@ def run_master_worker(comm, start, make_fit_batch, options: RunOptions, hooks=No
             if size == 1:
                 stopped = _serial_loop(m, make_fit_batch(0))
             else:
-                counter = WorkCounter(comm)
+                counter = WorkCounter(comm, rma=hooks.work_counter_rma())
                 stopped = _master_loop(m, comm, counter)
             m.final_checkpoint()
+            if size > 1 and m.gave_up:
+                _end_job(m, comm)
             if size > 1:
                 # Workers wait for this politely (the counter's collective
                 # close would have them busy-poll through the checkpoint).
@@ -675,6 +711,25 @@ def run_master_worker(comm, start, make_fit_batch, options: RunOptions, hooks=No
     return 0
 
 
+def _end_job(m: _Master, comm) -> None:
+    """After the grace period, with workers still fitting: the checkpoint is on
+    disk; end every rank now with :data:`EXIT_CHECKPOINTED`.
+
+    A worker finishing its batch would wait for its report to be received
+    and for the counter's collective close, which only it can complete, so
+    a clean exit would take as long as the longest batch in flight, past
+    the wall time perhaps. ``python -m mpi4py`` would abort the job on
+    this status anyway.
+    """
+    m.maybe_progress(force=True)
+    m.summary()
+    log.warning("fit: ending the job with status %d (MPI_Abort); continue with "
+                "'hpcxt fit --resume'", EXIT_CHECKPOINTED)
+    for handler in logging.getLogger().handlers + log.handlers:
+        handler.flush()
+    comm.Abort(EXIT_CHECKPOINTED)
+
+
 def _run_worker(comm, rank: int, make_fit_batch, hooks, share) -> int:
     # Scheduler signals reach every rank; only the master acts on them.
     old = {s: signal.signal(s, lambda signum, frame: None) for s in HANDLED_SIGNALS}
@@ -685,11 +740,12 @@ def _run_worker(comm, rank: int, make_fit_batch, hooks, share) -> int:
             return plan
         with share(comm):
             fit_batch = make_fit_batch(rank)
-            counter = WorkCounter(comm)
-            done = _worker_loop(comm, counter, plan, fit_batch, hooks)
+            counter = WorkCounter(comm, rma=hooks.work_counter_rma())
+            sent = _worker_loop(comm, counter, plan, fit_batch, hooks)
             wait_message(comm, 0, (TAG_STOP,))
+            for request in sent:
+                request.wait()
             counter.close()
-            done.wait()
     finally:
         for s, h in old.items():
             signal.signal(s, h)

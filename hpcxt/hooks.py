@@ -31,7 +31,18 @@ class RunHooks:
 
     # fit: master
     def batch_recorded(self, nth: int) -> None:
-        """The master recorded its ``nth`` batch (not yet checkpointed)."""
+        """The fit's master received its ``nth`` report of results (a serial
+        run: fitted its ``nth`` batch); not yet checkpointed."""
+
+    def work_counter_rma(self) -> bool:
+        """Whether the fit's work counter may use MPI one-sided communication
+        (False: rank 0 answers every take by message, as where MPI has none)."""
+        return True
+
+    def signal_grace(self, seconds: float) -> float:
+        """How long the fit's master waits for batches being fitted after a
+        signal, s (``seconds``: the production value)."""
+        return seconds
 
     def stage_final(self) -> float | None:
         """Seconds of work left at which the fit's master writes its final

@@ -7,6 +7,7 @@ MPI and every helper also works on a one-rank communicator.
 
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
@@ -126,26 +127,48 @@ class WorkCounter:
     instead waited for every rank's progress, so ranks busy fitting made
     others start up to 0.7 s late.
 
+    Where MPI cannot create the window (an MPI without one-sided
+    communication over the network at hand), or with ``rma=False``, the
+    counter is *served*: a take is a message to the root (``TAG_TAKE``)
+    answered by the root's :meth:`serve` (``TAG_GIVE``), which the root
+    must call for every ``TAG_TAKE`` it receives. One log line says so.
+
     Collective to create and to :meth:`close`. On a one-rank communicator
-    it is a plain integer (no window).
+    it is a plain integer (no window, no messages).
     """
 
     #: Added by :meth:`stop`: every later take returns at least this.
     STOPPED = 1 << 62
+    TAG_TAKE, TAG_GIVE = 21, 22
 
-    def __init__(self, comm, root: int = 0):
+    def __init__(self, comm, root: int = 0, rma: bool = True):
         self.comm, self.root = comm, root
         self._local = 0
         self.win = None
+        self.served = False
         if comm.Get_size() == 1:
             return
         from mpi4py import MPI
         self._mpi = MPI
         mine = comm.Get_rank() == root
-        self.win = MPI.Win.Allocate(8 if mine else 0, 8, comm=comm)
-        if mine:
-            np.frombuffer(self.win.tomemory(), dtype=np.int64)[0] = 0
-        comm.Barrier()
+        why = "not asked for" if not rma else ""
+        if rma:
+            try:
+                self.win = MPI.Win.Allocate(8 if mine else 0, 8, comm=comm)
+                if mine:  # zeroed in an epoch of its own (MPI's separate memory model)
+                    self.win.Lock(root, MPI.LOCK_EXCLUSIVE)
+                    self.win.Put(np.zeros(1, dtype=np.int64), root)
+                    self.win.Unlock(root)
+            except MPI.Exception as exc:
+                why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        # Every rank counts the same way (a window only some ranks got is left be).
+        if not comm.allreduce(self.win is not None, op=MPI.LAND):
+            self.win, self.served = None, True
+            if mine:
+                logging.getLogger("hpcxt.parallel").warning(
+                    "work counter: MPI one-sided communication unavailable (%s); rank %d "
+                    "answers every take by message", why, root)
+            return
         self.win.Lock(root, MPI.LOCK_SHARED)
         self._one = np.zeros(1, dtype=np.int64)
         self._out = np.zeros(1, dtype=np.int64)
@@ -153,12 +176,20 @@ class WorkCounter:
     def take(self, k: int) -> int:
         """Add ``k``; the value before."""
         if self.win is None:
+            if self.served and self.comm.Get_rank() != self.root:
+                self.comm.send(int(k), dest=self.root, tag=self.TAG_TAKE)
+                return int(wait_message(self.comm, self.root, (self.TAG_GIVE,))[1])
             value, self._local = self._local, self._local + int(k)
             return value
         self._one[0] = k
         self.win.Fetch_and_op(self._one, self._out, self.root, 0, self._mpi.SUM)
         self.win.Flush(self.root)
         return int(self._out[0])
+
+    def serve(self, source: int, k: int) -> None:
+        """On the root of a served counter: answer ``source``'s take of ``k``."""
+        value, self._local = self._local, self._local + int(k)
+        self.comm.send(value, dest=source, tag=self.TAG_GIVE)
 
     def value(self) -> int:
         """The current value (an atomic read)."""
@@ -169,7 +200,7 @@ class WorkCounter:
         self.take(self.STOPPED)
 
     def close(self) -> None:
-        """End the epoch and free the window. Collective."""
+        """End the epoch and free the window. Collective (but for a served counter)."""
         if self.win is not None:
             self.win.Unlock(self.root)
             self.win.Free()

@@ -14,6 +14,10 @@ FAULTS_JSON, an object with any of these keys:
 ``kill_after_batches``   ... after recording its n-th batch
 ``kill_worker``          that rank SIGKILLs itself on its first batch
 ``fail_rank``            that rank raises once the scale map's inputs are loaded
+``counter_messages``     the fit's work counter is served by messages, as
+                         where MPI has no one-sided communication
+``signal_grace``         seconds the fit's master waits for batches being
+                         fitted after a signal (production: 20)
 ``stage_final``          the fit's master writes its final checkpoint ahead
                          when this many seconds of work are left
 ``model_probe``          the fit's model check evaluates this XSPEC model instead
@@ -47,7 +51,8 @@ class FaultHooks(RunHooks):
     def __init__(self, faults: dict):
         unknown = set(faults) - {"fail_regions", "fit_delay", "kill_in_checkpoint",
                                  "kill_after_checkpoint", "kill_after_batches", "kill_worker",
-                                 "fail_rank", "model_probe", "stage_final"}
+                                 "fail_rank", "model_probe", "stage_final",
+                                 "counter_messages", "signal_grace"}
         if unknown:
             raise SystemExit(f"fault_launcher: unknown faults {sorted(unknown)}")
         self.f = faults
@@ -83,6 +88,12 @@ class FaultHooks(RunHooks):
     def batch_recorded(self, nth):
         if self._is("kill_after_batches", nth):
             _kill_self()
+
+    def work_counter_rma(self):
+        return not self.f.get("counter_messages")
+
+    def signal_grace(self, seconds):
+        return float(self.f.get("signal_grace", seconds))
 
     def stage_final(self):
         value = self.f.get("stage_final")

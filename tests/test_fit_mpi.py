@@ -310,6 +310,28 @@ def test_scheduler_signal_checkpoints_and_exits_85(reference, base_cfg, tmp_path
     _assert_same(results(cfg), reference)
 
 
+@pytest.mark.mpi
+def test_workers_still_fitting_after_the_grace_period_are_not_waited_for(reference, base_cfg,
+                                                                        tmp_path):
+    """Checkpoint, then MPI_Abort(85) at once: no wait for the batches in flight."""
+    cfg = copy_workdir(base_cfg, tmp_path / "w")
+    proc = _popen_fit(cfg, 3, {"fit_delay": 1.5, "signal_grace": 0.3})
+    _wait_for_progress(cfg, proc, min_final=2)
+    t0 = time.monotonic()
+    # just after the first batches came in: both workers are early in their second
+    # (batch_size 2 at 1.5 s a region: 3 s)
+    proc.send_signal(signal.SIGUSR1)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_CHECKPOINTED, err
+    assert "still fitting after 0.3 s" in err and "MPI_Abort" in err
+    assert time.monotonic() - t0 < 2.5, "waited for the batches in flight"
+    partial = results(cfg)
+    assert 0 < partial.n_pending < N_REGIONS
+    # what was recorded is final and right (a resume is tested above)
+    done = partial.status != Status.PENDING
+    np.testing.assert_array_equal(partial.kT[done], reference.kT[done])
+
+
 def test_serial_run_stops_on_sigterm_with_85(reference, base_cfg, tmp_path):
     cfg = copy_workdir(base_cfg, tmp_path / "w")
     proc = _popen_fit(cfg, None, {"fit_delay": 0.3})
@@ -447,14 +469,19 @@ def test_id_runs_and_the_one_rank_counter():
 
 
 @pytest.mark.mpi
-def test_final_checkpoint_written_ahead_matches(reference, base_cfg, tmp_path):
+def test_final_checkpoint_written_ahead_and_counter_served_by_messages(reference, base_cfg,
+                                                                      tmp_path):
     """The master writes its final checkpoint ahead (here as soon as it can)
-    and at the end patches in what was fitted since: same results."""
+    and at the end patches in what was fitted since; the work counter is
+    served by messages, as where MPI has no one-sided communication (the
+    other MPI tests use its window): the same results."""
     cfg = copy_workdir(base_cfg, tmp_path / "w")
     cfg.write_text(cfg.read_text().replace("checkpoint_seconds: 0.0", "checkpoint_seconds: 60"))
     assert "checkpoint_seconds: 60" in cfg.read_text()
-    proc = fit(cfg, nprocs=3, faults={"stage_final": 1e9, "fit_delay": 0.1})
+    proc = fit(cfg, nprocs=3, faults={"stage_final": 1e9, "fit_delay": 0.1,
+                                      "counter_messages": True})
     assert proc.returncode == 0, proc.stderr
+    assert "answers every take by message" in proc.stderr
     assert "final checkpoint written" in proc.stderr, proc.stderr
     line = proc.stderr.split("final checkpoint written")[1].splitlines()[0]
     meanwhile, at_end = (int(x) for x in re.findall(r"\((\d+) rows added meanwhile, (\d+) at "
