@@ -317,14 +317,15 @@ def test_workers_still_fitting_after_the_grace_period_are_not_waited_for(referen
     cfg = copy_workdir(base_cfg, tmp_path / "w")
     proc = _popen_fit(cfg, 3, {"fit_delay": 1.5, "signal_grace": 0.3})
     _wait_for_progress(cfg, proc, min_final=2)
-    t0 = time.monotonic()
     # just after the first batches came in: both workers are early in their second
     # (batch_size 2 at 1.5 s a region: 3 s)
     proc.send_signal(signal.SIGUSR1)
-    out, err = proc.communicate(timeout=120)
+    # a master that waited for them would hang here (a worker's last report
+    # never received, the counter's collective close never completed)
+    out, err = proc.communicate(timeout=60)
     assert proc.returncode == EXIT_CHECKPOINTED, err
-    assert "still fitting after 0.3 s" in err and "MPI_Abort" in err
-    assert time.monotonic() - t0 < 2.5, "waited for the batches in flight"
+    assert "still fitting after 0.3 s" in err
+    assert "ending the job with status 85 (MPI_Abort)" in err
     partial = results(cfg)
     assert 0 < partial.n_pending < N_REGIONS
     # what was recorded is final and right (a resume is tested above)
