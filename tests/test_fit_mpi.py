@@ -469,6 +469,59 @@ def test_id_runs_and_the_one_rank_counter():
     counter.close()
 
 
+COUNTER_SCRIPT = """
+import sys, random
+import numpy as np
+from mpi4py import MPI
+from hpcxt.parallel import WorkCounter
+comm, n = MPI.COMM_WORLD, 5000
+for rma in (True, False):
+    counter = WorkCounter(comm, rma=rma)
+    mine = []
+    if comm.Get_rank() == 0:
+        # the root serves takes (a served counter) until every rank is done
+        done, st = 0, MPI.Status()
+        while done < comm.Get_size() - 1:
+            if comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=st):
+                w, tag = st.Get_source(), st.Get_tag()
+                got = comm.recv(source=w, tag=tag)
+                if tag == WorkCounter.TAG_TAKE:
+                    counter.serve(w, got)
+                else:
+                    done += 1
+    else:
+        rng = random.Random(comm.Get_rank())
+        while True:
+            k = rng.randint(1, 7)
+            start = counter.take(k)
+            if start >= n:
+                break
+            mine.extend(range(start, min(start + k, n)))
+        comm.send(None, dest=0, tag=99)
+    taken = comm.gather(mine, root=0)
+    if comm.Get_rank() == 0:
+        flat = np.sort(np.concatenate([np.asarray(t, dtype=np.int64) for t in taken]))
+        ok = np.array_equal(flat, np.arange(n))
+        print(f"{'rma' if rma else 'served'} window={counter.win is not None} "
+              f"exactly_once={ok} ranks_with_work={sum(1 for t in taken if t)}", flush=True)
+    counter.close()
+"""
+
+
+@pytest.mark.mpi
+def test_work_counter_hands_out_every_position_exactly_once(tmp_path):
+    """Two ranks taking 1-7 positions at a time as fast as they can, through
+    the RMA window and through messages served by rank 0."""
+    script = tmp_path / "counter.py"
+    script.write_text(COUNTER_SCRIPT)
+    proc = subprocess.run([*hpcxt_command(nprocs=3)[:-2], str(script)], env=mpi_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "rma window=True exactly_once=True ranks_with_work=2" in lines, proc.stdout
+    assert "served window=False exactly_once=True ranks_with_work=2" in lines, proc.stdout
+
+
 @pytest.mark.mpi
 def test_final_checkpoint_written_ahead_and_counter_served_by_messages(reference, base_cfg,
                                                                       tmp_path):
