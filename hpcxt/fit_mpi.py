@@ -614,8 +614,11 @@ def _master_loop(m: _Master, comm, counter) -> bool:
                 time.monotonic() - stopping_since > grace):
             # Results of workers still fitting are dropped (their regions
             # stay pending).
+            # Said now: lines logged just before MPI_Abort can be lost by the
+            # launcher's output forwarding.
             log.warning("fit: %d workers still fitting after %.1f s; their regions stay "
-                        "pending", len(active), grace)
+                        "pending, and the job ends with status %d (MPI_Abort) once the "
+                        "checkpoint is written", len(active), grace, EXIT_CHECKPOINTED)
             m.gave_up = True
             return True
         if got:
