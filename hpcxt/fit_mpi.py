@@ -41,7 +41,8 @@ together), never less than :data:`MIN_BATCH_SECONDS` (see
 Checkpoints: at most every ``fit.checkpoint_seconds`` (0: after every
 report), once at the start and once at the end, written aside and renamed
 (:mod:`hpcxt.io.checkpoint`). Workers keep fitting while the master writes
-one. The last one is written ahead when the work left is about
+one (unless the counter is served by messages, see
+:class:`~hpcxt.parallel.WorkCounter`). The last one is written ahead when the work left is about
 :data:`STAGE_LEAD` times as long as writing it
 (:class:`hpcxt.io.checkpoint.StagedResults`), and only the rows
 fitted since are written once the last result is in. SIGTERM or SIGUSR1
@@ -580,7 +581,10 @@ def _master_loop(m: _Master, comm, counter) -> bool:
     stopping_since = None
     grace = m.hooks.signal_grace(SIGNAL_GRACE_SECONDS)
     backoff = Backoff()
-    while active:
+    # Not only "while active": a worker's TAG_DONE can complete before its
+    # larger report sent just before (MPI orders the matching of messages,
+    # not the completion of receives).
+    while active or posted:
         got = False
         while m.signal is None or stopping_since is not None:
             message = comm.improbe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=st)
@@ -610,7 +614,7 @@ def _master_loop(m: _Master, comm, counter) -> bool:
             stopping_since = time.monotonic()
             log.warning("fit: signal %d received: collecting the batches being fitted, "
                         "then checkpointing", m.signal)
-        if stopping_since is not None and (
+        if stopping_since is not None and active and (
                 time.monotonic() - stopping_since > grace):
             # Results of workers still fitting are dropped (their regions
             # stay pending).
@@ -692,9 +696,18 @@ def run_master_worker(comm, start, make_fit_batch, options: RunOptions, hooks=No
                 stopped = _serial_loop(m, make_fit_batch(0))
             else:
                 counter = WorkCounter(comm, rma=hooks.work_counter_rma())
-                stopped = _master_loop(m, comm, counter)
-            m.final_checkpoint()
-            if size > 1 and m.gave_up:
+                try:
+                    stopped = _master_loop(m, comm, counter)
+                    m.final_checkpoint()
+                except Exception:
+                    # The workers wait for TAG_STOP and then for collectives:
+                    # leaving with the exception would hang them all.
+                    log.exception("fit: the master failed; ending the job")
+                    comm.Abort(1)
+                    raise
+            if size == 1:
+                m.final_checkpoint()
+            elif m.gave_up:
                 _end_job(m, comm)
             if size > 1:
                 # Workers wait for this politely (the counter's collective

@@ -132,6 +132,8 @@ class WorkCounter:
     counter is *served*: a take is a message to the root (``TAG_TAKE``)
     answered by the root's :meth:`serve` (``TAG_GIVE``), which the root
     must call for every ``TAG_TAKE`` it receives. One log line says so.
+    Served takes wait while the root is busy, as while it writes a
+    checkpoint.
 
     Collective to create and to :meth:`close`. On a one-rank communicator
     it is a plain integer (no window, no messages).
