@@ -474,7 +474,7 @@ import sys, random
 import numpy as np
 from mpi4py import MPI
 from hpcxt.parallel import WorkCounter
-comm, n = MPI.COMM_WORLD, 5000
+comm, n = MPI.COMM_WORLD, 100_000
 for rma in (True, False):
     counter = WorkCounter(comm, rma=rma)
     mine = []
@@ -511,15 +511,19 @@ for rma in (True, False):
 @pytest.mark.mpi
 def test_work_counter_hands_out_every_position_exactly_once(tmp_path):
     """Two ranks taking 1-7 positions at a time as fast as they can, through
-    the RMA window and through messages served by rank 0."""
+    the RMA window and through messages served by rank 0: every position of
+    100,000 handed out exactly once."""
     script = tmp_path / "counter.py"
     script.write_text(COUNTER_SCRIPT)
     proc = subprocess.run([*hpcxt_command(nprocs=3)[:-2], str(script)], env=mpi_env(),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert "rma window=True exactly_once=True ranks_with_work=2" in lines, proc.stdout
-    assert "served window=False exactly_once=True ranks_with_work=2" in lines, proc.stdout
+    # (how the positions split between the two ranks is up to the scheduler:
+    # on 2 loaded cores one rank can take them all)
+    assert any(ln.startswith("rma window=True exactly_once=True") for ln in lines), proc.stdout
+    assert any(ln.startswith("served window=False exactly_once=True") for ln in lines), \
+        proc.stdout
 
 
 @pytest.mark.mpi
