@@ -377,15 +377,13 @@ def checkpoint_costs() -> dict:
 
 def simulate_workers(n_regions: int, nworkers: int, fit_seconds: float, take: float,
                      take_service: float, pack=(0.0, 0.0), latency: float = 50e-6):
-    """The workers of one run: their reports (arrival at the master, regions)
-    and the counter's value over time, by discrete-event simulation.
+    """The workers of one run: their reports (arrival at the master, regions),
+    by discrete-event simulation.
 
     Returns
     -------
     reports : list of (time, regions, last)
         Sorted by time; ``last`` marks a worker's final report.
-    taken : (times, values)
-        The counter after each take.
     done : float
         When the last worker finished fitting, s.
     """
@@ -397,7 +395,7 @@ def simulate_workers(n_regions: int, nworkers: int, fit_seconds: float, take: fl
     queue = [(0.0, w) for w in range(nworkers)]
     state = {w: [None, 0, 0.0, n_regions] for w in range(nworkers)}
     heapq.heapify(queue)
-    reports, times, values, done = [], [], [], 0.0
+    reports, done = [], 0.0
     while queue:
         t, w = heapq.heappop(queue)
         mean, unsent, last, seen = state[w]
@@ -412,8 +410,6 @@ def simulate_workers(n_regions: int, nworkers: int, fit_seconds: float, take: fl
         counter_free = served + ops * take_service
         t_got = served + ops * max(take, take_service)
         start, handed = handed, handed + size
-        times.append(t_got)
-        values.append(min(handed, n_regions))
         if start >= n_regions:
             reports.append((t_got + latency, unsent, True))
             done = max(done, t_got)
@@ -427,7 +423,7 @@ def simulate_workers(n_regions: int, nworkers: int, fit_seconds: float, take: fl
         state[w] = [fit_seconds, unsent, last, max(n_regions - handed, 0)]
         heapq.heappush(queue, (t_end, w))
     reports.sort()
-    return reports, (times, values), done
+    return reports, done
 
 
 def project(n_regions: int, nranks: int, fit_seconds: float, costs: dict,
@@ -444,7 +440,7 @@ def project(n_regions: int, nranks: int, fit_seconds: float, costs: dict,
     from hpcxt.fit_mpi import STAGE_LEAD, STAGE_MIN_SECONDS
 
     nworkers = nranks - 1
-    reports, _, done = simulate_workers(
+    reports, done = simulate_workers(
         n_regions, nworkers, fit_seconds, costs["take"], costs["take_service"],
         (costs.get("w0", 0.0), costs.get("w1", 0.0)))
     whole = costs["whole"] * n_regions

@@ -694,27 +694,9 @@ def run_master_worker(comm, start, make_fit_batch, options: RunOptions, hooks=No
             m.checkpoint()
             if size == 1:
                 stopped = _serial_loop(m, make_fit_batch(0))
-            else:
-                counter = WorkCounter(comm, rma=hooks.work_counter_rma())
-                try:
-                    stopped = _master_loop(m, comm, counter)
-                    m.final_checkpoint()
-                except Exception:
-                    # The workers wait for TAG_STOP and then for collectives:
-                    # leaving with the exception would hang them all.
-                    log.exception("fit: the master failed; ending the job")
-                    comm.Abort(1)
-                    raise
-            if size == 1:
                 m.final_checkpoint()
-            elif m.gave_up:
-                _end_job(m, comm)
-            if size > 1:
-                # Workers wait for this politely (the counter's collective
-                # close would have them busy-poll through the checkpoint).
-                for w in range(1, size):
-                    comm.send(None, dest=w, tag=TAG_STOP)
-                counter.close()
+            else:
+                stopped = _run_master(m, comm, hooks)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
@@ -725,6 +707,29 @@ def run_master_worker(comm, start, make_fit_batch, options: RunOptions, hooks=No
                     "continue with 'hpcxt fit --resume'", m.signal, m.res.n_pending)
         return EXIT_CHECKPOINTED
     return 0
+
+
+def _run_master(m: _Master, comm, hooks) -> bool:
+    """Rank 0 of a run on several ranks: the counter, the loop, the last
+    checkpoint, the workers' stop. True if stopped by a signal."""
+    counter = WorkCounter(comm, rma=hooks.work_counter_rma())
+    try:
+        stopped = _master_loop(m, comm, counter)
+        m.final_checkpoint()
+    except Exception:
+        # The workers wait for TAG_STOP and then for collectives: leaving
+        # with the exception would hang them all.
+        log.exception("fit: the master failed; ending the job")
+        comm.Abort(1)
+        raise
+    if m.gave_up:
+        _end_job(m, comm)
+    # Workers wait for this politely (the counter's collective close would
+    # have them busy-poll through the checkpoint).
+    for w in range(1, comm.Get_size()):
+        comm.send(None, dest=w, tag=TAG_STOP)
+    counter.close()
+    return stopped
 
 
 def _end_job(m: _Master, comm) -> None:
