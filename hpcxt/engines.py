@@ -14,6 +14,12 @@
     Sherpa (engine ``SHERPA_FALLBACK``), and the regions of a random sample
     (:func:`verification_sample`) are refitted with Sherpa too, their
     differences stored in units of Sherpa's errors (``verify_*`` columns).
+    Where the only doubt is the path Sherpa's optimiser takes across a
+    jump of the model (:data:`hpcxt.template_fit.PATH_FLAGS`), Sherpa's own
+    fit and error search run on the templates instead of the folded model
+    (engine ``SHERPA_TEMPLATES``): the same steps, each about ten times
+    cheaper; :data:`REPLAY_VERIFY_FACTOR` times as many of those regions
+    are checked against Sherpa on the folded model.
 
 With ``fit.free: [abundance]`` the template engine does not apply (it
 tabulates the model in kT alone): :func:`engine_choice` gives ``sherpa``
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import math
 import time
+import zlib
 
 import numpy as np
 
@@ -39,6 +46,11 @@ MIN_VERIFIED = 20
 #: Seed of the verification sample (a run's sample depends only on the
 #: number of regions and the fraction, never on the ranks).
 VERIFY_SEED = 20261201
+#: Regions fitted by Sherpa on the templates are checked against Sherpa on
+#: the folded model this many times as often as ``fit.verify_fraction``
+#: (5% by default; a fixed function of the region's counts, so the same on
+#: every rank and in every run).
+REPLAY_VERIFY_FACTOR = 5
 
 
 def verification_sample(n_regions: int, fraction: float) -> np.ndarray:
@@ -105,6 +117,9 @@ class TemplateEngine:
                 [(int(np.flatnonzero(b)[0]), int(np.flatnonzero(b)[-1]) + 1) for b in bands]:
             raise ValueError("the templates given were built for other channels")
         self.templates = templates
+        #: Fit path-dependent regions with Sherpa on the templates (False:
+        #: on the folded model, as before; to measure what it saves).
+        self.replay = True
 
     def fit(self, spectra, verify: bool = False) -> FitRecord:
         """Fit one region; never raises for a bad region.
@@ -132,6 +147,7 @@ class TemplateEngine:
         plan = self.sherpa.prepare(spectra, rec)
         if plan is None:
             return rec
+        res = None
         try:
             res = fit_profile(self.templates, spectra, plan.statistic, plan.groupings,
                               kT_range=s.kT_range, error_sigma=s.error_sigma,
@@ -139,6 +155,10 @@ class TemplateEngine:
             why = "" if res.certified else res.reason
         except Exception as exc:  # whatever the template fit cannot do, Sherpa does
             why = failure_reason(exc)
+        if why and self.replay and res is not None and res.path_dependent:
+            replayed = self._replay(spectra, why, verify)
+            if replayed is not None:
+                return replayed
         if why:
             ref = self.sherpa.fit(spectra)
             ref.engine = Engine.SHERPA_FALLBACK
@@ -153,6 +173,38 @@ class TemplateEngine:
         if verify:
             _store_differences(rec, self.reference.fit(spectra))
         return rec
+
+
+    def _replay(self, spectra, why: str, verify: bool) -> FitRecord | None:
+        """Sherpa's fit and error search on the templates; None where it fails.
+
+        A failure (optimiser, bound not found) is left to Sherpa on the
+        folded model, which decides it.
+        """
+        from .template_fit import FoldedCounts
+
+        rec = self.sherpa.fit(spectra, table=lambda sp, g: FoldedCounts(self.templates, sp, g))
+        if rec.status != Status.OK:
+            return None
+        rec.engine = Engine.SHERPA_TEMPLATES
+        rec.reason = _join(rec.reason, f"Sherpa's fit on the templates: its answer depends on "
+                                       f"its path ({why})")
+        if verify or replay_sampled(spectra, self.settings.verify_fraction):
+            _store_differences(rec, self.sherpa.fit(spectra))
+        return rec
+
+
+def replay_sampled(spectra, verify_fraction: float) -> bool:
+    """Whether a region fitted by Sherpa on the templates is checked against
+    Sherpa on the folded model: for ``REPLAY_VERIFY_FACTOR * verify_fraction``
+    of them, chosen by a checksum of the region's counts."""
+    fraction = min(1.0, REPLAY_VERIFY_FACTOR * verify_fraction)
+    if fraction <= 0:
+        return False
+    crc = 0
+    for sp in spectra:
+        crc = zlib.crc32(np.ascontiguousarray(sp.counts).tobytes(), crc)
+    return crc % 100_000 < fraction * 100_000
 
 
 def _join(*notes: str) -> str:

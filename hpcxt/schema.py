@@ -33,6 +33,7 @@ class Engine(enum.IntEnum):
     SHERPA = 1            # Sherpa's fit and error search
     TEMPLATE = 2          # the template engine, certified
     SHERPA_FALLBACK = 3   # the template engine could not certify it: Sherpa's answer
+    SHERPA_TEMPLATES = 4  # Sherpa's fit and error search on the templates (path near a jump)
 
 
 @dataclass(frozen=True)
@@ -108,13 +109,14 @@ COLUMNS: tuple[Column, ...] = (
     Column("status", "int8", int(Status.PENDING), "", "0 pending, 1 ok, 2 failed"),
     Column("reason", "object", "", "", "why a region failed, or how it was fitted"),
     Column("engine", "int8", int(Engine.NONE), "",
-           "0 not fitted, 1 Sherpa, 2 template, 3 Sherpa after the template engine"),
+           "0 not fitted, 1 Sherpa, 2 template, 3 Sherpa after the template engine, "
+           "4 Sherpa's fit on the templates"),
     Column("verify_dkT", "float64", math.nan, "",
-           "sampled regions: (template - Sherpa) kT in units of Sherpa's kT error"),
+           "sampled regions: (engine 2 or 4 - Sherpa) kT in units of Sherpa's kT error"),
     Column("verify_dnorm", "float64", math.nan, "",
-           "sampled regions: (template - Sherpa) norm in units of Sherpa's norm error"),
+           "sampled regions: (engine 2 or 4 - Sherpa) norm in units of Sherpa's norm error"),
     Column("verify_dbounds", "float64", math.nan, "",
-           "sampled regions: largest |template - Sherpa| of the four bounds, in "
+           "sampled regions: largest |engine 2 or 4 - Sherpa| of the four bounds, in "
            "units of Sherpa's error of that parameter"),
     Column("fit_seconds", "float64", 0.0, "s", "wall time of the region's fit", result=False),
     Column("worker", "int16", -1, "", "MPI rank that fitted the region", result=False),

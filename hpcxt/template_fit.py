@@ -43,6 +43,13 @@ caller. Measured on simulated 8-18 keV regions around xsbremss's jump at
 13.58 keV (two seeds of 150): about half are certified, and every certified
 one is within 0.02 sigma of Sherpa's conf on both parameters.
 
+Where the jump is the only doubt (:data:`PATH_FLAGS`), the templates are
+still right; what is unknown is Sherpa's path. :class:`FoldedCounts` gives
+Sherpa's own fit and error search the templates' model counts
+(:func:`hpcxt.fit.tabulate_statistic`), so it takes Sherpa's steps at about
+a tenth of the cost: on the demo's 120 such regions 13 ms each against 135
+ms on the folded model, all within 0.009 sigma of that answer.
+
 The statistics are Sherpa's definitions term by term (see
 :func:`statistic_value`) on the grouped, noticed bins, with Sherpa's dof
 convention (bins minus the 2 free parameters).
@@ -116,6 +123,7 @@ above 5 keV) and 1.6e-4 below 1 keV, where the model's own steps are
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
 from dataclasses import dataclass
@@ -192,6 +200,14 @@ _FLAG_TEXT = {
     _F_LOWER_BEYOND_JUMP: "a lower statistic beyond a jump of the model, where a local fit "
                           "may end",
 }
+
+#: Reasons that only say Sherpa's answer depends on its optimiser's path
+#: across a jump of the model: the template fit is sound, but which basin,
+#: crossing or norm extreme Sherpa reports depends on its steps. Such a
+#: region is refitted by Sherpa's own fit and error search on the
+#: templates (:class:`FoldedCounts`), which takes Sherpa's steps.
+PATH_FLAGS = (_F_AT_BREAK | _F_DESCENT_STOPS | _F_LEVEL_SPLIT | _F_NORM_ACROSS
+              | _F_LOWER_BEYOND_JUMP)
 
 # Rows of the per-bin array the kernel works on.
 _S, _B, _TS, _TB, _D, _WT, _K = range(7)
@@ -1559,6 +1575,75 @@ class TemplateResult:
     n_eval: int = 0
     norm_lo_kT: float = math.nan
     norm_hi_kT: float = math.nan
+    flags: int = 0
+
+    @property
+    def path_dependent(self) -> bool:
+        """Not certified only because Sherpa's answer depends on its path
+        across a jump of the model (:data:`PATH_FLAGS`)."""
+        return bool(self.flags) and not self.flags & ~PATH_FLAGS
+
+
+class FoldedCounts:
+    """Model counts of one region's noticed bins, from the templates.
+
+    ``counts(kT, norm)`` (kT in keV, norm in XSPEC units) returns the counts
+    of each noticed bin of every spectrum, grouped as the spectrum is and
+    concatenated in the spectra's order: the template's interpolated rate
+    per unit norm (counts s^-1 per channel) times the exposure (s) and the
+    norm, summed over each group. The spline's coefficients are grouped and
+    scaled once per interval used (grouping commutes with the cubic), so a
+    call costs one cubic over the bins. For Sherpa's fit and error search on
+    the templates (:meth:`hpcxt.fit.RegionFitter.fit` with ``table``).
+
+    Parameters
+    ----------
+    templates : Templates
+    spectra : list of hpcxt.fit.ObsSpectrum
+        ``obs_index`` and ``exposure`` (s) are used.
+    groupings : list of (ndarray (n_channel,) or None)
+        OGIP grouping flags of each spectrum; groups must lie in the band.
+
+    Attributes
+    ----------
+    sizes : list of int
+        Noticed bins of each spectrum.
+    """
+
+    __slots__ = ("knots", "_knots", "_parts", "sizes", "_grouped")
+
+    def __init__(self, templates: Templates, spectra, groupings):
+        self.knots = templates.knots
+        self._knots = templates.knots.tolist()
+        self._parts = []
+        self.sizes = []
+        for sp, grouping in zip(spectra, groupings):
+            o = templates.obs[sp.obs_index]
+            starts = None
+            if grouping is not None:
+                starts = np.flatnonzero(np.asarray(grouping)[o.band] == 1)
+                if starts.size == 0 or starts[0] != 0:
+                    raise ValueError("the first channel of the band must start a group")
+            self._parts.append((o.coef, float(sp.exposure), starts))
+            self.sizes.append(o.n_band if starts is None else int(starts.size))
+        self._grouped: dict = {}
+
+    def _interval(self, j: int) -> np.ndarray:
+        """Coefficients (4, n_bins) of interval ``j``, grouped and times the exposure."""
+        c = self._grouped.get(j)
+        if c is None:
+            c = np.concatenate([(coef[j] if starts is None else
+                                 np.add.reduceat(coef[j], starts, axis=1)) * exposure
+                                for coef, exposure, starts in self._parts], axis=1)
+            self._grouped[j] = c
+        return c
+
+    def __call__(self, kT: float, norm: float) -> np.ndarray:
+        u = math.log(kT)
+        j = min(max(bisect.bisect_right(self._knots, u) - 1, 0), len(self._knots) - 2)
+        c = self._interval(j)
+        t = u - self._knots[j]
+        return (((c[0] * t + c[1]) * t + c[2]) * t + c[3]) * norm
 
 
 def region_channels(templates: Templates, spectra, statistic: str, groupings=None):
@@ -1672,7 +1757,7 @@ def fit_profile(templates: Templates, spectra, statistic: str, groupings=None,
                           stat=float(out[6]), dof=int(out[11]) - 2, certified=flags == 0,
                           reason="; ".join(t for bit, t in _FLAG_TEXT.items() if flags & bit),
                           n_eval=int(out[7]), norm_lo_kT=float(np.exp(out[9])),
-                          norm_hi_kT=float(np.exp(out[10])))
+                          norm_hi_kT=float(np.exp(out[10])), flags=flags)
 
 
 def _break_between(breaks, u0: float, u) -> bool:

@@ -46,8 +46,9 @@ def test_engine_column_and_fallback(serial_run):
         assert res.status[i] == Status.FAILED and "kT upper bound not found" in res.reason[i]
     assert np.all(res.status[res.engine == Engine.TEMPLATE] == Status.OK)
     n_template, n_fallback = int((res.engine == Engine.TEMPLATE).sum()), int(fallback.sum())
-    assert (f"engine: template for {n_template} regions, Sherpa for {n_fallback} the "
-            "template engine could not certify") in proc.stderr
+    assert (f"engine: template for {n_template} regions, Sherpa on the templates for 0 whose "
+            f"answer depends on Sherpa's path across a jump of the model, Sherpa for "
+            f"{n_fallback} the template engine could not certify") in proc.stderr
 
 
 def test_verification_sample_is_stored_and_reported(serial_run):

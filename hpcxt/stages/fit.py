@@ -340,24 +340,30 @@ def run_fit(cfg, comm, resume: bool = False, fit_factory=None, hooks=None,
 
 def engine_report(res: FitResults, verify_fraction: float | None = None) -> list[str]:
     """Which engine fitted how many regions, and how far the template engine
-    was from Sherpa on the regions it was checked on (``verify_fraction``:
-    the config's ``fit.verify_fraction``, 0 when verification is off)."""
+    (and Sherpa on the templates) was from Sherpa on the regions it was
+    checked on (``verify_fraction``: the config's ``fit.verify_fraction``, 0
+    when verification is off)."""
     counts = {e: int(np.count_nonzero(res.engine == e)) for e in Engine}
-    if not counts[Engine.TEMPLATE] and not counts[Engine.SHERPA_FALLBACK]:
+    fast = (Engine.TEMPLATE, Engine.SHERPA_TEMPLATES)
+    if not any(counts[e] for e in fast + (Engine.SHERPA_FALLBACK,)):
         return [f"engine: Sherpa for all {counts[Engine.SHERPA]} fitted regions"]
-    lines = [f"engine: template for {counts[Engine.TEMPLATE]} regions, Sherpa for "
-             f"{counts[Engine.SHERPA_FALLBACK]} the template engine could not certify"]
+    lines = [f"engine: template for {counts[Engine.TEMPLATE]} regions, Sherpa on the templates "
+             f"for {counts[Engine.SHERPA_TEMPLATES]} whose answer depends on Sherpa's path "
+             f"across a jump of the model, Sherpa for {counts[Engine.SHERPA_FALLBACK]} the "
+             f"template engine could not certify"]
     checked = np.isfinite(res.verify_dkT)
-    if checked.any():
-        worst = {name: float(np.nanmax(np.abs(getattr(res, f"verify_{name}")[checked])))
+    for engine, what in zip(fast, ("", " (Sherpa on the templates)")):
+        mine = checked & (res.engine == engine)
+        if not mine.any():
+            continue
+        worst = {name: float(np.nanmax(np.abs(getattr(res, f"verify_{name}")[mine])))
                  for name in ("dkT", "dnorm", "dbounds")}
-        lines.append(f"verified against Sherpa on {int(checked.sum())} regions: largest "
+        lines.append(f"verified against Sherpa on {int(mine.sum())} regions{what}: largest "
                      f"difference {worst['dkT']:.3f} sigma in kT, {worst['dnorm']:.3f} in norm, "
                      f"{worst['dbounds']:.3f} in the bounds")
-    elif verify_fraction == 0:
-        lines.append("not verified against Sherpa (fit.verify_fraction: 0)")
-    else:
-        lines.append("verified against Sherpa on no region yet")
+    if not checked.any():
+        lines.append("not verified against Sherpa (fit.verify_fraction: 0)" if verify_fraction == 0
+                     else "verified against Sherpa on no region yet")
     return lines
 
 
