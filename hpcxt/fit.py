@@ -794,49 +794,70 @@ class _TabulatedCallback:
     is not written: hpcxt does not use it.
     """
 
-    __slots__ = ("callback", "calc", "args", "counts", "kT_par", "norm_par", "pars", "hard")
+    __slots__ = ("callback", "calc", "args", "counts", "kT_par", "norm_par", "own", "hard",
+                 "linked", "memo")
 
-    def __init__(self, callback, calc, args, counts, kT_par, norm_par):
+    def __init__(self, callback, calc, args, counts, kT_par, norm_par, memo: dict):
         self.callback, self.calc, self.args = callback, calc, list(args)
         self.counts, self.kT_par, self.norm_par = counts, kT_par, norm_par
+        self.memo = memo
         model = callback.model
-        self.pars = list(model.pars)
-        # None: some parameter is linked, every call goes through Sherpa's setter
-        self.hard = None if model.lpars else [(p.hard_min, p.hard_max) for p in self.pars]
+        # The model's own parameters hold the values; the linked ones (each
+        # data set's copy of the shared model's) follow them.
+        self.own = [p for p in model.pars if p.link is None]
+        # None: a parameter is linked to one outside the model (Sherpa's
+        # lpars), every call goes through Sherpa's setter
+        self.hard = None if model.lpars else [(p.hard_min, p.hard_max) for p in self.own]
+        # The linked parameters Sherpa's setter evaluates, less those that
+        # cannot leave their soft limits: a plain link to an own parameter
+        # whose hard limits lie inside them.
+        limits = {id(p): lim for p, lim in zip(self.own, self.hard or [])}
+        self.linked = [p for p in model.pars if p.link is not None and not (
+            id(p.link) in limits and p.min <= limits[id(p.link)][0]
+            and limits[id(p.link)][1] <= p.max)]
 
     def __getattr__(self, name):  # nfev, record_steps, ...: Sherpa's callback's
         if name.startswith("__") or name in self.__slots__:
             raise AttributeError(name)
         return getattr(self.callback, name)
 
-    def _set(self, vals) -> None:
+    def _set(self, vals) -> tuple:
+        """Set the thawed parameters as Sherpa's setter does; the own values.
+
+        Sherpa's thawed parameters are the unlinked ones not frozen, in
+        order; each value inside its hard limits is stored in ``_val``,
+        then every linked parameter is evaluated (which raises where a
+        link leaves its soft limits; skipped where it cannot). Anything
+        else goes to that setter.
+        """
         from sherpa.utils.numeric_types import SherpaFloat
         if self.hard is not None:
-            todo = []
-            for p, (lo, hi) in zip(self.pars, self.hard):
-                if not p.frozen:
-                    if len(todo) == len(vals):
-                        break
-                    v = SherpaFloat(vals[len(todo)])
-                    if not lo <= v <= hi:
-                        break
-                    todo.append((p, v))
-            else:
-                if len(todo) == len(vals):
-                    for p, v in todo:
+            # own parameters have no link: _frozen is what p.frozen returns
+            todo = [(p, lim) for p, lim in zip(self.own, self.hard) if not p._frozen]
+            if len(todo) == len(vals):
+                vals = [SherpaFloat(v) for v in vals]
+                if all(lo <= v <= hi for (_, (lo, hi)), v in zip(todo, vals)):
+                    for (p, _), v in zip(todo, vals):
                         # what the setter does, without NoNewAttributesAfterInit's
                         # check (an existing float attribute, set to a float)
                         object.__setattr__(p, "_val", v)
-                    return
+                    for p in self.linked:
+                        _ = p.val
+                    return tuple(p._val for p in self.own)
         self.callback.model.thawedpars = vals
+        return tuple(p.val for p in self.own)
 
     def __call__(self, pars):
-        self._set(pars)
+        key = self._set(pars)
+        self.callback.nfev += 1
+        found = self.memo.get(key)
+        if found is not None:
+            return found[0], found[1].copy()
         args = self.args
         args[1] = self.counts(self.kT_par.val, self.norm_par.val)
-        out = self.calc(*args)
-        self.callback.nfev += 1
-        return out
+        stat, fvec = self.calc(*args)
+        self.memo[key] = (stat, fvec.copy())
+        return stat, fvec
 
 
 def tabulate_statistic(fitter, datasets, counts, kT_par, norm_par) -> None:
@@ -847,6 +868,8 @@ def tabulate_statistic(fitter, datasets, counts, kT_par, norm_par) -> None:
     per-bin vector, given model counts that differ from the folded model's
     only by the table's interpolation error (1e-4 relative at most for the
     template engine's tables). Costs about a tenth of folding the model.
+    Each parameter point's statistic is computed once, as
+    :func:`remember_statistic` does for the folded model.
 
     Parameters
     ----------
@@ -892,9 +915,11 @@ def tabulate_statistic(fitter, datasets, counts, kT_par, norm_par) -> None:
                                             counts(kT_par.val, norm_par.val)):
         raise ValueError("Sherpa's statistic did not receive the model counts where expected")
     make = fitter._iterfit._get_callback
+    memo: dict = {}  # one region's points: see remember_statistic
 
     def tabulated(*args, **kwargs):
-        return _TabulatedCallback(make(*args, **kwargs), calc, seen[0], counts, kT_par, norm_par)
+        return _TabulatedCallback(make(*args, **kwargs), calc, seen[0], counts, kT_par, norm_par,
+                                  memo)
 
     fitter._iterfit._get_callback = tabulated
 

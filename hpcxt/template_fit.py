@@ -1641,9 +1641,11 @@ class FoldedCounts:
     def __call__(self, kT: float, norm: float) -> np.ndarray:
         u = math.log(kT)
         j = min(max(bisect.bisect_right(self._knots, u) - 1, 0), len(self._knots) - 2)
-        c = self._interval(j)
         t = u - self._knots[j]
-        return (((c[0] * t + c[1]) * t + c[2]) * t + c[3]) * norm
+        t2 = t * t
+        # the cubic as a dot product with (t^3, t^2, t, 1) * norm: one call
+        # where Horner's scheme takes seven (same values to rounding)
+        return np.dot((t2 * t * norm, t2 * norm, t * norm, norm), self._interval(j))
 
 
 def region_channels(templates: Templates, spectra, statistic: str, groupings=None):

@@ -336,6 +336,12 @@ def test_tabulated_statistic_is_sherpas(resps, band, templates):
         assert (fitter.kT_par.val, fitter.norm_par.val) == (kT, norm)
         assert got == pytest.approx(want, rel=1e-4) and fvec.size == sum(
             d.get_dep(filter=True).size for d in folded_ds)
+    # beyond kT's hard limit Sherpa's own setter decides (it sets the soft limit)
+    folded._iterfit._get_callback()(np.array([500.0, 1e-3]))
+    want = (fitter.kT_par.val, fitter.norm_par.val)
+    fitter._reset_pars(1.0)
+    callback(np.array([500.0, 1e-3]))
+    assert (fitter.kT_par.val, fitter.norm_par.val) == want and want[0] < 500.0
     fitter._reset_pars(1.0)
     other = tf.FoldedCounts(templates, reg.spectra, [None, None])
     other_ds, other_fit = build()
