@@ -126,7 +126,7 @@ from __future__ import annotations
 import bisect
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -239,10 +239,19 @@ class ObsTemplate:
     band: slice
     knots: np.ndarray
     coef: np.ndarray
+    _dips: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def n_band(self) -> int:
         return self.band.stop - self.band.start
+
+    @property
+    def dips(self) -> np.ndarray:
+        """Per interval, whether some channel's cubic is negative in it
+        (:func:`cubic_dips_below_zero`; computed on first use)."""
+        if self._dips is None:
+            self._dips = cubic_dips_below_zero(self.knots, self.coef)
+        return self._dips
 
     @property
     def kT_nodes(self) -> np.ndarray:
@@ -262,6 +271,39 @@ class ObsTemplate:
         ndarray, shape (n_band,) or (n, n_band)
         """
         return _eval_pieces(self.knots, self.coef, np.log(np.asarray(kT, dtype=np.float64)))
+
+
+def cubic_dips_below_zero(knots, coef) -> np.ndarray:
+    """Whether any channel's cubic goes below 0 inside each interval.
+
+    Parameters
+    ----------
+    knots : ndarray (n_knots,)
+        ln(kT / keV).
+    coef : ndarray (n_knots - 1, 4, n_channel)
+        Piecewise-cubic coefficients in ``t = ln kT - knots[j]``.
+
+    Returns
+    -------
+    ndarray (n_knots - 1,) bool
+        True where the minimum over ``0 <= t <= knots[j+1] - knots[j]`` (at
+        the ends or where the derivative vanishes) is negative for some
+        channel: there a rate is clipped at 0 channel by channel.
+    """
+    a3, a2, a1, a0 = (coef[:, i, :] for i in range(4))
+    h = np.diff(knots)[:, None]
+
+    def value(t):
+        return ((a3 * t + a2) * t + a1) * t + a0
+
+    low = np.minimum(a0, value(h))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        root = np.sqrt(a2 * a2 - 3.0 * a3 * a1)  # NaN: no turning point
+        for t in ((-a2 + root) / (3.0 * a3), (-a2 - root) / (3.0 * a3),
+                  np.where(a3 == 0.0, -a1 / (2.0 * a2), np.nan)):
+            inside = (t > 0.0) & (t < h)
+            low = np.where(inside, np.minimum(low, value(np.where(inside, t, 0.0))), low)
+    return (low < 0.0).any(axis=1)
 
 
 def _eval_pieces(knots, coef, u):
@@ -1590,11 +1632,14 @@ class FoldedCounts:
     ``counts(kT, norm)`` (kT in keV, norm in XSPEC units) returns the counts
     of each noticed bin of every spectrum, grouped as the spectrum is and
     concatenated in the spectra's order: the template's interpolated rate
-    per unit norm (counts s^-1 per channel) times the exposure (s) and the
-    norm, summed over each group. The spline's coefficients are grouped and
-    scaled once per interval used (grouping commutes with the cubic), so a
-    call costs one cubic over the bins. For Sherpa's fit and error search on
-    the templates (:meth:`hpcxt.fit.RegionFitter.fit` with ``table``).
+    per unit norm (counts s^-1 per channel, clipped at 0 as the kernel
+    does) times the exposure (s) and the norm, summed over each group.
+    Where no channel's cubic dips below 0 in an interval
+    (:attr:`ObsTemplate.dips`), its coefficients are grouped and scaled
+    once (grouping commutes with the cubic) and a call costs one cubic
+    over the bins; elsewhere each channel is evaluated and clipped. For
+    Sherpa's fit and error search on the templates
+    (:meth:`hpcxt.fit.RegionFitter.fit` with ``table``).
 
     Parameters
     ----------
@@ -1624,28 +1669,35 @@ class FoldedCounts:
                 starts = np.flatnonzero(np.asarray(grouping)[o.band] == 1)
                 if starts.size == 0 or starts[0] != 0:
                     raise ValueError("the first channel of the band must start a group")
-            self._parts.append((o.coef, float(sp.exposure), starts))
+            self._parts.append((o, float(sp.exposure), starts))
             self.sizes.append(o.n_band if starts is None else int(starts.size))
         self._grouped: dict = {}
 
-    def _interval(self, j: int) -> np.ndarray:
-        """Coefficients (4, n_bins) of interval ``j``, grouped and times the exposure."""
-        c = self._grouped.get(j)
-        if c is None:
-            c = np.concatenate([(coef[j] if starts is None else
-                                 np.add.reduceat(coef[j], starts, axis=1)) * exposure
-                                for coef, exposure, starts in self._parts], axis=1)
-            self._grouped[j] = c
-        return c
+    def _interval(self, j: int):
+        """Coefficients (4, n_bins) of interval ``j``, grouped and times the
+        exposure; None where some channel's cubic dips below 0 in it."""
+        if j not in self._grouped:
+            self._grouped[j] = None if any(o.dips[j] for o, _, _ in self._parts) else \
+                np.concatenate([(o.coef[j] if starts is None else
+                                 np.add.reduceat(o.coef[j], starts, axis=1)) * exposure
+                                for o, exposure, starts in self._parts], axis=1)
+        return self._grouped[j]
 
     def __call__(self, kT: float, norm: float) -> np.ndarray:
         u = math.log(kT)
         j = min(max(bisect.bisect_right(self._knots, u) - 1, 0), len(self._knots) - 2)
         t = u - self._knots[j]
         t2 = t * t
-        # the cubic as a dot product with (t^3, t^2, t, 1) * norm: one call
-        # where Horner's scheme takes seven (same values to rounding)
-        return np.dot((t2 * t * norm, t2 * norm, t * norm, norm), self._interval(j))
+        # the cubic as a dot product with (t^3, t^2, t, 1): one call where
+        # Horner's scheme takes seven (same values to rounding)
+        c = self._interval(j)
+        if c is not None:
+            return np.dot((t2 * t * norm, t2 * norm, t * norm, norm), c)
+        out = []
+        for o, exposure, starts in self._parts:
+            v = np.maximum(np.dot((t2 * t, t2, t, 1.0), o.coef[j]), 0.0)
+            out.append((v if starts is None else np.add.reduceat(v, starts)) * exposure)
+        return np.concatenate(out) * norm
 
 
 def region_channels(templates: Templates, spectra, statistic: str, groupings=None):

@@ -349,6 +349,36 @@ def test_tabulated_statistic_is_sherpas(resps, band, templates):
         tabulate_statistic(other_fit, other_ds, other, fitter.kT_par, fitter.norm_par)
 
 
+def test_folded_counts_are_the_grouped_clipped_templates(templates, resps, band):
+    """FoldedCounts equals each channel's interpolated rate clipped at 0,
+    grouped, times exposure and norm: on intervals where a cubic dips
+    below 0 (found exactly: never missed by a dense scan) and elsewhere."""
+    o = templates.obs[0]
+    dips = o.dips
+    h = np.diff(templates.knots)
+    t = np.linspace(0.0, 1.0, 101)[:, None]
+    for j in range(dips.size):
+        c = o.coef[j]
+        dense = (((c[0] * (t * h[j]) + c[1]) * (t * h[j]) + c[2]) * (t * h[j]) + c[3]).min()
+        assert not (dense < 0 and not dips[j]), j
+    assert dips.any() and not dips.all()
+    rng = np.random.default_rng(2)
+    reg = simulate_region(rng, resps, band, 5.0, 3000, "sparse", 2)
+    groupings = [tf.group_counts(band, sp.counts, 10, sp.bkg_counts, 2) for sp in reg.spectra]
+    counts = tf.FoldedCounts(templates, reg.spectra, groupings)
+    assert counts.sizes == [int((g[band] == 1).sum()) for g in groupings]
+    dipping = float(np.exp(templates.knots[np.flatnonzero(dips)[0]] + 1e-3))
+    sl = tf.band_slice(band)
+    for kT in (dipping, 0.9, 5.0, 13.0):
+        want = []
+        for sp, g in zip(reg.spectra, groupings):
+            full = np.zeros(g.size)
+            full[sl] = np.maximum(templates.obs[sp.obs_index].rate_at(kT), 0.0)
+            want.append(tf.group_band(full, g, band) * sp.exposure * 2e-3)
+        np.testing.assert_allclose(counts(kT, 2e-3), np.concatenate(want), rtol=1e-12,
+                                   atol=1e-300)
+
+
 def test_uncertified_where_sherpa_finds_no_bound(agreement):
     """A region Sherpa cannot bound is not certified by the template engine."""
     unbounded = [res for statistic, reg, rec, res, fitter, _ in agreement
