@@ -22,6 +22,14 @@ Prints:
    sigma of Sherpa's (sigma: half Sherpa's conf interval), with the largest
    differences.
 
+4. With ``--hot N``: Sherpa's fit on the templates (engine 4) against
+   Sherpa on the folded model, on N path-dependent regions per statistic
+   (kT 9-19 keV around xsbremss's jump at 13.58 keV, 500-10,000 counts,
+   one and two observations, sparse and rich backgrounds; hpcxt's default
+   errors, as the engine runs them): how often both end the same way, the
+   share within 0.1 sigma on all six quantities, the largest differences,
+   and the CPU time of each.
+
 Not a test: timings on shared machines vary; nothing is asserted.
 """
 
@@ -197,16 +205,79 @@ def study(per_cell: int, seed: int) -> None:
           f"{sum(row[5].dof == row[6].dof for row in both)}/{len(both)}")
 
 
+def hot(per_statistic: int, seed: int) -> None:
+    from template_fixtures import responses, settings, simulate_region
+    from hpcxt import template_fit as tf
+    from hpcxt.engines import TemplateEngine, sigma_differences
+    from hpcxt.fit import FitRecord
+
+    resps = responses(2)
+    templates, band = build(settings(), resps)
+    rng = np.random.default_rng(seed)
+    rows = []
+    cpu = [0.0, 0.0]
+    for statistic in ("wstat", "cstat", "chi2gehrels"):
+        eng = TemplateEngine(settings(statistic=statistic), resps, templates=templates)
+        found = tries = 0
+        while found < per_statistic and tries < 100 * per_statistic:
+            tries += 1
+            n_obs = int(rng.choice([1, 2]))
+            reg = simulate_region(rng, resps, band, float(rng.uniform(9.0, 19.0)),
+                                  float(rng.choice([500, 1000, 2000, 5000, 10000])),
+                                  str(rng.choice(["sparse", "rich"])), n_obs)
+            plan = eng.sherpa.prepare(reg.spectra, FitRecord(eng.nobs))
+            if plan is None:
+                continue
+            res = tf.fit_profile(templates, reg.spectra, plan.statistic, plan.groupings,
+                                 kT_range=eng.settings.kT_range, errors="conf")
+            if not res.path_dependent:
+                continue
+            found += 1
+            c0 = time.process_time()
+            tab = eng.sherpa.fit(reg.spectra, table=lambda sp, g: tf.FoldedCounts(templates,
+                                                                                  sp, g))
+            c1 = time.process_time()
+            ref = eng.sherpa.fit(reg.spectra)
+            cpu[0] += c1 - c0
+            cpu[1] += time.process_time() - c1
+            d = sigma_differences(tab, ref) if tab.status == ref.status == 1 else None
+            rows.append((statistic, n_obs, reg.counts, reg.kT, tab, ref, d))
+    n = len(rows)
+    same = sum(r[4].status == r[5].status for r in rows)
+    print(f"Sherpa on the templates against Sherpa on the folded model, {n} path-dependent "
+          f"regions (seed {seed}): {same} end the same way "
+          f"({sum(r[4].status == 1 and r[5].status != 1 for r in rows)} ok only on the "
+          f"templates, {sum(r[4].status != 1 and r[5].status == 1 for r in rows)} only on the "
+          f"folded model, which engine 4 then uses)")
+    both = [r for r in rows if r[6] is not None]
+    worst = np.array([max(abs(r[6][0]), abs(r[6][1]), r[6][2]) for r in both])
+    print(f"  both ok: {len(both)}; all six within 0.1 sigma: {np.sum(worst <= 0.1)} "
+          f"({100 * np.mean(worst <= 0.1):.1f}%); median largest difference "
+          f"{np.median(worst):.4f} sigma")
+    for i in np.argsort(-worst)[:3]:
+        statistic, n_obs, counts, kT, tab, ref, d = both[i]
+        print(f"  {statistic} {n_obs} obs {counts:.0f} counts {kT:.2f} keV: kT {d[0]:+.3f}, "
+              f"norm {d[1]:+.3f}, bounds {d[2]:.3f} sigma")
+    print(f"  CPU per region: {1e3 * cpu[0] / n:.1f} ms on the templates, "
+          f"{1e3 * cpu[1] / n:.1f} ms on the folded model ({cpu[1] / cpu[0]:.1f}x)")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--regions", type=int, default=300, help="regions for the speed test")
     p.add_argument("--study", action="store_true", help="run the agreement study")
     p.add_argument("--per-cell", type=int, default=8, help="regions per study cell")
     p.add_argument("--seed", type=int, default=11)
+    p.add_argument("--hot", type=int, default=0, metavar="N",
+                   help="path-dependent regions per statistic for the engine-4 study")
+    p.add_argument("--skip-speed", action="store_true")
     args = p.parse_args(argv)
-    speed(args.regions, args.seed)
+    if not args.skip_speed:
+        speed(args.regions, args.seed)
     if args.study:
         study(args.per_cell, args.seed)
+    if args.hot:
+        hot(args.hot, args.seed)
 
 
 if __name__ == "__main__":

@@ -619,6 +619,8 @@ class RegionFitter:
             rec.reason = f"no degrees of freedom ({nbins} bins for {npar} free parameters)"
             return
         if table is not None:
+            if self.abundance_par is not None:
+                raise ValueError("a table of the model in kT cannot fit a free abundance")
             tabulate_statistic(fitter, datasets, table(spectra, groupings), self.kT_par,
                                self.norm_par)
         elif self.remember:
@@ -844,8 +846,9 @@ class _TabulatedCallback:
                     for p in self.linked:
                         _ = p.val
                     return tuple(p._val for p in self.own)
-        self.callback.model.thawedpars = vals
-        return tuple(p.val for p in self.own)
+        model = self.callback.model
+        model.thawedpars = vals
+        return tuple(p.val for p in (*model.pars, *model.lpars))
 
     def __call__(self, pars):
         key = self._set(pars)
@@ -887,10 +890,13 @@ def tabulate_statistic(fitter, datasets, counts, kT_par, norm_par) -> None:
     Raises
     ------
     ValueError
-        Where the table's bins are not the data sets', or Sherpa's
-        statistic did not pass the model counts where expected (another
-        Sherpa).
+        Where the table's bins are not the data sets', the fit rejects
+        points between fits (sigma rejection changes the data), or Sherpa's
+        statistic did not receive the model counts as its second argument
+        (another Sherpa).
     """
+    if getattr(fitter._iterfit, "current_func", None) is not None:
+        raise ValueError("a table needs the same data throughout the fit (no sigma rejection)")
     start = 0
     for d, m in zip(datasets, counts.sizes, strict=True):
         n = int(d.get_dep(filter=True).size)
@@ -899,21 +905,23 @@ def tabulate_statistic(fitter, datasets, counts, kT_par, norm_par) -> None:
         d.eval_model_to_fit = _TableModel(counts, kT_par, norm_par, slice(start, start + n))
         start += n
     stat = fitter.stat
-    calc = type(stat)._calc
+    calc = stat._calc  # a C function, or a bound method for a statistic written in Python
     seen = []
 
     def spy(*args):
         seen.append(args)
         return calc(*args)
 
-    stat._calc = spy
+    object.__setattr__(stat, "_calc", spy)  # this one call only: the class's is restored below
     try:
         fitter.calc_stat()
     finally:
-        stat._calc = calc
+        object.__delattr__(stat, "_calc")
+    # The data side is Sherpa's; the model counts must be its second argument.
     if len(seen) != 1 or not np.array_equal(np.asarray(seen[0][1]),
                                             counts(kT_par.val, norm_par.val)):
-        raise ValueError("Sherpa's statistic did not receive the model counts where expected")
+        raise ValueError("Sherpa's statistic did not receive the model counts as its second "
+                         "argument")
     make = fitter._iterfit._get_callback
     memo: dict = {}  # one region's points: see remember_statistic
 

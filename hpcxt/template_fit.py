@@ -1641,6 +1641,9 @@ class FoldedCounts:
     Sherpa's fit and error search on the templates
     (:meth:`hpcxt.fit.RegionFitter.fit` with ``table``).
 
+    A kT outside the grid raises ValueError (the caller then folds the
+    model instead).
+
     Parameters
     ----------
     templates : Templates
@@ -1685,6 +1688,10 @@ class FoldedCounts:
 
     def __call__(self, kT: float, norm: float) -> np.ndarray:
         u = math.log(kT)
+        if not self._knots[0] - 1e-12 <= u <= self._knots[-1] + 1e-12:
+            # beyond the grid the spline would extrapolate: not Sherpa's model
+            raise ValueError(f"kT {kT:g} keV is outside the templates' grid "
+                             f"{math.exp(self._knots[0]):g}-{math.exp(self._knots[-1]):g} keV")
         j = min(max(bisect.bisect_right(self._knots, u) - 1, 0), len(self._knots) - 2)
         t = u - self._knots[j]
         t2 = t * t

@@ -347,6 +347,39 @@ def test_tabulated_statistic_is_sherpas(resps, band, templates):
     other_ds, other_fit = build()
     with pytest.raises(ValueError, match="bins where data set"):
         tabulate_statistic(other_fit, other_ds, other, fitter.kT_par, fitter.norm_par)
+    with pytest.raises(ValueError, match="outside the templates' grid"):
+        tf.FoldedCounts(templates, reg.spectra, groupings)(templates.kT_range[1] * 1.01, 1e-3)
+
+
+def test_tabulated_statistic_with_a_link_and_a_python_statistic(resps, band, templates):
+    """A norm linked to a parameter outside the model goes through Sherpa's
+    setter and is part of what identifies a point; a statistic whose
+    ``_calc`` is a Python method still works after the table is installed."""
+    from sherpa.fit import Fit
+    from sherpa.astro.instrument import Response1D
+    from sherpa.models.basic import Const1D
+    from sherpa.stats import CStatNegativePenalty
+
+    from hpcxt.fit import tabulate_statistic
+
+    reg = simulate_region(np.random.default_rng(6), resps, band, 6.0, 3000, "sparse", 1)
+    fitter = RegionFitter(settings(statistic="cstat"), resps)
+    sp = reg.spectra[0]
+    outside = Const1D("outside")
+    fitter.norm_par.link = outside.c0
+    try:
+        ds = fitter._dataset(sp, "obs0", "cstat", None)
+        fit = Fit(ds, Response1D(ds)(fitter.model), stat=CStatNegativePenalty())
+        tabulate_statistic(fit, [ds], tf.FoldedCounts(templates, [sp], [None]),
+                           fitter.kT_par, fitter.norm_par)
+        callback = fit._iterfit._get_callback()
+        for c0 in (2e-3, 3e-3, 2e-3):
+            got = callback(np.array([6.0, c0]))[0]
+            assert fitter.norm_par.val == c0
+            assert got == fit.calc_stat()
+        assert callback(np.array([6.0, 2e-3]))[0] != callback(np.array([6.0, 3e-3]))[0]
+    finally:
+        fitter.norm_par.unlink()
 
 
 def test_folded_counts_are_the_grouped_clipped_templates(templates, resps, band):
