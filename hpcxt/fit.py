@@ -883,7 +883,10 @@ def tabulate_statistic(fitter, datasets, counts, kT_par, norm_par) -> None:
     counts : callable
         ``counts(kT, norm)``: model counts of the data sets' noticed
         (grouped) bins, concatenated in their order, kT in keV; its
-        ``sizes`` attribute lists the bins of each data set
+        ``sizes`` attribute lists the bins of each data set, and
+        ``covers(kT)`` says where the table holds. Elsewhere (Sherpa's
+        ``covar`` steps up to the parameters' hard limits, beyond
+        ``kT_range``) the model is folded as Sherpa folds it
         (:class:`hpcxt.template_fit.FoldedCounts`).
     kT_par, norm_par : sherpa.models.parameter.Parameter
 
@@ -895,10 +898,21 @@ def tabulate_statistic(fitter, datasets, counts, kT_par, norm_par) -> None:
         statistic did not receive the model counts as its second argument
         (another Sherpa).
     """
+    from sherpa.models.model import SimulFitModel
+
     if getattr(fitter._iterfit, "current_func", None) is not None:
         raise ValueError("a table needs the same data throughout the fit (no sigma rejection)")
+    parts = fitter.model.parts if isinstance(fitter.model, SimulFitModel) else (fitter.model,)
+    folded = [(d.eval_model_to_fit, part) for d, part in zip(datasets, parts, strict=True)]
+    table = counts
+
+    def counts(kT, norm):
+        if table.covers(kT):
+            return table(kT, norm)
+        return np.concatenate([evaluate(part) for evaluate, part in folded])
+
     start = 0
-    for d, m in zip(datasets, counts.sizes, strict=True):
+    for d, m in zip(datasets, table.sizes, strict=True):
         n = int(d.get_dep(filter=True).size)
         if n != m:
             raise ValueError(f"the table has {m} bins where data set {d.name} has {n}")

@@ -1641,8 +1641,8 @@ class FoldedCounts:
     Sherpa's fit and error search on the templates
     (:meth:`hpcxt.fit.RegionFitter.fit` with ``table``).
 
-    A kT outside the grid raises ValueError (the caller then folds the
-    model instead).
+    A kT outside the grid (:meth:`covers`) raises ValueError: there the
+    caller folds the model itself.
 
     Parameters
     ----------
@@ -1685,6 +1685,10 @@ class FoldedCounts:
                                  np.add.reduceat(o.coef[j], starts, axis=1)) * exposure
                                 for o, exposure, starts in self._parts], axis=1)
         return self._grouped[j]
+
+    def covers(self, kT: float) -> bool:
+        """Whether kT (keV) lies on the templates' grid."""
+        return self._knots[0] - 1e-12 <= math.log(kT) <= self._knots[-1] + 1e-12
 
     def __call__(self, kT: float, norm: float) -> np.ndarray:
         u = math.log(kT)

@@ -336,6 +336,10 @@ def test_tabulated_statistic_is_sherpas(resps, band, templates):
         assert (fitter.kT_par.val, fitter.norm_par.val) == (kT, norm)
         assert got == pytest.approx(want, rel=1e-4) and fvec.size == sum(
             d.get_dep(filter=True).size for d in folded_ds)
+    # beyond the templates' grid (covar steps to the hard limits) the model is folded
+    fitter._reset_pars(1.0)
+    beyond = np.array([templates.kT_range[1] * 1.5, 1e-3])
+    assert callback(beyond)[0] == folded._iterfit._get_callback()(beyond)[0]
     # beyond kT's hard limit Sherpa's own setter decides (it sets the soft limit)
     folded._iterfit._get_callback()(np.array([500.0, 1e-3]))
     want = (fitter.kT_par.val, fitter.norm_par.val)

@@ -359,8 +359,8 @@ def engine_report(res: FitResults, verify_fraction: float | None = None) -> list
         worst = {name: float(np.nanmax(np.abs(getattr(res, f"verify_{name}")[mine])))
                  for name in ("dkT", "dnorm", "dbounds")}
         lines.append(f"verified against Sherpa on {int(mine.sum())} regions{what}: largest "
-                     f"difference {worst['dkT']:.3f} sigma in kT, {worst['dnorm']:.3f} in norm, "
-                     f"{worst['dbounds']:.3f} in the bounds")
+                     f"difference {worst['dkT']:.4f} sigma in kT, {worst['dnorm']:.4f} in norm, "
+                     f"{worst['dbounds']:.4f} in the bounds")
     if not checked.any():
         lines.append("not verified against Sherpa (fit.verify_fraction: 0)" if verify_fraction == 0
                      else "verified against Sherpa on no region yet")
