@@ -82,3 +82,44 @@ def test_engines_and_verification_identical_on_3_ranks(serial_run, tmp_path):
     assert res.same_results(ref) == []
     np.testing.assert_array_equal(res.engine, ref.engine)
     np.testing.assert_array_equal(res.verify_dbounds, ref.verify_dbounds)
+
+
+@pytest.fixture(scope="module")
+def hot_run(tmp_path_factory):
+    """16 regions at 11-16 keV, around xsbremss's jump at 13.58 keV, fitted serially."""
+    cfg = make_fit_workdir(tmp_path_factory.mktemp("hot"), **HOT)
+    proc = run_hpcxt("fit", cfg, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return cfg, proc, read_results(cfg.parent / "work" / "fit" / "results.h5")
+
+
+HOT = dict(n_side=4, errors="conf", kT_true=np.linspace(11.0, 16.0, 16),
+           extra_fit={"verify_fraction": 0.25})
+
+
+def test_sherpa_on_the_templates_is_reported_and_verified(hot_run):
+    """Path-dependent regions get engine 4; with verify_fraction 0.25 every one
+    of them is checked against Sherpa on the folded model (5 x 0.25), within
+    0.1 sigma, and the run reports them on a line of their own."""
+    cfg, proc, res = hot_run
+    mine = res.engine == Engine.SHERPA_TEMPLATES
+    assert mine.sum() >= 3 and np.all(res.status[mine] == Status.OK)
+    assert np.all(np.isfinite(res.verify_dkT[mine]))
+    for name in ("verify_dkT", "verify_dnorm", "verify_dbounds"):
+        assert np.all(np.abs(getattr(res, name)[mine]) <= 0.1), name
+    assert f"Sherpa on the templates for {int(mine.sum())} whose answer" in proc.stderr
+    assert re.search(rf"verified against Sherpa on {int(mine.sum())} regions \(Sherpa on the "
+                     r"templates\): largest difference", proc.stderr), proc.stderr[-2000:]
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("nprocs", [2, 3])
+def test_sherpa_on_the_templates_identical_on_2_and_3_ranks(hot_run, tmp_path, nprocs):
+    cfg, _, ref = hot_run
+    cfg_n = make_fit_workdir(tmp_path, **HOT)
+    proc = run_hpcxt("fit", cfg_n, nprocs=nprocs, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = read_results(cfg_n.parent / "work" / "fit" / "results.h5")
+    assert res.same_results(ref) == []
+    for name in ("engine", "verify_dkT", "verify_dnorm", "verify_dbounds"):
+        np.testing.assert_array_equal(getattr(res, name), getattr(ref, name), err_msg=name)
