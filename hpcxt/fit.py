@@ -791,9 +791,11 @@ class _TabulatedCallback:
     :func:`tabulate_statistic`) and the model counts from the table.
     The parameters are set as Sherpa's ``thawedpars`` setter sets them
     (``_val`` of each thawed parameter, in order), directly where no
-    parameter is linked and every value is inside its hard limits, else
-    through that setter. Sherpa's step log (``outfile``, ``record_steps``)
-    is not written: hpcxt does not use it.
+    parameter is linked to one outside the model and every value is inside
+    its hard limits, else through that setter. A parameter point met
+    before in the region (all parameters' values the same) returns the
+    stored statistic and a copy of its vector. Sherpa's step log
+    (``outfile``, ``record_steps``) is not written: hpcxt does not use it.
     """
 
     __slots__ = ("callback", "calc", "args", "counts", "kT_par", "norm_par", "own", "hard",
