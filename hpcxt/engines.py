@@ -174,7 +174,6 @@ class TemplateEngine:
             _store_differences(rec, self.reference.fit(spectra))
         return rec
 
-
     def _replay(self, spectra, why: str, verify: bool) -> FitRecord | None:
         """Sherpa's fit and error search on the templates; None where it fails.
 

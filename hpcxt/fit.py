@@ -799,9 +799,12 @@ class _TabulatedCallback:
     """
 
     __slots__ = ("callback", "calc", "args", "counts", "kT_par", "norm_par", "own", "hard",
-                 "linked", "memo")
+                 "linked", "memo", "float")
 
     def __init__(self, callback, calc, args, counts, kT_par, norm_par, memo: dict):
+        from sherpa.utils.numeric_types import SherpaFloat
+
+        self.float = SherpaFloat
         self.callback, self.calc, self.args = callback, calc, list(args)
         self.counts, self.kT_par, self.norm_par = counts, kT_par, norm_par
         self.memo = memo
@@ -834,12 +837,11 @@ class _TabulatedCallback:
         link leaves its soft limits; skipped where it cannot). Anything
         else goes to that setter.
         """
-        from sherpa.utils.numeric_types import SherpaFloat
         if self.hard is not None:
             # own parameters have no link: _frozen is what p.frozen returns
             todo = [(p, lim) for p, lim in zip(self.own, self.hard) if not p._frozen]
             if len(todo) == len(vals):
-                vals = [SherpaFloat(v) for v in vals]
+                vals = [self.float(v) for v in vals]
                 if all(lo <= v <= hi for (_, (lo, hi)), v in zip(todo, vals)):
                     for (p, _), v in zip(todo, vals):
                         # what the setter does, without NoNewAttributesAfterInit's
@@ -900,13 +902,27 @@ def tabulate_statistic(fitter, datasets, counts, kT_par, norm_par) -> None:
         statistic did not receive the model counts as its second argument
         (another Sherpa).
     """
-    from sherpa.models.model import SimulFitModel
-
     if getattr(fitter._iterfit, "current_func", None) is not None:
         raise ValueError("a table needs the same data throughout the fit (no sigma rejection)")
+    counts = _install_table(fitter, datasets, counts, kT_par, norm_par)
+    calc, args = _statistic_arguments(fitter, counts(kT_par.val, norm_par.val))
+    make = fitter._iterfit._get_callback
+    memo: dict = {}  # one region's points: see remember_statistic
+
+    def tabulated(*a, **kw):
+        return _TabulatedCallback(make(*a, **kw), calc, args, counts, kT_par, norm_par, memo)
+
+    fitter._iterfit._get_callback = tabulated
+
+
+def _install_table(fitter, datasets, table, kT_par, norm_par):
+    """Point each data set's ``eval_model_to_fit`` at its bins of ``table``;
+    returns ``counts(kT, norm)`` for all bins, which folds the model as
+    Sherpa does where the table does not cover kT."""
+    from sherpa.models.model import SimulFitModel
+
     parts = fitter.model.parts if isinstance(fitter.model, SimulFitModel) else (fitter.model,)
     folded = [(d.eval_model_to_fit, part) for d, part in zip(datasets, parts, strict=True)]
-    table = counts
 
     def counts(kT, norm):
         if table.covers(kT):
@@ -920,6 +936,13 @@ def tabulate_statistic(fitter, datasets, counts, kT_par, norm_par) -> None:
             raise ValueError(f"the table has {m} bins where data set {d.name} has {n}")
         d.eval_model_to_fit = _TableModel(counts, kT_par, norm_par, slice(start, start + n))
         start += n
+    return counts
+
+
+def _statistic_arguments(fitter, model_counts):
+    """Sherpa's statistic function and the arguments it receives at the
+    current parameters (data side, then ``model_counts`` second), captured
+    from one ``calc_stat``."""
     stat = fitter.stat
     calc = stat._calc  # a C function, or a bound method for a statistic written in Python
     seen = []
@@ -933,19 +956,10 @@ def tabulate_statistic(fitter, datasets, counts, kT_par, norm_par) -> None:
         fitter.calc_stat()
     finally:
         object.__delattr__(stat, "_calc")
-    # The data side is Sherpa's; the model counts must be its second argument.
-    if len(seen) != 1 or not np.array_equal(np.asarray(seen[0][1]),
-                                            counts(kT_par.val, norm_par.val)):
+    if len(seen) != 1 or not np.array_equal(np.asarray(seen[0][1]), model_counts):
         raise ValueError("Sherpa's statistic did not receive the model counts as its second "
                          "argument")
-    make = fitter._iterfit._get_callback
-    memo: dict = {}  # one region's points: see remember_statistic
-
-    def tabulated(*args, **kwargs):
-        return _TabulatedCallback(make(*args, **kwargs), calc, seen[0], counts, kT_par, norm_par,
-                                  memo)
-
-    fitter._iterfit._get_callback = tabulated
+    return calc, seen[0]
 
 
 def _join_notes(*notes: str) -> str:
