@@ -220,13 +220,24 @@ class FitRecord(ColumnAccess):
         Column values to set.
     """
 
+    #: nobs -> (every column's unfitted value, the names of the per-observation arrays)
+    _blank: dict = {}
+
     def __init__(self, nobs: int, **values):
-        self.nobs = int(nobs)
-        unknown = set(values) - set(NAMES)
-        if unknown:
-            raise TypeError(f"FitRecord has no column {sorted(unknown)[0]!r}")
-        cols = {c.name: (c.empty(1, nobs)[0] if not c.is_text else c.fill) for c in COLUMNS}
-        cols["status"] = Status.FAILED
+        self.nobs = nobs = int(nobs)
+        if values:
+            unknown = set(values) - set(NAMES)
+            if unknown:
+                raise TypeError(f"FitRecord has no column {sorted(unknown)[0]!r}")
+        blank = FitRecord._blank.get(nobs)
+        if blank is None:
+            cols = {c.name: (c.empty(1, nobs)[0] if not c.is_text else c.fill) for c in COLUMNS}
+            cols["status"] = Status.FAILED
+            blank = FitRecord._blank[nobs] = (cols, tuple(
+                name for name, v in cols.items() if isinstance(v, np.ndarray)))
+        cols = dict(blank[0])
+        for name in blank[1]:  # a record's own arrays; the scalars are immutable
+            cols[name] = cols[name].copy()
         cols.update(values)
         self.columns = cols
 
@@ -781,6 +792,47 @@ class _TableModel:
         return self.counts(self.kT_par.val, self.norm_par.val)[self.bins]
 
 
+_NOT_STARTED = object()
+
+
+class _DeferredStartup:
+    """A response model's ``startup`` and ``teardown``, done only where it folds.
+
+    Sherpa starts the model up before every fit, error search and
+    statistic (the response filtered to the noticed channels, about 0.6 ms
+    for each observation's 1024-channel response) and tears it down after.
+    With the model counts taken from a table, the response is used only
+    where the table does not cover kT: the startup Sherpa asked for is done
+    then, with its argument, and undone at Sherpa's next teardown. Where
+    nothing was folded, the model is in the state a teardown leaves.
+    """
+
+    __slots__ = ("part", "cache", "started")
+
+    def __init__(self, part):
+        self.part = part
+        self.cache = _NOT_STARTED  # the argument of a startup asked for, not yet done
+        self.started = False
+        # instance attributes shadow the class's methods, for every caller
+        object.__setattr__(part, "startup", self.startup)
+        object.__setattr__(part, "teardown", self.teardown)
+
+    def startup(self, cache: bool = False) -> None:
+        self.cache = cache
+
+    def teardown(self) -> None:
+        if self.started:
+            type(self.part).teardown(self.part)
+            self.started = False
+        self.cache = _NOT_STARTED
+
+    def ready(self) -> None:
+        """Do the startup Sherpa asked for, before the model is folded."""
+        if not self.started and self.cache is not _NOT_STARTED:
+            type(self.part).startup(self.part, self.cache)
+            self.started = True
+
+
 class _TabulatedCallback:
     """Sherpa's statistic callback with the model counts taken from a table.
 
@@ -790,16 +842,17 @@ class _TabulatedCallback:
     Sherpa's own statistic function received, captured by
     :func:`tabulate_statistic`) and the model counts from the table.
     The parameters are set as Sherpa's ``thawedpars`` setter sets them
-    (``_val`` of each thawed parameter, in order), directly where no
-    parameter is linked to one outside the model and every value is inside
-    its hard limits, else through that setter. A parameter point met
-    before in the region (all parameters' values the same) returns the
-    stored statistic and a copy of its vector. Sherpa's step log
-    (``outfile``, ``record_steps``) is not written: hpcxt does not use it.
+    (``_val`` of each thawed parameter, in order, as ``SherpaFloat``),
+    directly where no parameter is linked to one outside the model and
+    every value is inside its hard limits, else through that setter. A
+    parameter point met before in the region (all parameters' values the
+    same) returns the stored statistic and a copy of its vector. Sherpa's
+    step log (``outfile``, ``record_steps``) is not written: hpcxt does not
+    use it.
     """
 
     __slots__ = ("callback", "calc", "args", "counts", "kT_par", "norm_par", "own", "hard",
-                 "linked", "memo", "float")
+                 "linked", "memo", "float", "thawed", "where")
 
     def __init__(self, callback, calc, args, counts, kT_par, norm_par, memo: dict):
         from sherpa.utils.numeric_types import SherpaFloat
@@ -822,6 +875,13 @@ class _TabulatedCallback:
         self.linked = [p for p in model.pars if p.link is not None and not (
             id(p.link) in limits and p.min <= limits[id(p.link)][0]
             and limits[id(p.link)][1] <= p.max)]
+        # (parameter, hard_min, hard_max) of the thawed own parameters, by
+        # which are frozen (conf freezes the parameter it searches)
+        self.thawed: dict = {}
+        # where kT and the norm are among the own values (None: linked)
+        ids = [id(p) for p in self.own]
+        self.where = tuple(ids.index(id(p)) if id(p) in ids else None
+                           for p in (kT_par, norm_par))
 
     def __getattr__(self, name):  # nfev, record_steps, ...: Sherpa's callback's
         if name.startswith("__") or name in self.__slots__:
@@ -838,18 +898,27 @@ class _TabulatedCallback:
         else goes to that setter.
         """
         if self.hard is not None:
+            own = self.own
             # own parameters have no link: _frozen is what p.frozen returns
-            todo = [(p, lim) for p, lim in zip(self.own, self.hard) if not p._frozen]
+            frozen = tuple([p._frozen for p in own])
+            todo = self.thawed.get(frozen)
+            if todo is None:
+                todo = self.thawed[frozen] = tuple(
+                    (p, lo, hi) for p, (lo, hi) in zip(own, self.hard) if not p._frozen)
             if len(todo) == len(vals):
-                vals = [self.float(v) for v in vals]
-                if all(lo <= v <= hi for (_, (lo, hi)), v in zip(todo, vals)):
-                    for (p, _), v in zip(todo, vals):
+                cast = self.float
+                vals = [cast(v) for v in vals]
+                for (_, lo, hi), v in zip(todo, vals):
+                    if not lo <= v <= hi:
+                        break
+                else:
+                    for (p, _, _), v in zip(todo, vals):
                         # what the setter does, without NoNewAttributesAfterInit's
                         # check (an existing float attribute, set to a float)
                         object.__setattr__(p, "_val", v)
                     for p in self.linked:
                         _ = p.val
-                    return tuple(p._val for p in self.own)
+                    return tuple([p._val for p in own])
         model = self.callback.model
         model.thawedpars = vals
         return tuple(p.val for p in (*model.pars, *model.lpars))
@@ -861,7 +930,11 @@ class _TabulatedCallback:
         if found is not None:
             return found[0], found[1].copy()
         args = self.args
-        args[1] = self.counts(self.kT_par.val, self.norm_par.val)
+        i, j = self.where
+        if i is None or j is None or self.hard is None:
+            args[1] = self.counts(self.kT_par.val, self.norm_par.val)
+        else:
+            args[1] = self.counts(key[i], key[j])
         stat, fvec = self.calc(*args)
         self.memo[key] = (stat, fvec.copy())
         return stat, fvec
@@ -876,7 +949,10 @@ def tabulate_statistic(fitter, datasets, counts, kT_par, norm_par) -> None:
     only by the table's interpolation error (1e-4 relative at most for the
     template engine's tables). Costs about a tenth of folding the model.
     Each parameter point's statistic is computed once, as
-    :func:`remember_statistic` does for the folded model.
+    :func:`remember_statistic` does for the folded model; the fit's own
+    ``calc_stat`` takes the same table and captured arguments; and the
+    response is filtered for the region's channels only where the model is
+    folded (:class:`_DeferredStartup`).
 
     Parameters
     ----------
@@ -884,13 +960,13 @@ def tabulate_statistic(fitter, datasets, counts, kT_par, norm_par) -> None:
         Built on ``datasets``, not yet run.
     datasets : list of sherpa.astro.data.DataPHA
         Filtered and grouped, in the fit's order.
-    counts : callable
-        ``counts(kT, norm)``: model counts of the data sets' noticed
-        (grouped) bins, concatenated in their order, kT in keV; its
-        ``sizes`` attribute lists the bins of each data set, and
-        ``covers(kT)`` says where the table holds. Elsewhere (Sherpa's
-        ``covar`` steps up to the parameters' hard limits, beyond
-        ``kT_range``) the model is folded as Sherpa folds it
+    counts : object
+        ``counts.at(kT, norm)``: model counts of the data sets' noticed
+        (grouped) bins, concatenated in their order, kT in keV, or None
+        where the table does not hold; its ``sizes`` attribute lists the
+        bins of each data set. Where it does not hold (Sherpa's ``covar``
+        steps up to the parameters' hard limits, beyond ``kT_range``) the
+        model is folded as Sherpa folds it
         (:class:`hpcxt.template_fit.FoldedCounts`).
     kT_par, norm_par : sherpa.models.parameter.Parameter
 
@@ -914,6 +990,15 @@ def tabulate_statistic(fitter, datasets, counts, kT_par, norm_par) -> None:
 
     fitter._iterfit._get_callback = tabulated
 
+    def statistic():
+        # Fit._calc_stat (calc_stat, the fit's and est_errors' first
+        # statistic): Sherpa's statistic function on the captured data side
+        a = list(args)
+        a[1] = counts(kT_par.val, norm_par.val)
+        return calc(*a)
+
+    object.__setattr__(fitter, "_calc_stat", statistic)
+
 
 def _install_table(fitter, datasets, table, kT_par, norm_par):
     """Point each data set's ``eval_model_to_fit`` at its bins of ``table``;
@@ -922,12 +1007,17 @@ def _install_table(fitter, datasets, table, kT_par, norm_par):
     from sherpa.models.model import SimulFitModel
 
     parts = fitter.model.parts if isinstance(fitter.model, SimulFitModel) else (fitter.model,)
-    folded = [(d.eval_model_to_fit, part) for d, part in zip(datasets, parts, strict=True)]
+    folded = [(d.eval_model_to_fit, part, _DeferredStartup(part))
+              for d, part in zip(datasets, parts, strict=True)]
+    at = table.at
 
     def counts(kT, norm):
-        if table.covers(kT):
-            return table(kT, norm)
-        return np.concatenate([evaluate(part) for evaluate, part in folded])
+        out = at(kT, norm)
+        if out is not None:
+            return out
+        for _, _, deferred in folded:
+            deferred.ready()
+        return np.concatenate([evaluate(part) for evaluate, part, _ in folded])
 
     start = 0
     for d, m in zip(datasets, table.sizes, strict=True):

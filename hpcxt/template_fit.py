@@ -1658,11 +1658,15 @@ class FoldedCounts:
         Noticed bins of each spectrum.
     """
 
-    __slots__ = ("knots", "_knots", "_parts", "sizes", "_grouped")
+    __slots__ = ("knots", "_knots", "_lo", "_hi", "_last", "_parts", "sizes", "_grouped",
+                 "_powers")
 
     def __init__(self, templates: Templates, spectra, groupings):
         self.knots = templates.knots
         self._knots = templates.knots.tolist()
+        self._lo, self._hi = self._knots[0] - 1e-12, self._knots[-1] + 1e-12
+        self._last = len(self._knots) - 2
+        self._powers = np.empty(4)  # (t^3, t^2, t, 1) times the norm, refilled per call
         self._parts = []
         self.sizes = []
         for sp, grouping in zip(spectra, groupings):
@@ -1688,22 +1692,35 @@ class FoldedCounts:
 
     def covers(self, kT: float) -> bool:
         """Whether kT (keV) lies on the templates' grid."""
-        return self._knots[0] - 1e-12 <= math.log(kT) <= self._knots[-1] + 1e-12
+        return self._lo <= math.log(kT) <= self._hi
 
     def __call__(self, kT: float, norm: float) -> np.ndarray:
-        u = math.log(kT)
-        if not self._knots[0] - 1e-12 <= u <= self._knots[-1] + 1e-12:
+        out = self.at(kT, norm)
+        if out is None:
             # beyond the grid the spline would extrapolate: not Sherpa's model
             raise ValueError(f"kT {kT:g} keV is outside the templates' grid "
                              f"{math.exp(self._knots[0]):g}-{math.exp(self._knots[-1]):g} keV")
-        j = min(max(bisect.bisect_right(self._knots, u) - 1, 0), len(self._knots) - 2)
+        return out
+
+    def at(self, kT: float, norm: float) -> np.ndarray | None:
+        """``counts(kT, norm)``, or None where kT is not on the grid (the
+        check and the counts in one call, for Sherpa's callback)."""
+        u = math.log(kT)
+        if not self._lo <= u <= self._hi:
+            return None
+        j = bisect.bisect_right(self._knots, u) - 1
+        j = 0 if j < 0 else self._last if j > self._last else j
         t = u - self._knots[j]
         t2 = t * t
-        # the cubic as a dot product with (t^3, t^2, t, 1): one call where
-        # Horner's scheme takes seven (same values to rounding)
-        c = self._interval(j)
+        c = self._grouped.get(j, False)
+        if c is False:
+            c = self._interval(j)
         if c is not None:
-            return np.dot((t2 * t * norm, t2 * norm, t * norm, norm), c)
+            # the cubic as a dot product with (t^3, t^2, t, 1): one call where
+            # Horner's scheme takes seven (same values to rounding)
+            w = self._powers
+            w[0], w[1], w[2], w[3] = t2 * t * norm, t2 * norm, t * norm, norm
+            return w @ c
         out = []
         for o, exposure, starts in self._parts:
             v = np.maximum(np.dot((t2 * t, t2, t, 1.0), o.coef[j]), 0.0)

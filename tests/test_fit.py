@@ -276,6 +276,18 @@ def test_settings_from_config():
     assert s.min_counts == 50 and s.error_sigma == 1.0
 
 
+def test_records_start_unfitted_and_own_their_arrays():
+    """Every record starts failed with every column unfitted; the
+    per-observation arrays of one record are not another's."""
+    a, b = FitRecord(2), FitRecord(2, kT=3.0)
+    a.counts[0] = 7
+    assert b.counts.tolist() == [0, 0] and a.counts.tolist() == [7, 0]
+    assert a.status == b.status == Status.FAILED
+    assert math.isnan(a.kT) and b.kT == 3.0 and FitRecord(3).counts.shape == (3,)
+    with pytest.raises(TypeError, match="no column 'kt'"):
+        FitRecord(2, kt=1.0)
+
+
 def test_record_batch_columns():
     recs = [FitRecord(3, kT=float(i), status=Status.OK, reason="", fit_seconds=0.5)
             for i in range(4)]

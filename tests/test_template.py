@@ -336,10 +336,31 @@ def test_tabulated_statistic_is_sherpas(resps, band, templates):
         assert (fitter.kT_par.val, fitter.norm_par.val) == (kT, norm)
         assert got == pytest.approx(want, rel=1e-4) and fvec.size == sum(
             d.get_dep(filter=True).size for d in folded_ds)
+    # the fit's own calc_stat takes the table too: the callback's value, exactly
+    fitter.kT_par.val, fitter.norm_par.val = 6.3, 2e-3
+    assert tabled.calc_stat() == callback(np.array([6.3, 2e-3]))[0]
     # beyond the templates' grid (covar steps to the hard limits) the model is folded
     fitter._reset_pars(1.0)
     beyond = np.array([templates.kT_range[1] * 1.5, 1e-3])
     assert callback(beyond)[0] == folded._iterfit._get_callback()(beyond)[0]
+    # within a fit (the model started up), the response is filtered for the
+    # region's channels only when the model is folded, and undone at the
+    # teardown; the folded statistic is Sherpa's within its own startup
+    parts = tabled.model.parts
+    tabled.model.startup(cache=False)
+    folded.model.startup(cache=False)
+    try:
+        fitter._reset_pars(1.0)
+        callback(np.array([6.0, 1e-3]))
+        assert all(p.rmf is p._rmf for p in parts)  # on the grid: not started
+        fitter._reset_pars(1.0)
+        further = np.array([templates.kT_range[1] * 1.4, 1e-3])  # not a point met before
+        assert callback(further)[0] == folded._iterfit._get_callback()(further)[0]
+        assert all(p.rmf is not p._rmf for p in parts)
+    finally:
+        tabled.model.teardown()
+        folded.model.teardown()
+    assert all(p.rmf is p._rmf for p in parts)
     # beyond kT's hard limit Sherpa's own setter decides (it sets the soft limit)
     folded._iterfit._get_callback()(np.array([500.0, 1e-3]))
     want = (fitter.kT_par.val, fitter.norm_par.val)
