@@ -18,8 +18,11 @@
     jump of the model (:data:`hpcxt.template_fit.PATH_FLAGS`), Sherpa's own
     fit and error search run on the templates instead of the folded model
     (engine ``SHERPA_TEMPLATES``): the same steps, each about ten times
-    cheaper; :data:`REPLAY_VERIFY_FACTOR` times as many of those regions
-    are checked against Sherpa on the folded model.
+    cheaper. Where only a norm bound is in doubt, the template fit stands
+    and Sherpa's ``covar`` of the norm, which its error search takes by
+    default, runs on the templates at that best fit (a local estimate: no
+    path to it). :data:`REPLAY_VERIFY_FACTOR` times as many of those
+    regions are checked against Sherpa on the folded model.
 
 With ``fit.free: [abundance]`` the template engine does not apply (it
 tabulates the model in kT alone): :func:`engine_choice` gives ``sherpa``
@@ -51,6 +54,9 @@ VERIFY_SEED = 20261201
 #: (5% by default; a fixed function of the region's counts, so the same on
 #: every rank and in every run).
 REPLAY_VERIFY_FACTOR = 5
+#: How a region's reason starts where only the norm's bounds came from
+#: Sherpa on the templates (:meth:`TemplateEngine._norm_replay`).
+NORM_COVAR_NOTE = "norm bounds: Sherpa's covar on the templates at the certified best fit"
 
 
 def verification_sample(n_regions: int, fraction: float) -> np.ndarray:
@@ -156,7 +162,11 @@ class TemplateEngine:
         except Exception as exc:  # whatever the template fit cannot do, Sherpa does
             why = failure_reason(exc)
         if why and self.replay and res is not None and res.path_dependent:
-            replayed = self._replay(spectra, why, verify)
+            replayed = None
+            if res.norm_path_only and s.errors == "conf" and not s.conf_norm:
+                replayed = self._norm_replay(spectra, res, rec, why, verify)
+            if replayed is None:
+                replayed = self._replay(spectra, why, verify)
             if replayed is not None:
                 return replayed
         if why:
@@ -188,6 +198,38 @@ class TemplateEngine:
         rec.engine = Engine.SHERPA_TEMPLATES
         rec.reason = _join(rec.reason, f"Sherpa's fit on the templates: its answer depends on "
                                        f"its path ({why})")
+        if verify or replay_sampled(spectra, self.settings.verify_fraction):
+            _store_differences(rec, self.sherpa.fit(spectra))
+        return rec
+
+
+    def _norm_replay(self, spectra, res, rec: FitRecord, why: str,
+                     verify: bool) -> FitRecord | None:
+        """The template fit, with the norm's bounds from Sherpa's ``covar`` on
+        the templates at its best fit; None where ``covar`` finds none.
+
+        For regions certified but for the norm's bounds
+        (:attr:`~hpcxt.template_fit.TemplateResult.norm_path_only`): the
+        best fit and the kT bounds are Sherpa's, and after them Sherpa's
+        error search (``errors: conf`` without ``conf_norm``) takes the
+        norm's bounds from ``covar``, a local estimate at the best fit that
+        no path across the jump changes. Where ``covar`` finds no bound,
+        Sherpa goes on with ``conf``, whose path does matter: the whole fit
+        is then Sherpa's on the templates (:meth:`_replay`). Checked against
+        Sherpa on the folded model as :meth:`_replay`'s regions are.
+        """
+        from .template_fit import FoldedCounts
+
+        bounds = self.sherpa.covar_norm_bounds(
+            spectra, lambda sp, g: FoldedCounts(self.templates, sp, g), res.kT, res.norm)
+        if bounds is None:
+            return None
+        for name in ("kT", "kT_lo", "kT_hi", "norm", "stat", "dof"):
+            setattr(rec, name, getattr(res, name))
+        rec.norm_lo, rec.norm_hi = bounds
+        rec.engine = Engine.SHERPA_TEMPLATES
+        rec.status = Status.OK
+        rec.reason = _join(rec.reason, f"{NORM_COVAR_NOTE} ({why})")
         if verify or replay_sampled(spectra, self.settings.verify_fraction):
             _store_differences(rec, self.sherpa.fit(spectra))
         return rec

@@ -600,39 +600,47 @@ class RegionFitter:
             return None
         return plan
 
-    def _fit(self, spectra: list[ObsSpectrum], rec: FitRecord, table=None) -> None:
+    def _build(self, spectra: list[ObsSpectrum], plan: StatisticPlan):
+        """Sherpa's data sets of one region and its ``Fit`` of them with the
+        model, not yet run: ``(fit, datasets, "")``, or ``(None, datasets,
+        why)`` where there are no degrees of freedom."""
         from sherpa.data import DataSimulFit
         from sherpa.fit import Fit
         from sherpa.astro.instrument import Response1D
         from sherpa.models.model import SimulFitModel
 
-        s = self.settings
-        plan = self.prepare(spectra, rec)
-        if plan is None:
-            return
-        rec.engine = Engine.SHERPA
-        statistic, groupings = plan.statistic, plan.groupings
-        self._reset_pars(self.initial_norm(spectra))
-        datasets = [self._dataset(sp, f"obs{sp.obs_index}", statistic, g)
-                    for sp, g in zip(spectra, groupings)]
+        datasets = [self._dataset(sp, f"obs{sp.obs_index}", plan.statistic, g)
+                    for sp, g in zip(spectra, plan.groupings)]
+        nbins = sum(int(d.get_dep(filter=True).size) for d in datasets)
+        npar = 2 if self.abundance_par is None else 3
+        if nbins <= npar:
+            return None, datasets, f"no degrees of freedom ({nbins} bins for {npar} free " \
+                                   "parameters)"
         models = [Response1D(d)(self.model) for d in datasets]
         if len(datasets) == 1:
             data, model = datasets[0], models[0]
         else:
             data = DataSimulFit("region", datasets)
             model = SimulFitModel("region", models)
-        fitter = Fit(data, model, stat=self._stat(statistic), method=self._method(),
-                     estmethod=None)
-        nbins = sum(int(d.get_dep(filter=True).size) for d in datasets)
-        npar = 2 if self.abundance_par is None else 3
-        if nbins <= npar:
+        return Fit(data, model, stat=self._stat(plan.statistic), method=self._method(),
+                   estmethod=None), datasets, ""
+
+    def _fit(self, spectra: list[ObsSpectrum], rec: FitRecord, table=None) -> None:
+        s = self.settings
+        plan = self.prepare(spectra, rec)
+        if plan is None:
+            return
+        rec.engine = Engine.SHERPA
+        self._reset_pars(self.initial_norm(spectra))
+        fitter, datasets, why = self._build(spectra, plan)
+        if fitter is None:
             rec.status = Status.FAILED
-            rec.reason = f"no degrees of freedom ({nbins} bins for {npar} free parameters)"
+            rec.reason = why
             return
         if table is not None:
             if self.abundance_par is not None:
                 raise ValueError("a table of the model in kT cannot fit a free abundance")
-            tabulate_statistic(fitter, datasets, table(spectra, groupings), self.kT_par,
+            tabulate_statistic(fitter, datasets, table(spectra, plan.groupings), self.kT_par,
                                self.norm_par)
         elif self.remember:
             remember_statistic(fitter)
@@ -667,6 +675,47 @@ class RegionFitter:
                                              f"{self.abundance_par.min:g}-"
                                              f"{self.abundance_par.max:g} (kT kept)")
         rec.status = Status.OK
+
+    def covar_norm_bounds(self, spectra: list[ObsSpectrum], table, kT: float,
+                          norm: float) -> tuple[float, float] | None:
+        """Sherpa's ``covar`` bounds of the norm at (kT, norm), on a table.
+
+        What Sherpa's error search computes for the norm after its fit and
+        ``conf`` on kT (the default, ``errors: conf`` without
+        ``conf_norm``), at a best fit known already, with the model counts
+        from ``table`` (``table(spectra, groupings)``, as in :meth:`fit`).
+        For the template engine's regions whose best fit and kT bounds it
+        certifies but whose norm bound Sherpa might reach along another
+        path: ``covar`` is a local estimate (finite differences of the
+        statistic at the best fit), so only the point matters, not the path.
+
+        Returns
+        -------
+        (norm_lo, norm_hi) or None
+            XSPEC units; None where the region cannot be fitted or ``covar``
+            finds no bound (Sherpa then searches with ``conf``, whose path
+            does matter).
+        """
+        plan = self.prepare(spectra, FitRecord(self.nobs))
+        if plan is None or self.abundance_par is not None:
+            return None
+        try:
+            fitter, datasets, _ = self._build(spectra, plan)
+            if fitter is None:
+                return None
+            self.kT_par.val, self.norm_par.val = kT, norm
+            tabulate_statistic(fitter, datasets, table(spectra, plan.groupings), self.kT_par,
+                               self.norm_par)
+            fitter.estmethod = self._estmethod("covar")
+            with _quiet():
+                err = fitter.est_errors(parlist=(self.norm_par,))
+        finally:
+            self._reset_pars(1.0)
+        lo, hi = err.parmins[0], err.parmaxes[0]
+        if lo is None or hi is None:
+            return None
+        val = float(err.parvals[0])
+        return val + float(lo), val + float(hi)
 
     def _store_values(self, rec: FitRecord) -> None:
         rec.kT = float(self.kT_par.val)

@@ -33,7 +33,8 @@ class Engine(enum.IntEnum):
     SHERPA = 1            # Sherpa's fit and error search
     TEMPLATE = 2          # the template engine, certified
     SHERPA_FALLBACK = 3   # the template engine could not certify it: Sherpa's answer
-    SHERPA_TEMPLATES = 4  # Sherpa's fit and error search on the templates (path near a jump)
+    SHERPA_TEMPLATES = 4  # Sherpa's fit and error search on the templates (path near a jump),
+    #                       or only its covar of the norm at the template fit
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("reason", "object", "", "", "why a region failed, or how it was fitted"),
     Column("engine", "int8", int(Engine.NONE), "",
            "0 not fitted, 1 Sherpa, 2 template, 3 Sherpa after the template engine, "
-           "4 Sherpa's fit on the templates"),
+           "4 Sherpa's fit on the templates (or its covar of the norm at the template "
+           "fit)"),
     Column("verify_dkT", "float64", math.nan, "",
            "sampled regions: (engine 2 or 4 - Sherpa) kT in units of Sherpa's kT error"),
     Column("verify_dnorm", "float64", math.nan, "",

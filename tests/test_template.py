@@ -18,7 +18,7 @@ from template_fixtures import (responses, settings, sherpa_dataset, sherpa_plan,
                                sherpa_shown_wrong, sherpa_stat_at, sigma_differences,
                                simulate_region)
 from hpcxt import template_fit as tf
-from hpcxt.fit import RegionFitter
+from hpcxt.fit import FitRecord, RegionFitter
 from hpcxt.spectra import ObsSpectrum, group_min_counts
 
 QUANTITIES = ("kT", "kT_lo", "kT_hi", "norm", "norm_lo", "norm_hi")
@@ -565,14 +565,17 @@ def test_hot_regions_around_the_jump_agree_or_go_to_sherpa(resps, band, template
 
 
 def test_path_dependent_regions_get_sherpas_answer_on_the_templates(resps, band, templates):
-    """Near xsbremss's jump, a region whose only doubt is Sherpa's path is
-    fitted by Sherpa's fit and error search on the templates (engine 4),
-    for each statistic, and that answer is Sherpa's on the folded model
-    within 0.1 sigma; with ``verify`` the difference is stored."""
-    from hpcxt.engines import TemplateEngine
+    """Near xsbremss's jump, a region whose only doubt is Sherpa's path gets
+    Sherpa's answer from Sherpa on the templates (engine 4), for each
+    statistic, within 0.1 sigma of Sherpa on the folded model: the whole fit
+    and error search, or, where only a norm bound is in doubt, the template
+    fit with Sherpa's covar of the norm at its best fit; with ``verify`` the
+    difference is stored."""
+    from hpcxt.engines import NORM_COVAR_NOTE, TemplateEngine
     from hpcxt.schema import Engine
 
     rng = np.random.default_rng(8)
+    paths = {"whole": 0, "norm": 0}
     for statistic in ("wstat", "cstat", "chi2gehrels"):
         engine = TemplateEngine(settings(statistic=statistic), resps, templates=templates)
         found = 0
@@ -588,7 +591,17 @@ def test_path_dependent_regions_get_sherpas_answer_on_the_templates(resps, band,
                 assert rec.engine == Engine.SHERPA_FALLBACK
                 continue
             assert rec.engine == Engine.SHERPA_TEMPLATES, (statistic, rec.reason)
-            assert "Sherpa's fit on the templates" in rec.reason
+            if NORM_COVAR_NOTE in rec.reason:
+                assert res.norm_path_only
+                # the template fit stands; only the norm's bounds are Sherpa's
+                assert (rec.kT, rec.kT_lo, rec.kT_hi, rec.norm) == \
+                    (res.kT, res.kT_lo, res.kT_hi, res.norm)
+                assert (rec.norm_lo, rec.norm_hi) != (res.norm_lo, res.norm_hi)
+                paths["norm"] += 1
+                norm_only = (engine, reg.spectra)
+            else:
+                assert "Sherpa's fit on the templates" in rec.reason
+                paths["whole"] += 1
             ref = engine.sherpa.fit(reg.spectra)
             d = sigma_differences(ref, rec)
             assert all(abs(d[q]) <= 0.1 for q in QUANTITIES), (statistic, reg.kT, d)
@@ -598,6 +611,53 @@ def test_path_dependent_regions_get_sherpas_answer_on_the_templates(resps, band,
             if found == 2:
                 break
         assert found == 2, statistic
+    assert paths["whole"] and paths["norm"], paths
+    # where covar finds no norm bound, Sherpa would go on with conf: the
+    # whole fit is Sherpa's on the templates
+    engine, spectra = norm_only
+    engine.sherpa.covar_norm_bounds = lambda *args: None
+    rec = engine.fit(spectra)
+    assert rec.engine == Engine.SHERPA_TEMPLATES and "Sherpa's fit on the templates" in rec.reason
+
+
+def test_a_bound_within_confs_tolerance_at_a_jump_is_not_certified(resps, band, templates):
+    """Sherpa's conf takes any point within its ``eps`` (0.01) of the level
+    for the bound: where the profile comes that close to the level just
+    before a jump and crosses only beyond it (the profile drops across the
+    jump), Sherpa may report the jump, so the region is not certified; 0.02
+    below the level, the crossing beyond the jump is certified as before."""
+    from hpcxt.fit import tabulate_statistic, _quiet
+
+    fitter = RegionFitter(settings(statistic="cstat"), resps)
+    jump = float(templates.breaks[np.argmin(np.abs(np.exp(templates.breaks) - 13.58))])
+    rng = np.random.default_rng(5)
+    regions = [simulate_region(rng, resps, band, 11.0, 3000, "sparse", 2) for _ in range(2)]
+    reg = regions[1]  # best fit 12.4 keV, the profile 0.40 before the jump and 0.24 beyond
+    plan, groupings = sherpa_plan(fitter, reg.spectra)
+    res = tf.fit_profile(templates, reg.spectra, plan, groupings, errors="conf")
+    # the profile (norm refitted by Sherpa on the templates) on both sides of the jump
+    fit, datasets, _ = fitter._build(reg.spectra,
+                                     fitter.prepare(reg.spectra, FitRecord(fitter.nobs)))
+    tabulate_statistic(fit, datasets, tf.FoldedCounts(templates, reg.spectra, groupings),
+                       fitter.kT_par, fitter.norm_par)
+    fitter.kT_par.frozen = True
+    side = []
+    try:
+        for u in (jump - 1e-7, jump + 1e-7):
+            fitter.kT_par.val, fitter.norm_par.val = math.exp(u), res.norm
+            with _quiet():
+                side.append(fit.fit().statval - res.stat)
+    finally:
+        fitter.kT_par.frozen = False
+        fitter._reset_pars(1.0)
+    before, beyond = side
+    assert res.kT < 13.58 and beyond < before - 0.05, side  # the profile drops across it
+    near = tf.fit_profile(templates, reg.spectra, plan, groupings, errors="conf",
+                          error_sigma=math.sqrt(before + 0.005))
+    assert near.kT_hi > 13.58 and near.flags & tf._F_AT_BREAK and near.path_dependent
+    far = tf.fit_profile(templates, reg.spectra, plan, groupings, errors="conf",
+                         error_sigma=math.sqrt(before + 0.02))
+    assert far.kT_hi > 13.58 and not far.flags & tf._F_AT_BREAK
 
 
 # --------------------------------------------------------------------------
