@@ -261,6 +261,14 @@ class _ObsResponse:
     channel: np.ndarray
     band: np.ndarray            # bool (nchan,): channels Sherpa notices in energy_range
     rate_per_norm: np.ndarray   # (nchan,) counts/s for norm=1 at kT_init
+    select: object = None       # band as a slice where its channels are one run, else band
+
+    def __post_init__(self):
+        if self.select is None:
+            idx = np.flatnonzero(self.band)
+            contiguous = idx.size and idx[-1] - idx[0] + 1 == idx.size
+            # indexing by a slice selects the same channels as the mask, faster
+            self.select = slice(int(idx[0]), int(idx[-1]) + 1) if contiguous else self.band
 
 
 # --------------------------------------------------------------------------
@@ -371,7 +379,7 @@ def plan_statistic(settings: FitSettings, statistic: str, spectra: list[ObsSpect
         The run's statistic (``wstat`` already replaced by ``cstat`` when
         the bundle has no background).
     spectra : list of ObsSpectrum
-    bands : list of ndarray (nchan,) bool
+    bands : list of (ndarray (nchan,) bool or slice)
         Each spectrum's fit band.
     """
     s = settings
@@ -460,7 +468,7 @@ class RegionFitter:
 
     def band_counts(self, spectrum: ObsSpectrum) -> tuple[int, int]:
         """Source and background counts in the energy range of one spectrum."""
-        band = self.responses[spectrum.obs_index].band
+        band = self.responses[spectrum.obs_index].select
         src = int(spectrum.counts[band].sum())
         bkg = int(spectrum.bkg_counts[band].sum()) if spectrum.bkg_counts is not None else 0
         return src, bkg
@@ -477,11 +485,11 @@ class RegionFitter:
         model_counts = 0.0
         for s in spectra:
             resp = self.responses[s.obs_index]
-            src = float(s.counts[resp.band].sum())
-            bkg = float(s.bkg_counts[resp.band].sum()) if s.bkg_counts is not None else 0.0
+            src = float(s.counts[resp.select].sum())
+            bkg = float(s.bkg_counts[resp.select].sum()) if s.bkg_counts is not None else 0.0
             net += src - s.bkg_scale * bkg
             src_total += src
-            model_counts += s.exposure * float(resp.rate_per_norm[resp.band].sum())
+            model_counts += s.exposure * float(resp.rate_per_norm[resp.select].sum())
         net = max(net, 0.1 * src_total, 1.0)
         return net / model_counts if model_counts > 0 else 1.0
 
@@ -593,7 +601,7 @@ class RegionFitter:
             rec.reason = f"too few counts ({total} < {s.min_counts})"
             return None
         plan = plan_statistic(s, self.statistic, spectra,
-                              [self.responses[sp.obs_index].band for sp in spectra])
+                              [self.responses[sp.obs_index].select for sp in spectra])
         rec.reason = plan.note
         if plan.statistic is None:
             rec.status = Status.FAILED

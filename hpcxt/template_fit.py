@@ -1846,10 +1846,13 @@ def fit_profile(templates: Templates, spectra, statistic: str, groupings=None,
     flags = int(out[8])
     # On a jump the profile is discontinuous: a minimum or kT bound found
     # there is the jump itself, and Sherpa's optimiser may stop elsewhere.
-    if _near_break(templates.breaks, np.log(out[[0, 1, 2]])):
+    breaks = templates.breaks.tolist()
+    ln_fit = [math.log(v) if v > 0.0 else math.nan for v in out[:3].tolist()]
+    ln_norm_ext = out[9:11].tolist()
+    if _near_break(breaks, ln_fit):
         flags |= _F_AT_BREAK
-    elif flags == 0 and (_near_break(templates.breaks, out[[9, 10]])
-                         or _break_between(templates.breaks, math.log(out[0]), out[[9, 10]])):
+    elif flags == 0 and (_near_break(breaks, ln_norm_ext)
+                         or _break_between(breaks, ln_fit[0], ln_norm_ext)):
         # The extreme norm of the level curve lies on a jump or across one
         # from the best fit: Sherpa's conf on the norm (kT refitted locally
         # at each trial norm) reaches it or stops at the jump depending on
@@ -1865,16 +1868,17 @@ def fit_profile(templates: Templates, spectra, statistic: str, groupings=None,
 
 
 def _break_between(breaks, u0: float, u) -> bool:
-    """Whether a jump lies strictly between ln kT u0 and any finite value of ``u``."""
-    u = np.asarray(u, dtype=float)
-    u = u[np.isfinite(u)]
-    lo, hi = np.minimum(u, u0), np.maximum(u, u0)
-    return bool(((breaks[None, :] > lo[:, None]) & (breaks[None, :] < hi[:, None])).any())
+    """Whether a jump (ln kT, a list) lies strictly between ln kT u0 and any
+    finite value of ``u``."""
+    for x in u:
+        if math.isfinite(x):
+            lo, hi = min(x, u0), max(x, u0)
+            if any(lo < b < hi for b in breaks):
+                return True
+    return False
 
 
 def _near_break(breaks, u) -> bool:
-    """Whether any finite ln kT of ``u`` lies within :data:`BREAK_GUARD` of a jump."""
-    u = np.asarray(u, dtype=float)
-    u = u[np.isfinite(u)]
-    return bool(breaks.size and u.size
-                and np.abs(u[:, None] - breaks[None, :]).min() < BREAK_GUARD)
+    """Whether any finite ln kT of ``u`` lies within :data:`BREAK_GUARD` of a
+    jump (ln kT, a list)."""
+    return any(abs(x - b) < BREAK_GUARD for x in u if math.isfinite(x) for b in breaks)

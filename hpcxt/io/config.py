@@ -239,7 +239,7 @@ SCHEMA: dict[str, Spec] = {
         "group_min_background": _s("int", 2, min=0,
                                    doc="... and background counts (W-stat is biased otherwise)"),
         "batch_size": _s("int_or_auto", "auto", min=1,
-                         doc="regions handed to a worker at a time (auto: about 1 s of work)"),
+                         doc="regions handed to a worker at a time (auto: about 0.1 s of work)"),
         "checkpoint_seconds": _s("float", 60.0, min=0.0,
                                  doc="s, least time between checkpoints of results.h5 "
                                      "(0: after every batch)"),
@@ -249,7 +249,9 @@ SCHEMA: dict[str, Spec] = {
                          "every region through Sherpa's fit and error search"),
         "verify_fraction": _s("float", 0.01, min=0.0, max=1.0,
                               doc="template engine: share of the regions (at least 20) also "
-                                  "fitted with Sherpa; the differences are stored and reported"),
+                                  "fitted with Sherpa, conf on kT and norm (about 0.2 s each: "
+                                  "at 0.01 two to three times the template fits' own time); "
+                                  "the differences are stored and reported"),
         "apec_root": _s("path", None, must_exist=True, folder=True,
                         doc="AtomDB folder for xsapec outside CIAO (XSPEC's APECROOT)"),
     }),
