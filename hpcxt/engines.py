@@ -126,6 +126,10 @@ class TemplateEngine:
         #: Fit path-dependent regions with Sherpa on the templates (False:
         #: on the folded model, as before; to measure what it saves).
         self.replay = True
+        #: Sherpa's conf gives no bounds where the reduced statistic at the
+        #: best fit is above this (its ``max_rstat``; None: no such limit).
+        self.max_rstat = getattr(self.sherpa._estmethod(settings.errors), "max_rstat", None) \
+            if settings.errors == "conf" else None
 
     def fit(self, spectra, verify: bool = False) -> FitRecord:
         """Fit one region; never raises for a bad region.
@@ -159,6 +163,12 @@ class TemplateEngine:
                               kT_range=s.kT_range, error_sigma=s.error_sigma,
                               errors=s.errors, kT_init=s.kT_init)
             why = "" if res.certified else res.reason
+            if not why and self.max_rstat is not None and res.dof > 0 \
+                    and res.stat / res.dof > self.max_rstat:
+                # Sherpa's error search refuses such a fit (EstErr rstat>max):
+                # its answer is that refusal
+                why = (f"reduced statistic {res.stat / res.dof:.3g} above conf's max_rstat "
+                       f"{self.max_rstat:g}")
         except Exception as exc:  # whatever the template fit cannot do, Sherpa does
             why = failure_reason(exc)
         if why and self.replay and res is not None and res.path_dependent:

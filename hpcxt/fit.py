@@ -700,9 +700,9 @@ class RegionFitter:
         Returns
         -------
         (norm_lo, norm_hi) or None
-            XSPEC units; None where the region cannot be fitted or ``covar``
+            XSPEC units; None where the region cannot be fitted, ``covar``
             finds no bound (Sherpa then searches with ``conf``, whose path
-            does matter).
+            does matter) or anything raises (Sherpa's whole fit decides).
         """
         plan = self.prepare(spectra, FitRecord(self.nobs))
         if plan is None or self.abundance_par is not None:
@@ -717,6 +717,8 @@ class RegionFitter:
             fitter.estmethod = self._estmethod("covar")
             with _quiet():
                 err = fitter.est_errors(parlist=(self.norm_par,))
+        except Exception:  # whatever fails here, Sherpa's whole fit decides
+            return None
         finally:
             self._reset_pars(1.0)
         lo, hi = err.parmins[0], err.parmaxes[0]
@@ -946,7 +948,11 @@ class _TabulatedCallback:
         return getattr(self.callback, name)
 
     def _set(self, vals) -> tuple:
-        """Set the thawed parameters as Sherpa's setter does; the own values.
+        """Set the thawed parameters as Sherpa's setter does: (key, own).
+
+        ``key`` identifies the point: the own parameters' values where they
+        were set directly (``own`` True), else all parameters' values after
+        Sherpa's setter (``own`` False).
 
         Sherpa's thawed parameters are the unlinked ones not frozen, in
         order; each value inside its hard limits is stored in ``_val``,
@@ -975,23 +981,23 @@ class _TabulatedCallback:
                         object.__setattr__(p, "_val", v)
                     for p in self.linked:
                         _ = p.val
-                    return tuple([p._val for p in own])
+                    return tuple([p._val for p in own]), True
         model = self.callback.model
         model.thawedpars = vals
-        return tuple(p.val for p in (*model.pars, *model.lpars))
+        return tuple(p.val for p in (*model.pars, *model.lpars)), False
 
     def __call__(self, pars):
-        key = self._set(pars)
+        key, own = self._set(pars)
         self.callback.nfev += 1
         found = self.memo.get(key)
         if found is not None:
             return found[0], found[1].copy()
         args = self.args
         i, j = self.where
-        if i is None or j is None or self.hard is None:
-            args[1] = self.counts(self.kT_par.val, self.norm_par.val)
+        if own and i is not None and j is not None:
+            args[1] = self.counts(key[i], key[j])  # the own values: kT's and the norm's
         else:
-            args[1] = self.counts(key[i], key[j])
+            args[1] = self.counts(self.kT_par.val, self.norm_par.val)
         stat, fvec = self.calc(*args)
         self.memo[key] = (stat, fvec.copy())
         return stat, fvec

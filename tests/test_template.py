@@ -407,6 +407,35 @@ def test_tabulated_statistic_with_a_link_and_a_python_statistic(resps, band, tem
         fitter.norm_par.unlink()
 
 
+def test_tabulated_callback_reads_kT_and_norm_through_sherpas_setter():
+    """Where a value is outside its hard limits the parameters go through
+    Sherpa's setter (which clips it): the table then gets kT's and the
+    norm's values as set, whatever parameter links come before them."""
+    from types import SimpleNamespace
+
+    from sherpa.models.basic import Gauss1D
+    from sherpa.models.model import SimulFitModel
+
+    from hpcxt.fit import _TabulatedCallback
+
+    g1, g2 = Gauss1D("g1"), Gauss1D("g2")
+    g1.pos = g2.pos  # a link inside the model, before the two parameters
+    model = SimulFitModel("m", (g1 + g2,))
+    kT, norm = g1.ampl, g2.ampl
+    asked = []
+
+    def counts(k, n):
+        asked.append((float(k), float(n)))
+        return np.array([k, n])
+
+    callback = _TabulatedCallback(SimpleNamespace(model=model, nfev=0),
+                                  lambda *a: (float(a[1].sum()), a[1].copy()), [None, None],
+                                  counts, kT, norm, {})
+    callback(np.array([1.0, 2.0, 3.0, 4.0, 5.0]))
+    callback(np.array([1e40, 2.5, 3.0, 4.0, 5.5]))  # g1.fwhm beyond its hard limit
+    assert asked == [(2.0, 5.0), (2.5, 5.5)] and (kT.val, norm.val) == (2.5, 5.5)
+
+
 def test_folded_counts_are_the_grouped_clipped_templates(templates, resps, band):
     """FoldedCounts equals each channel's interpolated rate clipped at 0,
     grouped, times exposure and norm: on intervals where a cubic dips
@@ -658,6 +687,24 @@ def test_a_bound_within_confs_tolerance_at_a_jump_is_not_certified(resps, band, 
     far = tf.fit_profile(templates, reg.spectra, plan, groupings, errors="conf",
                          error_sigma=math.sqrt(before + 0.02))
     assert far.kT_hi > 13.58 and not far.flags & tf._F_AT_BREAK
+
+
+def test_a_fit_sherpas_conf_refuses_is_sherpas(resps, band, templates):
+    """Sherpa's conf gives no bounds where the reduced statistic at the best
+    fit is above its max_rstat (3): such a region is left to Sherpa, which
+    fails it, instead of getting template bounds."""
+    from hpcxt.engines import TemplateEngine
+    from hpcxt.schema import Engine, Status
+
+    engine = TemplateEngine(settings(), resps, templates=templates)
+    sp = simulate_region(np.random.default_rng(3), resps, band, 6.0, 5000, "sparse",
+                         1).spectra[0]
+    assert engine.fit([sp]).engine == Engine.TEMPLATE
+    line = np.flatnonzero(band)[250:256]  # a line bremss cannot fit: reduced stat about 4.7
+    sp.counts[line] += 20
+    rec = engine.fit([sp])
+    assert rec.engine == Engine.SHERPA_FALLBACK and rec.status == Status.FAILED
+    assert "reduced statistic larger than 3" in rec.reason, rec.reason
 
 
 # --------------------------------------------------------------------------
