@@ -50,7 +50,7 @@ Sherpa's own fit and error search the templates' model counts
 a tenth of the cost; where only a norm bound is in doubt
 (:attr:`TemplateResult.norm_path_only`), only Sherpa's ``covar`` of the
 norm runs there, at the template fit (:mod:`hpcxt.engines`). On the demo's
-120 such regions 6 ms each on average against 135 ms on the folded model,
+120 such regions 6-10 ms each on average against 135 ms on the folded model,
 all within 0.009 sigma of that answer.
 
 The statistics are Sherpa's definitions term by term (see
