@@ -174,7 +174,7 @@ class TemplateEngine:
         if why and self.replay and res is not None and res.path_dependent:
             replayed = None
             if res.norm_path_only and s.errors == "conf" and not s.conf_norm:
-                replayed = self._norm_replay(spectra, res, rec, why, verify)
+                replayed = self._norm_replay(spectra, plan, res, rec, why, verify)
             if replayed is None:
                 replayed = self._replay(spectra, why, verify)
             if replayed is not None:
@@ -200,20 +200,13 @@ class TemplateEngine:
         A failure (optimiser, bound not found) is left to Sherpa on the
         folded model, which decides it.
         """
-        from .template_fit import FoldedCounts
-
-        rec = self.sherpa.fit(spectra, table=lambda sp, g: FoldedCounts(self.templates, sp, g))
+        rec = self.sherpa.fit(spectra, table=self._table)
         if rec.status != Status.OK:
             return None
-        rec.engine = Engine.SHERPA_TEMPLATES
-        rec.reason = _join(rec.reason, f"Sherpa's fit on the templates: its answer depends on "
-                                       f"its path ({why})")
-        if verify or replay_sampled(spectra, self.settings.verify_fraction):
-            _store_differences(rec, self.sherpa.fit(spectra))
-        return rec
+        return self._on_templates(rec, spectra, f"Sherpa's fit on the templates: its answer "
+                                                f"depends on its path ({why})", verify)
 
-
-    def _norm_replay(self, spectra, res, rec: FitRecord, why: str,
+    def _norm_replay(self, spectra, plan, res, rec: FitRecord, why: str,
                      verify: bool) -> FitRecord | None:
         """The template fit, with the norm's bounds from Sherpa's ``covar`` on
         the templates at its best fit; None where ``covar`` finds none.
@@ -228,18 +221,26 @@ class TemplateEngine:
         is then Sherpa's on the templates (:meth:`_replay`). Checked against
         Sherpa on the folded model as :meth:`_replay`'s regions are.
         """
-        from .template_fit import FoldedCounts
-
-        bounds = self.sherpa.covar_norm_bounds(
-            spectra, lambda sp, g: FoldedCounts(self.templates, sp, g), res.kT, res.norm)
+        bounds = self.sherpa.covar_norm_bounds(spectra, plan, self._table, res.kT, res.norm)
         if bounds is None:
             return None
         for name in ("kT", "kT_lo", "kT_hi", "norm", "stat", "dof"):
             setattr(rec, name, getattr(res, name))
         rec.norm_lo, rec.norm_hi = bounds
-        rec.engine = Engine.SHERPA_TEMPLATES
         rec.status = Status.OK
-        rec.reason = _join(rec.reason, f"{NORM_COVAR_NOTE} ({why})")
+        return self._on_templates(rec, spectra, f"{NORM_COVAR_NOTE} ({why})", verify)
+
+    def _table(self, spectra, groupings):
+        """The templates' model counts of one region's bins (Sherpa's ``table``)."""
+        from .template_fit import FoldedCounts
+
+        return FoldedCounts(self.templates, spectra, groupings)
+
+    def _on_templates(self, rec: FitRecord, spectra, note: str, verify: bool) -> FitRecord:
+        """Mark ``rec`` as Sherpa's on the templates (engine 4), with ``note``,
+        and check it against Sherpa on the folded model where sampled."""
+        rec.engine = Engine.SHERPA_TEMPLATES
+        rec.reason = _join(rec.reason, note)
         if verify or replay_sampled(spectra, self.settings.verify_fraction):
             _store_differences(rec, self.sherpa.fit(spectra))
         return rec

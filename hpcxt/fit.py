@@ -684,14 +684,15 @@ class RegionFitter:
                                              f"{self.abundance_par.max:g} (kT kept)")
         rec.status = Status.OK
 
-    def covar_norm_bounds(self, spectra: list[ObsSpectrum], table, kT: float,
-                          norm: float) -> tuple[float, float] | None:
+    def covar_norm_bounds(self, spectra: list[ObsSpectrum], plan: StatisticPlan, table,
+                          kT: float, norm: float) -> tuple[float, float] | None:
         """Sherpa's ``covar`` bounds of the norm at (kT, norm), on a table.
 
         What Sherpa's error search computes for the norm after its fit and
         ``conf`` on kT (the default, ``errors: conf`` without
         ``conf_norm``), at a best fit known already, with the model counts
-        from ``table`` (``table(spectra, groupings)``, as in :meth:`fit`).
+        from ``table`` (``table(spectra, groupings)``, as in :meth:`fit`);
+        ``plan`` is the region's, from :meth:`prepare`.
         For the template engine's regions whose best fit and kT bounds it
         certifies but whose norm bound Sherpa might reach along another
         path: ``covar`` is a local estimate (finite differences of the
@@ -704,8 +705,7 @@ class RegionFitter:
             finds no bound (Sherpa then searches with ``conf``, whose path
             does matter) or anything raises (Sherpa's whole fit decides).
         """
-        plan = self.prepare(spectra, FitRecord(self.nobs))
-        if plan is None or self.abundance_par is not None:
+        if self.abundance_par is not None:
             return None
         try:
             fitter, datasets, _ = self._build(spectra, plan)
@@ -892,6 +892,38 @@ class _DeferredStartup:
             self.started = True
 
 
+class _ParameterLayout:
+    """How a model's parameters are set and read, worked out once per region.
+
+    ``own``: the model's parameters that hold values (no link), in order;
+    ``hard``: their hard limits, None where a parameter is linked to one
+    outside the model (Sherpa's ``lpars``: every point goes through
+    Sherpa's setter); ``linked``: the linked parameters Sherpa's setter
+    evaluates, less those that cannot leave their soft limits (a plain link
+    to an own parameter whose hard limits lie inside them); ``where``: the
+    positions of kT and the norm among ``own`` (None: linked); ``thawed``:
+    per pattern of frozen flags, (parameter, hard_min, hard_max) of the
+    thawed own parameters (conf freezes the parameter it searches).
+    """
+
+    __slots__ = ("own", "hard", "linked", "where", "thawed", "float")
+
+    def __init__(self, model, kT_par, norm_par):
+        from sherpa.utils.numeric_types import SherpaFloat
+
+        self.float = SherpaFloat
+        self.own = [p for p in model.pars if p.link is None]
+        self.hard = None if model.lpars else [(p.hard_min, p.hard_max) for p in self.own]
+        limits = {id(p): lim for p, lim in zip(self.own, self.hard or [])}
+        self.linked = [p for p in model.pars if p.link is not None and not (
+            id(p.link) in limits and p.min <= limits[id(p.link)][0]
+            and limits[id(p.link)][1] <= p.max)]
+        ids = [id(p) for p in self.own]
+        self.where = tuple(ids.index(id(p)) if id(p) in ids else None
+                           for p in (kT_par, norm_par))
+        self.thawed: dict = {}
+
+
 class _TabulatedCallback:
     """Sherpa's statistic callback with the model counts taken from a table.
 
@@ -903,44 +935,22 @@ class _TabulatedCallback:
     The parameters are set as Sherpa's ``thawedpars`` setter sets them
     (``_val`` of each thawed parameter, in order, as ``SherpaFloat``),
     directly where no parameter is linked to one outside the model and
-    every value is inside its hard limits, else through that setter. A
+    every value is inside its hard limits, else through that setter
+    (:class:`_ParameterLayout`, shared by the region's callbacks). A
     parameter point met before in the region (all parameters' values the
     same) returns the stored statistic and a copy of its vector. Sherpa's
     step log (``outfile``, ``record_steps``) is not written: hpcxt does not
     use it.
     """
 
-    __slots__ = ("callback", "calc", "args", "counts", "kT_par", "norm_par", "own", "hard",
-                 "linked", "memo", "float", "thawed", "where")
+    __slots__ = ("callback", "calc", "args", "counts", "kT_par", "norm_par", "layout", "memo")
 
-    def __init__(self, callback, calc, args, counts, kT_par, norm_par, memo: dict):
-        from sherpa.utils.numeric_types import SherpaFloat
-
-        self.float = SherpaFloat
+    def __init__(self, callback, calc, args, counts, kT_par, norm_par, memo: dict,
+                 layout: _ParameterLayout | None = None):
         self.callback, self.calc, self.args = callback, calc, list(args)
         self.counts, self.kT_par, self.norm_par = counts, kT_par, norm_par
         self.memo = memo
-        model = callback.model
-        # The model's own parameters hold the values; the linked ones (each
-        # data set's copy of the shared model's) follow them.
-        self.own = [p for p in model.pars if p.link is None]
-        # None: a parameter is linked to one outside the model (Sherpa's
-        # lpars), every call goes through Sherpa's setter
-        self.hard = None if model.lpars else [(p.hard_min, p.hard_max) for p in self.own]
-        # The linked parameters Sherpa's setter evaluates, less those that
-        # cannot leave their soft limits: a plain link to an own parameter
-        # whose hard limits lie inside them.
-        limits = {id(p): lim for p, lim in zip(self.own, self.hard or [])}
-        self.linked = [p for p in model.pars if p.link is not None and not (
-            id(p.link) in limits and p.min <= limits[id(p.link)][0]
-            and limits[id(p.link)][1] <= p.max)]
-        # (parameter, hard_min, hard_max) of the thawed own parameters, by
-        # which are frozen (conf freezes the parameter it searches)
-        self.thawed: dict = {}
-        # where kT and the norm are among the own values (None: linked)
-        ids = [id(p) for p in self.own]
-        self.where = tuple(ids.index(id(p)) if id(p) in ids else None
-                           for p in (kT_par, norm_par))
+        self.layout = layout or _ParameterLayout(callback.model, kT_par, norm_par)
 
     def __getattr__(self, name):  # nfev, record_steps, ...: Sherpa's callback's
         if name.startswith("__") or name in self.__slots__:
@@ -960,16 +970,17 @@ class _TabulatedCallback:
         link leaves its soft limits; skipped where it cannot). Anything
         else goes to that setter.
         """
-        if self.hard is not None:
-            own = self.own
+        lay = self.layout
+        if lay.hard is not None:
+            own = lay.own
             # own parameters have no link: _frozen is what p.frozen returns
             frozen = tuple([p._frozen for p in own])
-            todo = self.thawed.get(frozen)
+            todo = lay.thawed.get(frozen)
             if todo is None:
-                todo = self.thawed[frozen] = tuple(
-                    (p, lo, hi) for p, (lo, hi) in zip(own, self.hard) if not p._frozen)
+                todo = lay.thawed[frozen] = tuple(
+                    (p, lo, hi) for p, (lo, hi) in zip(own, lay.hard) if not p._frozen)
             if len(todo) == len(vals):
-                cast = self.float
+                cast = lay.float
                 vals = [cast(v) for v in vals]
                 for (_, lo, hi), v in zip(todo, vals):
                     if not lo <= v <= hi:
@@ -979,7 +990,7 @@ class _TabulatedCallback:
                         # what the setter does, without NoNewAttributesAfterInit's
                         # check (an existing float attribute, set to a float)
                         object.__setattr__(p, "_val", v)
-                    for p in self.linked:
+                    for p in lay.linked:
                         _ = p.val
                     return tuple([p._val for p in own]), True
         model = self.callback.model
@@ -993,7 +1004,7 @@ class _TabulatedCallback:
         if found is not None:
             return found[0], found[1].copy()
         args = self.args
-        i, j = self.where
+        i, j = self.layout.where
         if own and i is not None and j is not None:
             args[1] = self.counts(key[i], key[j])  # the own values: kT's and the norm's
         else:
@@ -1047,9 +1058,11 @@ def tabulate_statistic(fitter, datasets, counts, kT_par, norm_par) -> None:
     calc, args = _statistic_arguments(fitter, counts(kT_par.val, norm_par.val))
     make = fitter._iterfit._get_callback
     memo: dict = {}  # one region's points: see remember_statistic
+    layout = _ParameterLayout(fitter.model, kT_par, norm_par)  # Sherpa's callbacks' model
 
     def tabulated(*a, **kw):
-        return _TabulatedCallback(make(*a, **kw), calc, args, counts, kT_par, norm_par, memo)
+        return _TabulatedCallback(make(*a, **kw), calc, args, counts, kT_par, norm_par, memo,
+                                  layout)
 
     fitter._iterfit._get_callback = tabulated
 
