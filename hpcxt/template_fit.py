@@ -1293,7 +1293,6 @@ def _kT_bound(side, u_best, P_min, N_best, delta, sig_u, uA, uB, breaks, st, coe
     (:func:`_lower_point_flag`).
     """
     flags = 0
-    tol_u = 1e-7
     target = P_min + delta
     inner, F_in = u_best, -delta
     st[0] = N_best
@@ -1338,8 +1337,20 @@ def _kT_bound(side, u_best, P_min, N_best, delta, sig_u, uA, uB, breaks, st, coe
         step *= 2.0
     if not found:
         return math.nan, flags | (_F_KT_LO_OPEN if side < 0 else _F_KT_HI_OPEN)
-    x, Fx, Dx = xo, F_out, D_out
-    outer = xo
+    return _refine_crossing(side, inner, F_in, xo, F_out, D_out, u_best, P_min, delta, flags,
+                            breaks, st, coef, knots, chan_group, bins, code, work, mom)
+
+
+@njit(cache=True)
+def _refine_crossing(side, inner, F_in, outer, F_out, D_out, u_best, P_min, delta, flags,
+                     breaks, st, coef, knots, chan_group, bins, code, work, mom):
+    """The crossing of the level ``P_min + delta`` between ``inner`` (below
+    it by ``-F_in``) and ``outer`` (above by ``F_out``, slope ``D_out``):
+    (u, flags), a lower statistic met on the way flagged as in
+    :func:`_kT_bound`."""
+    tol_u = 1e-7
+    target = P_min + delta
+    x, Fx, Dx = outer, F_out, D_out
     for _ in range(100):
         # Newton from the outside, else regula falsi, else bisection
         xn = x - Fx / Dx if side * Dx > 0.0 else math.nan
@@ -1663,8 +1674,8 @@ class FoldedCounts:
     Sherpa's fit and error search on the templates
     (:meth:`hpcxt.fit.RegionFitter.fit` with ``table``).
 
-    A kT outside the grid (:meth:`covers`) raises ValueError: there the
-    caller folds the model itself.
+    A kT outside the grid raises ValueError (:meth:`at` returns None
+    there): the caller folds the model itself.
 
     Parameters
     ----------
@@ -1680,11 +1691,9 @@ class FoldedCounts:
         Noticed bins of each spectrum.
     """
 
-    __slots__ = ("knots", "_knots", "_lo", "_hi", "_last", "_parts", "sizes", "_grouped",
-                 "_powers")
+    __slots__ = ("_knots", "_lo", "_hi", "_last", "_parts", "sizes", "_grouped", "_powers")
 
     def __init__(self, templates: Templates, spectra, groupings):
-        self.knots = templates.knots
         self._knots = templates.knots.tolist()
         self._lo, self._hi = self._knots[0] - 1e-12, self._knots[-1] + 1e-12
         self._last = len(self._knots) - 2
@@ -1711,10 +1720,6 @@ class FoldedCounts:
                                  np.add.reduceat(o.coef[j], starts, axis=1)) * exposure
                                 for o, exposure, starts in self._parts], axis=1)
         return self._grouped[j]
-
-    def covers(self, kT: float) -> bool:
-        """Whether kT (keV) lies on the templates' grid."""
-        return self._lo <= math.log(kT) <= self._hi
 
     def __call__(self, kT: float, norm: float) -> np.ndarray:
         out = self.at(kT, norm)
